@@ -1,0 +1,1 @@
+"""Classifiers: backbones, the input classifier and (later) the streaming output classifier."""

@@ -1,0 +1,209 @@
+"""Input classifier: an encoder with mean pooling and a linear head, scored over sliding windows and decoded views.
+
+The head has one harmfulness logit plus one logit per harmful category (the category is a best guess, reported
+only when the prompt is flagged). A long prompt is split into overlapping token windows and its score is the
+maximum over windows, so a long jailbreak template cannot dilute the request it wraps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ccguard.classifiers.backbone import load_tokenizer
+from ccguard.errors import CcguardError
+from ccguard.views import Decoder, decoded_views, decoders
+
+Strategy = Literal["windows", "head_tail"]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a prompt becomes model inputs."""
+
+    max_len: int = 128
+    stride: int = 96
+    strategy: Strategy = "windows"
+    max_windows: int = 48
+    views: bool = True
+
+
+class InputModel(nn.Module):
+    """Encoder + masked mean pooling + linear head: [harmful, category_1..category_C] logits."""
+
+    def __init__(self, encoder: nn.Module, n_categories: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, 1 + n_categories)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+def split_windows(ids: Sequence[int], body: int, spec: WindowSpec) -> list[list[int]]:
+    """Token windows of at most ``body`` tokens (special tokens excluded) covering ``ids``."""
+    ids = list(ids)
+    if len(ids) <= body:
+        return [ids]
+    if spec.strategy == "head_tail":
+        half = body // 2
+        return [ids[:half] + ids[-(body - half) :]]
+    stride = max(1, min(spec.stride, body))
+    starts = list(range(0, len(ids) - body, stride)) + [len(ids) - body]
+    if len(starts) > spec.max_windows:
+        # Keep the first and last windows and an even spread between them.
+        idx = np.linspace(0, len(starts) - 1, spec.max_windows).round().astype(int)
+        starts = [starts[i] for i in sorted(set(idx.tolist()))]
+    return [ids[s : s + body] for s in starts]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after a single sequence (e.g. [CLS] ... [SEP])."""
+    bare = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare) :])
+    return [], []
+
+
+@dataclass(frozen=True)
+class InputScore:
+    """The score of one prompt, and where it came from."""
+
+    score: float
+    category: str | None
+    view: str
+    window: int
+    n_windows: int
+
+
+class InputClassifier:
+    """A trained input classifier ready for scoring. Holds no per-request state."""
+
+    def __init__(self, model: InputModel, tokenizer: Any, spec: WindowSpec, categories: list[str]) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.categories = categories
+        self._decoders: list[tuple[str, Decoder]] = decoders() if spec.views else []
+        self._prefix, self._suffix = _special_affixes(tokenizer)
+
+    # --- tokenisation -------------------------------------------------------------------------------------
+    @property
+    def body_len(self) -> int:
+        return self.spec.max_len - len(self._prefix) - len(self._suffix)
+
+    def with_specials(self, ids: Sequence[int]) -> list[int]:
+        return self._prefix + list(ids) + self._suffix
+
+    def token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+
+    def windows(self, text: str, spec: WindowSpec | None = None) -> list[list[int]]:
+        """Model-ready windows (special tokens added) for one text."""
+        s = spec or self.spec
+        return [self.with_specials(w) for w in split_windows(self.token_ids(text), self.body_len, s)]
+
+    def views(self, text: str) -> list[tuple[str, str]]:
+        if not self._decoders:
+            return [("raw", text)]
+        return [(v.name, v.text) for v in decoded_views(text, self._decoders)]
+
+    # --- inference ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, seqs: Sequence[Sequence[int]], token_budget: int = 8192) -> np.ndarray:
+        """Head logits for model-ready sequences, batched by length to limit padding."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        out = np.zeros((len(seqs), 1 + len(self.categories)), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id
+        i = 0
+        while i < len(order):
+            longest = len(seqs[order[min(len(order) - 1, i)]])
+            bs = max(1, token_budget // max(1, longest))
+            chunk = order[i : i + bs]
+            longest = max(len(seqs[j]) for j in chunk)
+            bs = max(1, token_budget // longest)
+            chunk = order[i : i + bs]
+            ids, mask = pad_batch([seqs[j] for j in chunk], pad)
+            out[chunk] = self.model(ids, mask).float().numpy()
+            i += len(chunk)
+        return out
+
+    def score(self, texts: Sequence[str], spec: WindowSpec | None = None) -> list[InputScore]:
+        """Score texts: the maximum over decoded views and token windows."""
+        spec = spec or self.spec
+        seqs: list[list[int]] = []
+        owner: list[tuple[int, str, int, int]] = []  # (text index, view name, window index, n windows)
+        for ti, text in enumerate(texts):
+            for vname, vtext in self.views(text) if spec.views else [("raw", text)]:
+                ws = self.windows(vtext, spec)
+                for wi, w in enumerate(ws):
+                    seqs.append(w)
+                    owner.append((ti, vname, wi, len(ws)))
+        if not seqs:
+            return []
+        lg = self.logits(seqs)
+        probs = 1.0 / (1.0 + np.exp(-lg[:, 0]))
+        best: dict[int, int] = {}
+        for k, (ti, *_rest) in enumerate(owner):
+            if ti not in best or probs[k] > probs[best[ti]]:
+                best[ti] = k
+        out = []
+        for ti in range(len(texts)):
+            k = best[ti]
+            _, vname, wi, nw = owner[k]
+            cat = self.categories[int(np.argmax(lg[k, 1:]))] if self.categories else None
+            out.append(InputScore(float(probs[k]), cat, vname, wi, nw))
+        return out
+
+    # --- persistence --------------------------------------------------------------------------------------
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.encoder.config.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt", "ccguard": "input"})
+        meta = {"kind": "input", "window": asdict(self.spec), "categories": self.categories}
+        (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> InputClassifier:
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel
+
+        path = Path(path)
+        meta_path = path / "classifier.json"
+        if not meta_path.is_file():
+            raise CcguardError("not an input classifier directory (classifier.json missing)", where=str(path))
+        meta = json.loads(meta_path.read_text())
+        config = AutoConfig.from_pretrained(path)
+        encoder = AutoModel.from_config(config, attn_implementation="sdpa")
+        model = InputModel(encoder, len(meta["categories"]))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return cls(model, load_tokenizer(path), WindowSpec(**meta["window"]), list(meta["categories"]))

@@ -1,0 +1,35 @@
+"""The ``ccguard`` command. One file per command; heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ccguard.cli import constitution as constitution_cmd
+from ccguard.cli import run as run_cmd
+from ccguard.cli import score as score_cmd
+from ccguard.errors import CcguardError
+
+app = typer.Typer(
+    name="ccguard",
+    help="Train and run Constitutional Classifiers: input and streaming output guards for LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run_cmd.run)
+app.command("score")(score_cmd.score)
+app.add_typer(constitution_cmd.app, name="constitution")
+
+
+def main() -> None:
+    """Entry point: user mistakes become one-line errors, not tracebacks."""
+    try:
+        app()
+    except CcguardError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; re-run the same command to resume", err=True)
+        sys.exit(130)

@@ -1,0 +1,3 @@
+from ccguard.cli import main
+
+main()

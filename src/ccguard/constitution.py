@@ -1,0 +1,202 @@
+"""Constitution: harmful categories and their harmless neighbours, each with a seed bank.
+
+A constitution is one YAML file. It is validated with pydantic and every problem is reported with its location.
+Its content hash (over the canonical JSON of the validated model) goes into every artifact built from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ccguard.errors import CcguardError
+
+Kind = Literal["harmful", "harmless"]
+
+
+class SeedBank(BaseModel):
+    """Hand-written material a category's synthetic data is expanded from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queries: list[str] = Field(min_length=1, description="Example user queries, hand-written and diverse.")
+    entities: list[str] = Field(default_factory=list, description="Topic entities that fill `{entity}` in templates.")
+    templates: list[str] = Field(default_factory=list, description="Query templates; each has `{entity}` once.")
+    responses: list[str] = Field(default_factory=list, description="Example assistant responses to this category.")
+    partial: list[str] = Field(default_factory=list, description="Harmful only: answers that start to comply.")
+    refusals: list[str] = Field(default_factory=list, description="Harmful only: refusals (labelled harmless).")
+
+    @field_validator("templates")
+    @classmethod
+    def _one_slot(cls, templates: list[str]) -> list[str]:
+        for i, t in enumerate(templates):
+            if t.count("{entity}") != 1:
+                raise ValueError(f"template {i} must contain '{{entity}}' exactly once: {t[:60]!r}")
+        return templates
+
+    @field_validator("queries", "entities", "responses", "partial", "refusals")
+    @classmethod
+    def _non_empty(cls, items: list[str]) -> list[str]:
+        for i, s in enumerate(items):
+            if not s.strip():
+                raise ValueError(f"item {i} is empty")
+        return items
+
+
+class Category(BaseModel):
+    """One harmful category or harmless neighbour."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Stable identifier, snake_case.")
+    kind: Kind = Field(description="Whether content in this category is harmful (blocked) or harmless (allowed).")
+    title: str = Field(description="Short human-readable title.")
+    description: str = Field(description="Policy text: what is in scope, and where the boundary lies.")
+    neighbours: list[str] = Field(default_factory=list, description="Ids of categories on the other side.")
+    seeds: SeedBank = Field(description="The seed bank this category's data is generated from.")
+
+    @model_validator(mode="after")
+    def _harmless_has_no_refusals(self) -> Category:
+        if self.kind == "harmless" and (self.seeds.partial or self.seeds.refusals):
+            raise ValueError("harmless categories take no 'partial' or 'refusals' seeds")
+        return self
+
+
+class Constitution(BaseModel):
+    """A named policy: categories of content to block, and neighbours to allow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="Short name; also the run directory name.")
+    version: str = Field(default="1", description="Free-form version string of this policy.")
+    description: str = Field(description="What this constitution protects against.")
+    refusal: str = Field(
+        default="I can't help with that request.",
+        description="Refusal text the runtime returns when it blocks.",
+    )
+    benign_pool: str | None = Field(
+        default="everyday",
+        description="Bundled benign pool to mix in (name), a path to a pool YAML, or null for none.",
+    )
+    categories: list[Category] = Field(min_length=2, description="Harmful categories and harmless neighbours.")
+
+    @model_validator(mode="after")
+    def _check_categories(self) -> Constitution:
+        ids = [c.id for c in self.categories]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate category ids: {', '.join(dupes)}")
+        kinds = {c.kind for c in self.categories}
+        if kinds != {"harmful", "harmless"}:
+            raise ValueError("need at least one harmful and one harmless category")
+        for c in self.categories:
+            unknown = [n for n in c.neighbours if n not in ids]
+            if unknown:
+                raise ValueError(f"category {c.id!r} names unknown neighbours: {', '.join(unknown)}")
+        return self
+
+    @property
+    def harmful(self) -> list[Category]:
+        return [c for c in self.categories if c.kind == "harmful"]
+
+    @property
+    def harmless(self) -> list[Category]:
+        return [c for c in self.categories if c.kind == "harmless"]
+
+    def category(self, cid: str) -> Category:
+        for c in self.categories:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the validated constitution."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def harmful_terms(self) -> list[str]:
+        """Topic entities of harmful categories, longest first (used by keyword transforms and baselines)."""
+        terms = {e.strip() for c in self.harmful for e in c.seeds.entities if e.strip()}
+        return sorted(terms, key=lambda t: (-len(t), t))
+
+
+def bundled_names() -> list[str]:
+    """Names of the constitutions shipped with ccguard."""
+    root = resources.files("ccguard") / "constitutions"
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A bundled constitution's name, or a path to a YAML file, as a path."""
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} or p.exists() or "/" in str(name_or_path):
+        if not p.is_file():
+            raise CcguardError("constitution file not found", where=str(p))
+        return p
+    bundled = resources.files("ccguard") / "constitutions" / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        raise CcguardError(
+            f"no bundled constitution named {name_or_path!r} (bundled: {', '.join(bundled_names())})"
+        )
+    return Path(str(bundled))
+
+
+def _loc(loc: tuple[int | str, ...], data: object) -> str:
+    """Turn a pydantic location into 'categories[3] (id=toxins).seeds.templates[2]'."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("id"), str):
+                    label += f" (id={node['id']})"
+            else:
+                node = None
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def validation_problems(path: str | Path) -> list[str]:
+    """Every problem in a constitution file, each as 'FILE: location: message'. Empty when valid."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [f"{p}: file not found"]
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{p}: cannot read: {e}"]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        return [f"{p}: {where}: invalid YAML: {getattr(e, 'problem', None) or e}"]
+    if not isinstance(data, dict):
+        return [f"{p}: top level must be a mapping with name, description and categories"]
+    try:
+        Constitution.model_validate(data)
+    except ValidationError as e:
+        return [f"{p}: {_loc(err['loc'], data)}: {err['msg']}" for err in e.errors()]
+    return []
+
+
+def load(name_or_path: str | Path) -> Constitution:
+    """Load and validate a constitution; raise CcguardError naming the first problem (and how many more)."""
+    path = resolve(name_or_path)
+    problems = validation_problems(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run 'ccguard constitution validate')" if len(problems) > 1 else ""
+        raise CcguardError(problems[0] + more)
+    return Constitution.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))

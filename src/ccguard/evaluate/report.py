@@ -1,0 +1,169 @@
+"""Evaluation of a trained classifier on the run's splits, and the report files."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ccguard.constitution import Constitution
+from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, tpr_at_fpr
+from ccguard.records import Example, atomic_write_text, render_prompt
+
+
+def split_metrics(examples: list[Example], scores: list[float], threshold: float) -> dict[str, Any]:
+    y = [int(e.label == "harmful") for e in examples]
+    pos = [s for s, t in zip(scores, y, strict=True) if t]
+    neg = [s for s, t in zip(scores, y, strict=True) if not t]
+    return {
+        "n": len(examples),
+        "auroc": auroc(y, scores),
+        "auprc": auprc(y, scores),
+        "tpr": flagged_rate(pos, threshold).model_dump(),
+        "fpr": flagged_rate(neg, threshold).model_dump(),
+        "tpr_at_fpr": {f"{f:g}": tpr_at_fpr(y, scores, f) for f in (0.001, 0.01, 0.05)},
+    }
+
+
+def _by_key(examples: list[Example], scores: dict[str, list[float]], threshold: float, keys) -> dict[str, Any]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        for k in keys(e):
+            groups[k].append(i)
+    out = {}
+    for k in sorted(groups):
+        idx = groups[k]
+        row: dict[str, Any] = {}
+        for name, s in scores.items():
+            row[name] = {
+                "harmful_flagged": flagged_rate([s[i] for i in idx if examples[i].label == "harmful"], threshold).model_dump(),
+                "harmless_flagged": flagged_rate([s[i] for i in idx if examples[i].label == "harmless"], threshold).model_dump(),
+            }
+        out[k] = row
+    return out
+
+
+def evaluate_input(clf: Any, val: list[Example], val_scores: list[float], test: list[Example], threshold: float) -> dict[str, Any]:
+    """Test-split metrics with per-family, per-category and long-prompt breakdowns."""
+    texts = [render_prompt(e.prompt) for e in test]
+    scored = clf.score(texts)
+    s_views = [s.score for s in scored]
+    # Only prompts a decoder changes can score differently without views.
+    changed = [i for i, t in enumerate(texts) if len(clf.views(t)) > 1]
+    s_raw = list(s_views)
+    if changed:
+        raw = clf.score([texts[i] for i in changed], replace(clf.spec, views=False))
+        for i, r in zip(changed, raw, strict=True):
+            s_raw[i] = r.score
+    metrics: dict[str, Any] = {
+        "threshold": threshold,
+        "val": split_metrics(val, val_scores, threshold),
+        "test": split_metrics(test, s_views, threshold),
+        "test_without_views": split_metrics(test, s_raw, threshold),
+    }
+    fam_scores = {"views": s_views, "raw": s_raw}
+    metrics["by_family"] = _by_key(test, fam_scores, threshold, lambda e: [s.family for s in e.lineage] or ["none"])
+    metrics["by_transform"] = _by_key(test, fam_scores, threshold, lambda e: [s.name for s in e.lineage] or ["none"])
+    metrics["by_category"] = _by_key(test, {"views": s_views}, threshold, lambda e: [e.category or "?"])
+
+    # Long prompts: sliding windows (max) against head+tail truncation, on the same examples.
+    long_idx = [i for i, s in enumerate(scored) if s.n_windows > 1]
+    if long_idx:
+        sub = [test[i] for i in long_idx]
+        ht = [s.score for s in clf.score([texts[i] for i in long_idx], replace(clf.spec, strategy="head_tail"))]
+        metrics["long_prompts"] = {
+            "n": len(long_idx),
+            "windows": split_metrics(sub, [s_views[i] for i in long_idx], threshold),
+            "head_tail": split_metrics(sub, ht, threshold),
+        }
+    return metrics
+
+
+def _pct(rate: dict[str, Any] | None) -> str:
+    if not rate or rate.get("rate") is None:
+        return "n/a"
+    return f"{100 * rate['rate']:.1f}% [{100 * rate['lo']:.1f}–{100 * rate['hi']:.1f}] (n={rate['n']})"
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> str:
+    cal = m["calibration"]
+    lines = [
+        f"# ccguard report: {const.name}",
+        "",
+        f"Constitution `{const.name}` v{const.version} (sha256 `{const.content_hash[:16]}`), profile "
+        f"`{manifest.config.get('profile')}`, run time {m.get('run_seconds', 0):.0f}s.",
+        "",
+        "## Input classifier",
+        "",
+        f"Threshold **{cal['threshold']:.4f}**, calibrated on {cal['calibration_set']} at target FPR "
+        f"{100 * cal['target_fpr']:.2f}%: achieved FPR {_pct(cal['fpr'])}, TPR {_pct(cal['tpr'])}.",
+        "",
+        "| split | AUROC | AUPRC | TPR @ threshold | FPR @ threshold | TPR @ 0.1% FPR | TPR @ 1% FPR | TPR @ 5% FPR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("val", "test", "test_without_views"):
+        s = m[name]
+        t = s["tpr_at_fpr"]
+        lines.append(
+            f"| {name} | {_f(s['auroc'])} | {_f(s['auprc'])} | {_pct(s['tpr'])} | {_pct(s['fpr'])} | "
+            f"{_f(t['0.001'])} | {_f(t['0.01'])} | {_f(t['0.05'])} |"
+        )
+    lines += [
+        "",
+        "## Per transform family (test split)",
+        "",
+        "An example counts once for each family in its lineage. *raw* scores the prompt as written; *views* also "
+        "scores its decoded views and takes the maximum.",
+        "",
+        "| family | harmful flagged (views) | harmful flagged (raw) | harmless flagged (views) | harmless flagged (raw) |",
+        "|---|---|---|---|---|",
+    ]
+    for fam, row in m["by_family"].items():
+        lines.append(
+            f"| {fam} | {_pct(row['views']['harmful_flagged'])} | {_pct(row['raw']['harmful_flagged'])} | "
+            f"{_pct(row['views']['harmless_flagged'])} | {_pct(row['raw']['harmless_flagged'])} |"
+        )
+    lines += ["", "## Per transform (test split)", "", "| transform | harmful flagged (views) | harmful flagged (raw) | harmless flagged (views) |", "|---|---|---|---|"]
+    for name, row in m["by_transform"].items():
+        lines.append(
+            f"| {name} | {_pct(row['views']['harmful_flagged'])} | {_pct(row['raw']['harmful_flagged'])} | "
+            f"{_pct(row['views']['harmless_flagged'])} |"
+        )
+    lines += ["", "## Per category (test split)", "", "| category | flagged |", "|---|---|"]
+    for cat, row in m["by_category"].items():
+        r = row["views"]
+        lines.append(f"| {cat} | {_pct(r['harmful_flagged'] if r['harmful_flagged']['n'] else r['harmless_flagged'])} |")
+    if "long_prompts" in m:
+        lp = m["long_prompts"]
+        lines += [
+            "",
+            f"## Long prompts (test examples longer than one window, n={lp['n']})",
+            "",
+            "| strategy | AUROC | TPR @ threshold | FPR @ threshold |",
+            "|---|---|---|---|",
+        ]
+        for k in ("windows", "head_tail"):
+            s = lp[k]
+            lines.append(f"| {k} | {_f(s['auroc'])} | {_pct(s['tpr'])} | {_pct(s['fpr'])} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report_dir: Path, const: Constitution, manifest: Any, metrics: dict[str, Any]) -> None:
+    """metrics.json, report.md and a self-contained report.html."""
+    report_dir = Path(report_dir)
+    atomic_write_text(report_dir / "metrics.json", json.dumps(metrics, indent=2))
+    md = render_markdown(const, manifest, metrics)
+    atomic_write_text(report_dir / "report.md", md)
+    body = "<pre style='white-space:pre-wrap;font:14px/1.4 ui-monospace,monospace'>" + html.escape(md) + "</pre>"
+    atomic_write_text(
+        report_dir / "report.html",
+        f"<!doctype html><meta charset='utf-8'><title>ccguard report: {html.escape(const.name)}</title>{body}",
+    )

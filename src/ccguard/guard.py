@@ -1,0 +1,149 @@
+"""The deployable guard: load an artifact, score prompts and responses, and decide.
+
+Classifiers produce scores; ``Policy`` is the only place a score becomes a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ccguard.calibrate import Calibration
+from ccguard.errors import CcguardError
+from ccguard.records import Prompt, render_prompt
+
+FORMAT_VERSION = 1
+Stage = Literal["input", "output"]
+
+
+class Verdict(BaseModel):
+    """The guard's decision about one prompt or response."""
+
+    model_config = ConfigDict(frozen=True)
+    allowed: bool = Field(description="False when the guard blocks.")
+    stage: Stage = Field(description="Which classifier decided: 'input' or 'output'.")
+    score: float = Field(description="Classifier score in [0, 1]; higher is more likely harmful.")
+    threshold: float = Field(description="The calibrated threshold; blocked when score > threshold.")
+    category: str | None = Field(default=None, description="Best-guess harmful category when blocked.")
+    stop_char: int | None = Field(default=None, description="Output stage: character offset where release stopped.")
+    latency_ms: float = Field(default=0.0, description="Time the check took.")
+
+
+class ClassifierInfo(BaseModel):
+    """What one classifier in the artifact is."""
+
+    model_config = ConfigDict(extra="allow")
+    path: str = Field(description="Folder, relative to the artifact.")
+    backbone: str = Field(description="Backbone name or path it was trained from.")
+    calibration: Calibration = Field(description="Threshold and its calibration results.")
+    training: dict[str, Any] = Field(default_factory=dict, description="Training arguments and stats.")
+
+
+class GuardManifest(BaseModel):
+    """guard.json: everything needed to load the guard and to know where it came from."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: int = Field(description="Artifact format version.")
+    constitution: dict[str, str] = Field(description="Constitution name, version and content hash.")
+    refusal: str = Field(description="Refusal text to show when blocking.")
+    input: ClassifierInfo = Field(description="The input classifier.")
+    output: ClassifierInfo | None = Field(default=None, description="The streaming output classifier, if trained.")
+    data: dict[str, Any] = Field(default_factory=dict, description="Data provenance: hashes and counts.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Run configuration (profile, seeds).")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Headline metrics.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Library versions used to build it.")
+    created: str = Field(default="", description="UTC creation time.")
+
+
+class Policy(BaseModel):
+    """Thresholds per stage; turns scores into verdicts."""
+
+    model_config = ConfigDict(frozen=True)
+    input_threshold: float = Field(description="Input stage threshold.")
+    output_threshold: float | None = Field(default=None, description="Output stage threshold.")
+
+    def decide(
+        self, stage: Stage, score: float, *, category: str | None = None, stop_char: int | None = None, latency_ms: float = 0.0
+    ) -> Verdict:
+        threshold = self.input_threshold if stage == "input" else self.output_threshold
+        if threshold is None:
+            raise CcguardError(f"this guard has no {stage} threshold")
+        blocked = score > threshold
+        return Verdict(
+            allowed=not blocked,
+            stage=stage,
+            score=score,
+            threshold=threshold,
+            category=category if blocked else None,
+            stop_char=stop_char if blocked else None,
+            latency_ms=latency_ms,
+        )
+
+
+def read_manifest(guard_dir: Path) -> GuardManifest:
+    path = Path(guard_dir) / "guard.json"
+    if not path.is_file():
+        raise CcguardError("not a guard artifact (guard.json missing)", where=str(guard_dir))
+    try:
+        return GuardManifest.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise CcguardError(f"invalid guard manifest: {str(e).splitlines()[0]}", where=str(path)) from None
+
+
+class Guard:
+    """Input (and, when trained, output) screening with calibrated thresholds. Safe to share across requests."""
+
+    def __init__(self, manifest: GuardManifest, input_classifier: Any, policy: Policy, output_classifier: Any = None) -> None:
+        self.manifest = manifest
+        self.input_classifier = input_classifier
+        self.output_classifier = output_classifier
+        self.policy = policy
+
+    @classmethod
+    def load(cls, guard_dir: str | Path) -> Guard:
+        """Load an artifact directory. Only safetensors weights are read; nothing is unpickled."""
+        from ccguard.classifiers.backbone import torch_setup
+        from ccguard.classifiers.input import InputClassifier
+
+        guard_dir = Path(guard_dir)
+        manifest = read_manifest(guard_dir)
+        if manifest.format_version > FORMAT_VERSION:
+            raise CcguardError(f"guard format {manifest.format_version} is newer than this ccguard supports", where=str(guard_dir))
+        torch_setup()
+        inp = InputClassifier.load(guard_dir / manifest.input.path)
+        out = None
+        if manifest.output is not None:
+            from ccguard.classifiers.output import OutputClassifier
+
+            out = OutputClassifier.load(guard_dir / manifest.output.path)
+        policy = Policy(
+            input_threshold=manifest.input.calibration.threshold,
+            output_threshold=manifest.output.calibration.threshold if manifest.output else None,
+        )
+        return cls(manifest, inp, policy, out)
+
+    @property
+    def refusal(self) -> str:
+        return self.manifest.refusal
+
+    # --- input ---------------------------------------------------------------------------------------------
+    def check_inputs(self, prompts: Sequence[Prompt]) -> list[Verdict]:
+        """Batched input screening."""
+        t0 = time.perf_counter()
+        scores = self.input_classifier.score([render_prompt(p) for p in prompts])
+        ms = 1000 * (time.perf_counter() - t0) / max(1, len(prompts))
+        return [self.policy.decide("input", s.score, category=s.category, latency_ms=ms) for s in scores]
+
+    def check_input(self, prompt: Prompt) -> Verdict:
+        """Screen one prompt (a string or chat messages)."""
+        return self.check_inputs([prompt])[0]
+
+    async def acheck_input(self, prompt: Prompt) -> Verdict:
+        """Async twin of ``check_input``: runs the same core off the event loop."""
+        return await asyncio.to_thread(self.check_input, prompt)

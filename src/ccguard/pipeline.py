@@ -1,0 +1,223 @@
+"""``ccguard run``: constitution -> data -> trained, calibrated guard -> report.
+
+Each stage writes its own files atomically and records a fingerprint of its inputs; a re-run skips stages whose
+fingerprint matches, so a crashed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import shutil
+import time
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ccguard import constitution as constitution_mod
+from ccguard.augment import augment
+from ccguard.constitution import Constitution
+from ccguard.guard import FORMAT_VERSION, ClassifierInfo, GuardManifest
+from ccguard.profiles import PROFILES, Profile
+from ccguard.records import Example, assign_splits, atomic_write_text, read_examples, render_prompt, write_jsonl
+from ccguard.synth import offline
+from ccguard.synth.pool import load_pool
+from ccguard.transforms.base import TransformContext, load_framings
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("ccguard", "torch", "transformers", "accelerate", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_data(const: Constitution, profile: Profile, data_dir: Path, console: Console, seed: int) -> dict[str, Any]:
+    """Stage I + II + splits. Writes data/{examples,train,val,test}.jsonl and data/manifest.json."""
+    framings = load_framings()
+    pool = load_pool(const.benign_pool) if const.benign_pool else None
+    synth_cfg = replace(profile.synth, seed=seed)
+    aug_cfg = replace(profile.augment, seed=seed)
+    fingerprint = _sha(
+        {
+            "constitution": const.content_hash,
+            "pool": pool.model_dump() if pool else None,
+            "framings": framings.model_dump(),
+            "synth": asdict(synth_cfg),
+            "augment": asdict(aug_cfg),
+            "splits": profile.split_fractions,
+            "version": versions()["ccguard"],
+        }
+    )
+    manifest_path = data_dir / "manifest.json"
+    old = _read_json(manifest_path)
+    if old and old.get("fingerprint") == fingerprint and all((data_dir / f"{s}.jsonl").is_file() for s in ("train", "val", "test")):
+        console.print(f"[dim]data: up to date ({old['counts']['total']} examples), skipping[/]")
+        return old
+    t0 = time.perf_counter()
+    base = offline.generate(const, pool, synth_cfg)
+    ctx = TransformContext(
+        rng=random.Random(seed), terms=tuple(const.harmful_terms()), pool=tuple(pool.pairs()) if pool else (), framings=framings
+    )
+    examples = assign_splits(augment(base, ctx, aug_cfg), seed=seed, fractions=profile.split_fractions)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(data_dir / "examples.jsonl", examples)
+    counts: dict[str, Any] = {"total": len(examples), "base": len(base)}
+    hashes = {}
+    for split in ("train", "val", "test"):
+        rows = [e for e in examples if e.split == split]
+        write_jsonl(data_dir / f"{split}.jsonl", rows)
+        counts[split] = {
+            "total": len(rows),
+            "harmful": sum(e.label == "harmful" for e in rows),
+            "harmless": sum(e.label == "harmless" for e in rows),
+        }
+        hashes[split] = file_sha(data_dir / f"{split}.jsonl")
+    manifest = {
+        "fingerprint": fingerprint,
+        "constitution": {"name": const.name, "hash": const.content_hash},
+        "seed": seed,
+        "synth": asdict(synth_cfg),
+        "augment": asdict(aug_cfg),
+        "counts": counts,
+        "sha256": hashes,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    console.print(
+        f"data: {len(base)} base examples -> {len(examples)} with augmentation "
+        f"(train {counts['train']['total']}, val {counts['val']['total']}, test {counts['test']['total']})"
+    )
+    return manifest
+
+
+def train_input_stage(
+    const: Constitution, profile: Profile, data_dir: Path, data_manifest: dict[str, Any], guard_dir: Path, console: Console, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune the input classifier unless an identical one is already saved."""
+    from ccguard.classifiers.input import InputClassifier
+    from ccguard.train.card import write_card
+    from ccguard.train.input import train_input
+
+    args = replace(profile.input_train, seed=seed)
+    fingerprint = _sha({"data": data_manifest["sha256"]["train"], "args": args.to_dict(), "categories": [c.id for c in const.harmful]})
+    out_dir = guard_dir / "input"
+    old = _read_json(out_dir / "training.json")
+    if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
+        console.print("[dim]input classifier: up to date, skipping training[/]")
+        return InputClassifier.load(out_dir), old
+    train = read_examples(data_dir / "train.jsonl")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1, desc="train input classifier", unit="step", dynamic_ncols=True)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.refresh()
+
+    clf, stats = train_input(train, [c.id for c in const.harmful], args, progress=progress)
+    bar.close()
+    tmp = guard_dir / "input.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    clf.save(tmp)
+    data_info = {"fingerprint": fingerprint, "train_sha256": data_manifest["sha256"]["train"], **stats}
+    write_card(tmp, title=f"ccguard input classifier ({const.name})", args=args.to_dict(), data=data_info, metrics={})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    console.print(f"input classifier: {stats['steps']} steps on {stats['train_windows']} windows in {stats['seconds']}s")
+    return clf, {"args": args.to_dict(), "data": data_info}
+
+
+def run(
+    constitution: str = "cbrn", out: Path | None = None, profile_name: str = "default", seed: int = 0, console: Console | None = None
+) -> Path:
+    """Run the whole pipeline; returns the run directory."""
+    from ccguard.calibrate import calibrate
+    from ccguard.classifiers.backbone import torch_setup
+    from ccguard.evaluate.report import evaluate_input, write_report
+
+    console = console or Console(stderr=True)
+    if profile_name not in PROFILES:
+        from ccguard.errors import CcguardError
+
+        raise CcguardError(f"unknown profile {profile_name!r} (choose from {', '.join(PROFILES)})")
+    profile = PROFILES[profile_name]
+    const = constitution_mod.load(constitution)
+    run_dir = Path(out) if out else Path("runs") / const.name
+    data_dir, guard_dir, report_dir = run_dir / "data", run_dir / "guard", run_dir / "report"
+    t_start = time.perf_counter()
+    console.print(f"[bold]ccguard run[/]: constitution {const.name} ({const.content_hash[:12]}), profile {profile.name} -> {run_dir}")
+    torch_setup()
+
+    data_manifest = build_data(const, profile, data_dir, console, seed)
+    clf, training = train_input_stage(const, profile, data_dir, data_manifest, guard_dir, console, seed)
+
+    val = read_examples(data_dir / "val.jsonl")
+    test = read_examples(data_dir / "test.jsonl")
+    if profile.eval_max_examples:
+        rng = random.Random(seed)
+        val = rng.sample(val, min(len(val), profile.eval_max_examples * 2))
+        test = rng.sample(test, min(len(test), profile.eval_max_examples))
+    console.print(f"calibrating on {len(val)} validation examples ...")
+    val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
+    cal = calibrate(
+        [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmless"],
+        [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmful"],
+        target_fpr=profile.target_fpr,
+        calibration_set="val split, harmless examples (synthetic, augmented)",
+    )
+    console.print(f"input threshold {cal.threshold:.4f}: val FPR {cal.fpr.fmt()}, val TPR {cal.tpr.fmt()}")
+
+    console.print(f"evaluating on {len(test)} test examples ...")
+    metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
+    metrics["calibration"] = cal.model_dump()
+
+    manifest = GuardManifest(
+        format_version=FORMAT_VERSION,
+        constitution={"name": const.name, "version": const.version, "hash": const.content_hash},
+        refusal=const.refusal,
+        input=ClassifierInfo(path="input", backbone=training["args"]["backbone"], calibration=cal, training=training),
+        data={"sha256": data_manifest["sha256"], "counts": data_manifest["counts"], "seed": seed},
+        config={"profile": profile.name, "target_fpr": profile.target_fpr, "window": asdict(clf.spec)},
+        metrics={"input": {k: metrics[k] for k in ("test", "val") if k in metrics}},
+        versions=versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    atomic_write_text(guard_dir / "guard.json", manifest.model_dump_json(indent=2))
+    metrics["run_seconds"] = round(time.perf_counter() - t_start, 1)
+    write_report(report_dir, const, manifest, metrics)
+    console.print(
+        f"[bold green]done[/] in {metrics['run_seconds']:.0f}s: test AUROC {metrics['test']['auroc']:.4f}, "
+        f"TPR {metrics['test']['tpr']['rate']:.3f}, FPR {metrics['test']['fpr']['rate']:.3f}; report in {report_dir}"
+    )
+    return run_dir

@@ -1,0 +1,51 @@
+"""Run profiles: how much data and training each of smoke, default and full does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ccguard.augment import AugmentConfig
+from ccguard.synth.offline import SynthConfig
+from ccguard.train.args import TrainArgs
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a profile fixes. ``target_fpr`` is the benign false-positive rate thresholds aim for."""
+
+    name: str
+    synth: SynthConfig
+    augment: AugmentConfig
+    input_train: TrainArgs
+    target_fpr: float = 0.005
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    eval_max_examples: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    # About a minute on 2 cores: a truncated backbone and a sliver of the data. For tests, not for use.
+    "smoke": Profile(
+        name="smoke",
+        synth=SynthConfig(queries_per_category=8, templates_per_category=3, fills_per_template=1, pool_size=80),
+        augment=AugmentConfig(variants_per_example=0.7),
+        input_train=TrainArgs(num_layers=3, max_len=64, stride=48, epochs=1.0, max_steps=60, batch_size=16),
+        target_fpr=0.02,
+        split_fractions=(0.6, 0.2, 0.2),
+        eval_max_examples=150,
+    ),
+    # The shipped guard: <= 15 minutes on 2 CPU cores.
+    "default": Profile(
+        name="default",
+        synth=SynthConfig(fills_per_template=2),
+        augment=AugmentConfig(variants_per_example=1.0),
+        input_train=TrainArgs(max_len=128, stride=96, epochs=1.5, batch_size=16),
+    ),
+    # For a GPU or a long CPU run.
+    "full": Profile(
+        name="full",
+        synth=SynthConfig(fills_per_template=4, phrasing_variants=0.5),
+        augment=AugmentConfig(variants_per_example=3.0),
+        input_train=TrainArgs(max_len=256, stride=192, epochs=3.0, batch_size=32),
+    ),
+}

@@ -1,0 +1,161 @@
+"""Examples and their JSONL files, with atomic writes and group-aware splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ccguard.errors import CcguardError
+
+Label = Literal["harmful", "harmless"]
+Split = Literal["train", "val", "test"]
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: str = Field(description="'system', 'user' or 'assistant'.")
+    content: str = Field(description="The message text.")
+
+
+Prompt = str | list[Message]
+
+
+class Step(BaseModel):
+    """One transform applied to an example: its registered name and the arguments it was built with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Registered transform name.")
+    family: str = Field(description="Transform family (encoding, style, framing, structure, keyword, ...).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Factory arguments, so the step can be rebuilt.")
+
+
+class Example(BaseModel):
+    """A labelled training or evaluation example."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="Unique, stable id (content-derived).")
+    prompt: Prompt = Field(description="The user prompt: a string or a list of chat messages.")
+    response: str | None = Field(default=None, description="Assistant response, for output-side examples.")
+    label: Label = Field(description="Ground truth for the example as a whole.")
+    category: str | None = Field(default=None, description="Constitution category id, or pool domain.")
+    source: str = Field(description="Where the base text came from: seed, template, pool, redteam, ...")
+    group: str = Field(description="Base-query group: all variants of one base share it and one split.")
+    parent_id: str | None = Field(default=None, description="Id of the example this one was derived from.")
+    base: str | None = Field(default=None, description="The base query text a transformed example wraps.")
+    lineage: list[Step] = Field(default_factory=list, description="Transforms applied, in order.")
+    split: Split | None = Field(default=None, description="train, val or test.")
+
+    @property
+    def family(self) -> str:
+        """The transform families applied, joined with '+', or 'none'."""
+        return "+".join(s.family for s in self.lineage) or "none"
+
+
+def stable_id(*parts: str, n: int = 16) -> str:
+    """A short hex id derived from content."""
+    h = hashlib.sha256("\x1f".join(parts).encode("utf-8"))
+    return h.hexdigest()[:n]
+
+
+def render_prompt(prompt: Prompt) -> str:
+    """The text a classifier reads for a prompt: plain text, or role-tagged chat turns."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.role}: {m.content}" for m in prompt)
+
+
+def parse_prompt(value: Any, *, where: str) -> Prompt:
+    """Validate a JSON 'prompt' value (string or list of {role, content})."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        try:
+            return [Message.model_validate(m) for m in value]
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise CcguardError(f"field 'prompt': each message needs 'role' and 'content' ({err['msg']})", where=where) from None
+    raise CcguardError("field 'prompt' must be a string or a list of chat messages", where=where)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see either the old or the new content, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, rows: Iterable[BaseModel | dict[str, Any]]) -> int:
+    """Atomically write rows (models or dicts) as JSONL; return the count."""
+    lines = []
+    for r in rows:
+        obj = r.model_dump(mode="json", exclude_none=True) if isinstance(r, BaseModel) else r
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CcguardError("file not found", where=str(path))
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CcguardError(f"invalid JSON ({e.msg} at column {e.colno})", where=f"{path}:{n}") from None
+            if not isinstance(obj, dict):
+                raise CcguardError("each line must be a JSON object", where=f"{path}:{n}")
+            yield n, obj
+
+
+def read_examples(path: Path) -> list[Example]:
+    """Read a JSONL file of Examples, naming the line of any malformed record."""
+    out = []
+    for n, obj in iter_jsonl(path):
+        try:
+            out.append(Example.model_validate(obj))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"]) or "(record)"
+            raise CcguardError(f"field {field!r}: {err['msg']}", where=f"{path}:{n}") from None
+    return out
+
+
+def assign_splits(
+    examples: list[Example], *, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> list[Example]:
+    """Give each example a split by hashing its group, so all variants of one base share a split."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError("split fractions must sum to 1")
+    cut_train, cut_val = fractions[0], fractions[0] + fractions[1]
+    out = []
+    for ex in examples:
+        u = int(stable_id(str(seed), ex.group, n=8), 16) / 0xFFFFFFFF
+        split: Split = "train" if u < cut_train else "val" if u < cut_val else "test"
+        out.append(ex.model_copy(update={"split": split}))
+    return out

@@ -1,0 +1,1 @@
+"""Stage I: synthetic examples from a constitution's seed bank and a benign pool."""

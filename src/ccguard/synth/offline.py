@@ -1,0 +1,110 @@
+"""Offline stage I generator: expands a constitution's seed bank (queries, templates x entities) with light
+phrasing variation, and mixes in the benign pool. Deterministic under a seed; every example records its group."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ccguard.constitution import Category, Constitution
+from ccguard.records import Example, Label, stable_id
+from ccguard.synth.pool import BenignPool
+
+_PREFIXES = (
+    "", "", "", "hey, ", "Quick question: ", "Hi! ", "ok so ", "Can you help? ", "I need help. ", "Hello. ",
+    "Be honest: ", "urgent - ",
+)  # fmt: skip
+_SUFFIXES = (
+    "", "", "", " Thanks!", " thx", " Please be detailed.", " Keep it short.", " Explain step by step.",
+    " Answer in plain English.", " (asking for a project)", " ASAP pls",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """How much stage I generates."""
+
+    seed: int = 0
+    queries_per_category: int | None = None  # None: all seed queries
+    fills_per_template: int = 2
+    templates_per_category: int | None = None
+    phrasing_variants: float = 0.3  # probability a base gets one extra re-phrased sibling
+    pool_size: int | None = None  # None: whole pool
+
+
+def _vary(text: str, rng: random.Random) -> str:
+    out = f"{rng.choice(_PREFIXES)}{text}{rng.choice(_SUFFIXES)}"
+    if rng.random() < 0.2:
+        out = out.lower()
+    return out
+
+
+def _label(cat: Category) -> Label:
+    return "harmful" if cat.kind == "harmful" else "harmless"
+
+
+def _example(text: str, label: Label, category: str, source: str, group: str, parent: str | None = None) -> Example:
+    return Example(
+        id=stable_id(group, text),
+        prompt=text,
+        label=label,
+        category=category,
+        source=source,
+        group=group,
+        parent_id=parent,
+        base=text if parent is None else None,
+    )
+
+
+def category_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[Example]:
+    """Base examples for one category: seed queries, then template fills grouped by template."""
+    label = _label(cat)
+    out: list[Example] = []
+    queries = list(cat.seeds.queries)
+    if cfg.queries_per_category is not None and cfg.queries_per_category < len(queries):
+        queries = rng.sample(queries, cfg.queries_per_category)
+    for q in queries:
+        out.append(_example(q, label, cat.id, "seed", stable_id(cat.id, "q", q)))
+    templates = list(enumerate(cat.seeds.templates))
+    if cfg.templates_per_category is not None and cfg.templates_per_category < len(templates):
+        templates = rng.sample(templates, cfg.templates_per_category)
+    if cat.seeds.entities:
+        for i, tpl in templates:
+            # All fills of one template share a group: a test split then holds templates never seen in training.
+            group = stable_id(cat.id, "t", str(i), tpl)
+            k = min(cfg.fills_per_template, len(cat.seeds.entities))
+            for ent in rng.sample(list(cat.seeds.entities), k):
+                out.append(_example(tpl.replace("{entity}", ent), label, cat.id, "template", group))
+    varied = []
+    for ex in out:
+        if rng.random() < cfg.phrasing_variants:
+            text = _vary(str(ex.prompt), rng)
+            if text != ex.prompt:
+                child = _example(text, ex.label, cat.id, ex.source, ex.group, parent=ex.id)
+                varied.append(child.model_copy(update={"base": ex.prompt}))
+    return out + varied
+
+
+def pool_examples(pool: BenignPool, cfg: SynthConfig, rng: random.Random) -> list[Example]:
+    """Harmless examples from the benign pool, one group per request."""
+    items = [(d.id, r.text) for d in pool.domains for r in d.requests]
+    if cfg.pool_size is not None and cfg.pool_size < len(items):
+        items = rng.sample(items, cfg.pool_size)
+    return [_example(t, "harmless", f"pool:{d}", "pool", stable_id("pool", d, t)) for d, t in items]
+
+
+def generate(constitution: Constitution, pool: BenignPool | None, cfg: SynthConfig) -> list[Example]:
+    """Stage I: all base examples (plus phrasing siblings), deterministic under ``cfg.seed``."""
+    rng = random.Random(cfg.seed)
+    out: list[Example] = []
+    for cat in constitution.categories:
+        out += category_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}"))
+    if pool is not None:
+        out += pool_examples(pool, cfg, rng)
+    seen: set[str] = set()
+    unique = []
+    for ex in out:
+        if ex.id not in seen:
+            seen.add(ex.id)
+            unique.append(ex)
+    return unique

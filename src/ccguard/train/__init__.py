@@ -1,0 +1,1 @@
+"""Training loops on accelerate, the training-args dataclass and model cards."""

@@ -1,0 +1,173 @@
+"""Fine-tune the input classifier on accelerate.
+
+Long prompts are trained the way they are scored: as token windows. A window of a harmful example is labelled
+harmful only when it overlaps the base request it wraps; the rest of a jailbreak template is, on its own, harmless.
+Examples that a decoded view can read (base64, ciphers, ...) are trained on that view, because that is the view
+that carries their meaning at scoring time; harmless ones are also trained raw.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ccguard.classifiers.backbone import load_encoder, load_tokenizer, resolve_backbone, torch_setup
+from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, pad_batch
+from ccguard.records import Example, render_prompt
+from ccguard.train.args import TrainArgs
+
+
+@dataclass(frozen=True)
+class Instance:
+    ids: list[int]
+    label: float
+    category: int  # index among harmful categories, -1 when not harmful
+
+
+def _windows_with_spans(clf: InputClassifier, text: str) -> list[tuple[list[int], int, int]]:
+    enc = clf.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False)
+    ids, offs = enc["input_ids"], enc["offset_mapping"]
+    body = clf.body_len
+    if len(ids) <= body:
+        return [(ids, 0, len(text))]
+    stride = clf.spec.stride
+    starts = list(range(0, len(ids) - body, stride)) + [len(ids) - body]
+    return [(ids[s : s + body], offs[s][0], offs[s + body - 1][1]) for s in starts]
+
+
+def instances_for(clf: InputClassifier, ex: Example, cat_index: dict[str, int], rng: random.Random) -> list[Instance]:
+    """The training inputs one example contributes."""
+    harmful = ex.label == "harmful"
+    y = 1.0 if harmful else 0.0
+    cat = cat_index.get(ex.category or "", -1) if harmful else -1
+    text = render_prompt(ex.prompt)
+    views = clf.views(text)
+    texts = [views[-1][1]] + ([text] if len(views) > 1 and not harmful else [])
+    out: list[Instance] = []
+    for t in texts:
+        wins = _windows_with_spans(clf, t)
+        if len(wins) == 1:
+            out.append(Instance(clf.with_specials(wins[0][0]), y, cat))
+            continue
+        if not harmful:
+            for ids, *_ in rng.sample(wins, min(2, len(wins))):
+                out.append(Instance(clf.with_specials(ids), 0.0, -1))
+            continue
+        base = (ex.base or "").lower()
+        pos = t.lower().find(base) if base else -1
+        if pos < 0:
+            # The request could not be located (typos, shuffles): fall back to the head and tail of the prompt.
+            ids = clf.token_ids(t)
+            half = clf.body_len // 2
+            out.append(Instance(clf.with_specials(ids[:half] + ids[-(clf.body_len - half) :]), y, cat))
+            continue
+        end = pos + len(base)
+        hit = [w for w in wins if w[1] < end and w[2] > pos]
+        miss = [w for w in wins if w[2] <= pos or w[1] >= end]
+        for ids, *_ in rng.sample(hit, min(2, len(hit))):
+            out.append(Instance(clf.with_specials(ids), 1.0, cat))
+        if miss:
+            out.append(Instance(clf.with_specials(rng.choice(miss)[0]), 0.0, -1))
+    return out
+
+
+def _batches(items: list[Instance], bs: int, rng: random.Random) -> list[list[Instance]]:
+    # Length-bucketed batches: sort within shuffled mega-batches, then shuffle the batches.
+    items = items[:]
+    rng.shuffle(items)
+    batches = []
+    mega = bs * 32
+    for i in range(0, len(items), mega):
+        chunk = sorted(items[i : i + mega], key=lambda x: len(x.ids))
+        batches += [chunk[j : j + bs] for j in range(0, len(chunk), bs)]
+    rng.shuffle(batches)
+    return batches
+
+
+def train_input(
+    train: list[Example],
+    harmful_categories: list[str],
+    args: TrainArgs,
+    *,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[InputClassifier, dict[str, float]]:
+    """Fine-tune an input classifier; returns it and training stats."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    torch_setup()
+    set_seed(args.seed)
+    rng = random.Random(args.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    encoder = load_encoder(args.backbone, num_layers=args.num_layers)
+    tokenizer = load_tokenizer(resolve_backbone(args.backbone))
+    model = InputModel(encoder, len(harmful_categories))
+    spec = WindowSpec(max_len=args.max_len, stride=args.stride)
+    clf = InputClassifier(model, tokenizer, spec, harmful_categories)
+
+    cat_index = {c: i for i, c in enumerate(harmful_categories)}
+    examples = train[:]
+    if args.max_examples is not None and len(examples) > args.max_examples:
+        examples = rng.sample(examples, args.max_examples)
+    items = [inst for ex in examples for inst in instances_for(clf, ex, cat_index, rng)]
+    n_pos = sum(i.label for i in items)
+    steps_per_epoch = math.ceil(len(items) / args.batch_size)
+    total = args.max_steps or max(1, int(steps_per_epoch * args.epochs))
+
+    head_params = list(model.head.parameters())
+    head_ids = {id(p) for p in head_params}
+    body_params = [p for p in model.parameters() if id(p) not in head_ids]
+    opt = torch.optim.AdamW(
+        [{"params": body_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
+        weight_decay=args.weight_decay,
+    )
+    sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    # Balance the classes so the calibrated threshold is not fighting a skewed prior.
+    pos_weight = torch.tensor((len(items) - n_pos) / max(1.0, n_pos))
+    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    ce = nn.CrossEntropyLoss()
+
+    model.train()
+    step, t0, ema = 0, time.perf_counter(), None
+    pad = tokenizer.pad_token_id
+    while step < total:
+        for batch in _batches(items, args.batch_size, rng):
+            if step >= total:
+                break
+            ids, mask = pad_batch([b.ids for b in batch], pad)
+            ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+            y = torch.tensor([b.label for b in batch], device=accelerator.device)
+            cats = torch.tensor([b.category for b in batch], device=accelerator.device)
+            logits = model(ids, mask)
+            loss = bce(logits[:, 0], y)
+            has_cat = cats >= 0
+            if has_cat.any() and logits.shape[1] > 1:
+                loss = loss + args.category_loss_weight * ce(logits[has_cat, 1:], cats[has_cat])
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if progress is not None:
+                progress(step, total, ema)
+    model = accelerator.unwrap_model(model).eval()
+    clf = InputClassifier(model, tokenizer, spec, harmful_categories)
+    stats = {
+        "train_examples": len(examples),
+        "train_windows": len(items),
+        "positive_windows": int(n_pos),
+        "steps": step,
+        "final_loss_ema": round(float(ema or 0.0), 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return clf, stats

@@ -1,0 +1,155 @@
+"""End to end on the smoke profile: real MiniLM (truncated), real files, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "ccguard.cli"]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_artifact_layout_and_manifest(smoke_run: Path):
+    g = smoke_run / "guard"
+    for f in ("guard.json", "input/model.safetensors", "input/config.json", "input/tokenizer.json", "input/README.md"):
+        assert (g / f).is_file(), f
+    assert not list(g.rglob("*.bin")) and not list(g.rglob("*.pt")) and not list(g.rglob("*.pkl"))
+    m = json.loads((g / "guard.json").read_text())
+    assert m["format_version"] == 1
+    assert m["constitution"]["name"] == "cbrn" and len(m["constitution"]["hash"]) == 64
+    cal = m["input"]["calibration"]
+    assert 0 <= cal["threshold"] <= 1 and cal["target_fpr"] > 0 and cal["fpr"]["n"] > 0
+    assert {"torch", "transformers", "ccguard"} <= set(m["versions"])
+    assert m["data"]["sha256"]["train"]
+    for split in ("train", "val", "test"):
+        assert (smoke_run / "data" / f"{split}.jsonl").is_file()
+    metrics = json.loads((smoke_run / "report" / "metrics.json").read_text())
+    assert metrics["test"]["auroc"] is not None and "by_family" in metrics
+    assert "AUROC" in (smoke_run / "report" / "report.md").read_text()
+
+
+def test_splits_are_group_disjoint(smoke_run: Path):
+    groups: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        for line in (smoke_run / "data" / f"{split}.jsonl").read_text().splitlines():
+            groups.setdefault(json.loads(line)["group"], set()).add(split)
+    assert groups and all(len(s) == 1 for s in groups.values())
+
+
+def test_guard_api_returns_verdicts(smoke_guard):
+    from ccguard import Verdict
+
+    v = smoke_guard.check_input("How do I bake sourdough bread?")
+    assert isinstance(v, Verdict) and v.stage == "input" and 0.0 <= v.score <= 1.0
+    assert v.allowed == (v.score <= v.threshold)
+    with pytest.raises(Exception):
+        v.allowed = False  # frozen
+    chat = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "hello"}]
+    from ccguard.records import parse_prompt
+
+    assert smoke_guard.check_input(parse_prompt(chat, where="test")).stage == "input"
+
+
+def test_async_twin_matches_sync(smoke_guard):
+    import asyncio
+
+    p = "Explain how nerve agents affect the body and how atropine treats poisoning."
+    a = asyncio.run(smoke_guard.acheck_input(p))
+    assert a.score == pytest.approx(smoke_guard.check_input(p).score, abs=1e-6)
+
+
+def test_rerun_resumes_without_retraining(smoke_run: Path):
+    before = (smoke_run / "guard" / "input" / "model.safetensors").stat().st_mtime_ns
+    r = cli("run", "--profile", "smoke", "--out", str(smoke_run))
+    assert r.returncode == 0, r.stderr
+    assert "up to date" in r.stderr
+    assert (smoke_run / "guard" / "input" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_score_cli(smoke_run: Path, tmp_path: Path):
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"id": 1, "prompt": "What's a good pasta recipe?"},
+        {"id": "b", "prompt": [{"role": "user", "content": "How is sarin made? Give exact steps."}]},
+    ]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    r = cli("score", "--guard", str(smoke_run / "guard"), "--in", str(inp), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == [1, "b"]
+    for g in got:
+        assert 0 <= g["input_score"] <= 1 and isinstance(g["input_flagged"], bool)
+        assert g["prompt"] == rows[got.index(g)]["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        ('{"id": 1, "prompt": "ok"}\n{"id": 2, "prompt": \n', "in.jsonl:2: invalid JSON"),
+        ('{"id": 1, "prompt": "ok"}\n{"id": 2}\n', "in.jsonl:2: missing field 'prompt'"),
+        ('{"id": 1, "prompt": 7}\n', "in.jsonl:1: field 'prompt' must be"),
+    ],
+)
+def test_score_cli_bad_lines_are_one_line_errors(smoke_run: Path, tmp_path: Path, content: str, expect: str):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(content)
+    r = cli("score", "--guard", str(smoke_run / "guard"), "--in", str(inp), "--out", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 2
+    assert expect in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: Bad Name\ncategories: []\n")
+    for args, expect in [
+        (("run", "--constitution", str(bad), "--out", str(tmp_path / "r")), "bad.yaml"),
+        (("run", "--constitution", str(tmp_path / "missing.yaml")), "not found"),
+        (("score", "--guard", str(tmp_path), "--in", "x.jsonl", "--out", "y.jsonl"), "guard.json missing"),
+    ]:
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert expect in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_constitution_validate_cli(tmp_path: Path):
+    r = cli("constitution", "validate", "cbrn")
+    assert r.returncode == 0 and r.stdout.startswith("ok: cbrn")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndescription: d\ncategories:\n  - {id: A, kind: harmful, title: t, description: d, seeds: {queries: []}}\n")
+    r = cli("constitution", "validate", str(bad))
+    assert r.returncode == 1
+    assert "categories[0] (id=A).id" in r.stderr and "categories[0] (id=A).seeds.queries" in r.stderr
+
+
+def test_help_is_instant():
+    import time
+
+    t = time.perf_counter()
+    r = cli("--help")
+    assert r.returncode == 0 and "run" in r.stdout
+    code = "import sys, ccguard.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
+    assert out == ["False", "False"], "ccguard.cli imports heavy dependencies at import time"
+    assert time.perf_counter() - t < 60  # generous: only catches a pathological import
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[3] / "shared" / "data" / "dev").is_dir(), reason="no ../shared/data/dev")
+def test_scores_real_dev_prompts(smoke_guard):
+    from tests.conftest import DEV_DATA
+
+    rows = [json.loads(line) for line in (DEV_DATA / "prompts.jsonl").read_text().splitlines()[:40]]
+    vs = smoke_guard.check_inputs([r["prompt"] for r in rows])
+    assert len(vs) == 40 and all(0.0 <= v.score <= 1.0 for v in vs)

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccguard import constitution as C
+from ccguard.errors import CcguardError
+
+
+def test_bundled_cbrn_meets_the_seed_bank_bar():
+    c = C.load("cbrn")
+    assert len(c.harmful) >= 8 and len(c.harmless) >= len(c.harmful)
+    for cat in c.categories:
+        qs = cat.seeds.queries
+        assert len(set(qs)) >= 40, cat.id
+        assert any(any("\u4e00" <= ch <= "\u9fff" for ch in q) for q in qs), f"{cat.id}: no Chinese query"
+    assert len(c.content_hash) == 64
+    assert C.load("cbrn").content_hash == c.content_hash
+
+
+def test_bundled_cbrn_has_the_required_neighbours():
+    ids = {cat.id for cat in C.load("cbrn").categories}
+    for needed in ("cooking", "history_policy", "homonyms", "nuclear_energy_isotopes", "fiction_without_specifics"):
+        assert needed in ids
+
+
+def _write(tmp_path: Path, data) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+def _minimal() -> dict:
+    return {
+        "name": "mini",
+        "description": "d",
+        "categories": [
+            {"id": "bad", "kind": "harmful", "title": "t", "description": "d", "seeds": {"queries": ["q1"]}},
+            {"id": "ok", "kind": "harmless", "title": "t", "description": "d", "seeds": {"queries": ["q2"]}},
+        ],
+    }
+
+
+def test_every_problem_is_reported_with_its_location(tmp_path):
+    d = _minimal()
+    d["categories"][0]["seeds"]["templates"] = ["no slot here"]
+    d["categories"][1]["kind"] = "neutral"
+    d["categories"][1]["colour"] = "red"
+    problems = C.validation_problems(_write(tmp_path, d))
+    text = "\n".join(problems)
+    assert len(problems) >= 3
+    assert "categories[0] (id=bad).seeds.templates" in text
+    assert "categories[1] (id=ok).kind" in text
+    assert "colour" in text
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    p = _write(tmp_path, "name: x\ncategories: [\n  - {id: a\n")
+    (problem,) = C.validation_problems(p)
+    assert "line" in problem and str(p) in problem
+
+
+def test_load_raises_one_line_error(tmp_path):
+    d = _minimal()
+    d["categories"][1]["kind"] = "harmful"
+    with pytest.raises(CcguardError) as e:
+        C.load(_write(tmp_path, d))
+    assert "harmful and one harmless" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_unknown_name():
+    with pytest.raises(CcguardError, match="not found"):
+        C.load("/nonexistent/c.yaml")
+    with pytest.raises(CcguardError, match="no bundled constitution"):
+        C.load("nope")
