@@ -19,8 +19,8 @@ from ccguard.transforms.encoding import HOMOGLYPHS, LEET, MORSE, ZERO_WIDTH, atb
 
 Decoder = Callable[[str], str | None]
 
-# Order matters: normalise first, then byte encodings, then letter ciphers.
-ORDER = ("normalize", "base64", "hex", "binary", "morse", "spaced", "cipher", "reversed", "leetspeak")
+# Order matters for the cumulative chain: normalise first, then byte encodings, then letter-level tricks.
+ORDER = ("normalize", "base64", "hex", "binary", "morse", "spaced", "leetspeak", "cipher", "reversed")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,9 @@ def _best_line(line: str, candidates: Callable[[str], list[str]], margin: float)
         return None
     base = englishness(line)
     best = max(candidates(line), key=englishness)
-    return best if englishness(best) > max(base * margin, base + 0.15) else None
+    score = englishness(best)
+    # Demand clearly English output: a shifted line of another language can look slightly more English by chance.
+    return best if score > max(base * margin, base + 0.2, 0.5) else None
 
 
 def _per_line(text: str, candidates: Callable[[str], list[str]], margin: float) -> str | None:
@@ -222,6 +224,8 @@ def leetspeak() -> Decoder:
 
         def one(m: re.Match[str]) -> str:
             nonlocal hits
+            if len(m.group(0)) > 24:  # base64 runs and hashes are not leetspeak words
+                return m.group(0)
             hits += 1
             return "".join(_INV_LEET.get(c, c) for c in m.group(0))
 
@@ -239,14 +243,35 @@ def decoders(names: tuple[str, ...] = ORDER) -> list[tuple[str, Decoder]]:
 
 
 def decoded_views(text: str, chain: list[tuple[str, Decoder]] | None = None) -> list[View]:
-    """The raw text, then one view after each decoder that changed it (cumulative)."""
+    """The raw text; each decoder applied alone (after normalisation); and the cumulative chain of all that fired.
+
+    Independent views keep one wrong guess (a cipher 'decoding' plain German) from hiding what another decoder
+    recovered; the chain unwinds stacked encodings. The last view is the most decoded one.
+    """
     chain = chain if chain is not None else decoders()
     views = [View("raw", text)]
-    current, applied = text, []
+    seen = {text}
+    start, head = text, []
+    if chain and chain[0][0] == "normalize":
+        norm = chain[0][1](text)
+        if norm is not None:
+            start, head = norm, ["normalize"]
+            views.append(View("normalize", norm))
+            seen.add(norm)
+        chain = chain[1:]
+    current, applied = start, list(head)
     for name, dec in chain:
-        out = dec(current)
+        alone = dec(start)
+        if alone is not None and alone not in seen:
+            seen.add(alone)
+            views.append(View("+".join([*head, name]), alone))
+        out = alone if current == start else dec(current)
         if out is not None and out != current:
             current = out
             applied.append(name)
-            views.append(View("+".join(applied), current))
+    if current not in seen:
+        views.append(View("+".join(applied), current))
+    elif current != text and views[-1].text != current:
+        # Keep the contract that the last view is the most decoded one.
+        views = [v for v in views if v.text != current] + [View("+".join(applied), current)]
     return views

@@ -1,0 +1,60 @@
+"""Input-check latency: p50 and p95 of `Guard.check_input` on a ~200-token prompt, one request at a time,
+plus batched throughput. Run on the machine you deploy on (the README's numbers are from 2 CPU cores).
+
+Usage: python benchmarks/input_latency.py --guard runs/cbrn/guard [--n 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+TEXT = (
+    "I'm planning a two-week trip to Portugal in late September with my partner and our two kids, aged 7 and 11. "
+    "We want to split the time between Lisbon, Porto and somewhere on the coast where the kids can swim. "
+    "We don't want to rent a car unless it's really necessary, so trains and buses are preferred. "
+    "Could you suggest an itinerary with how many nights to spend in each place, a couple of family-friendly "
+    "activities per stop, and rough costs for transport between the cities? Also, what should we know about "
+    "restaurant hours, tipping, and whether the kids will need anything special for the beaches that time of year? "
+    "One of them is a picky eater, so simple food options would help too. Thanks a lot for any tips you can share "
+    "about neighbourhoods to stay in as well."
+)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
+    ap.add_argument("--n", type=int, default=100)
+    a = ap.parse_args()
+
+    import torch
+
+    from ccguard import Guard
+
+    guard = Guard.load(a.guard)
+    clf = guard.input_classifier
+    n_tok = len(clf.token_ids(TEXT))
+    for _ in range(5):
+        guard.check_input(TEXT)
+    lat = []
+    for _ in range(a.n):
+        t0 = time.perf_counter()
+        guard.check_input(TEXT)
+        lat.append(1000 * (time.perf_counter() - t0))
+    lat.sort()
+    p50 = statistics.median(lat)
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+    batch = [TEXT] * 64
+    t0 = time.perf_counter()
+    guard.check_inputs(batch)
+    thr = len(batch) / (time.perf_counter() - t0)
+    print(f"prompt: {n_tok} tokens, {len(clf.windows(TEXT))} window(s) of {clf.spec.max_len}; torch threads {torch.get_num_threads()}")
+    print(f"check_input latency: p50 {p50:.1f} ms  p95 {p95:.1f} ms  (n={a.n}, one request at a time)")
+    print(f"batched throughput: {thr:.1f} prompts/s (batch of {len(batch)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
