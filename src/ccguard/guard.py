@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,3 +147,79 @@ class Guard:
     async def acheck_input(self, prompt: Prompt) -> Verdict:
         """Async twin of ``check_input``: runs the same core off the event loop."""
         return await asyncio.to_thread(self.check_input, prompt)
+
+    # --- output --------------------------------------------------------------------------------------------
+    def _require_output(self) -> Any:
+        if self.output_classifier is None:
+            raise CcguardError("this guard has no output classifier (train one with `ccguard run`)")
+        return self.output_classifier
+
+    def _category(self, prompt: Prompt, response: str) -> str | None:
+        # The output head is binary; the input head's category guess on the exchange names the likely harm.
+        return self.input_classifier.score([f"{render_prompt(prompt)}\n{response[:2000]}"])[0].category
+
+    def _output_verdict(self, session: Any, prompt: Prompt, t0: float) -> Verdict:
+        category = self._category(prompt, session.text) if session.halted else None
+        return self.policy.decide(
+            "output", session.max_score, category=category, stop_char=session.stop_char,
+            latency_ms=1000 * (time.perf_counter() - t0),
+        )
+
+    def start_stream(self, prompt: Prompt) -> Any:
+        """A fresh ``StreamSession`` for one response to ``prompt`` (one per stream; never shared)."""
+        return self._require_output().session(render_prompt(prompt), self.policy.output_threshold)
+
+    def check_output(self, prompt: Prompt, response: str) -> Verdict:
+        """Screen a complete response as if it had been streamed; ``stop_char`` says where it would have halted."""
+        t0 = time.perf_counter()
+        session = self.start_stream(prompt)
+        session.feed(response)
+        session.finish()
+        return self._output_verdict(session, prompt, t0)
+
+    async def acheck_output(self, prompt: Prompt, response: str) -> Verdict:
+        """Async twin of ``check_output``."""
+        return await asyncio.to_thread(self.check_output, prompt, response)
+
+    @staticmethod
+    def _newly_released(session: Any, released: int) -> tuple[str, int]:
+        return session.text[released : session.released_chars], session.released_chars
+
+    def screen_stream(self, prompt: Prompt, chunks: Iterable[str]) -> Iterator[str | Verdict]:
+        """Yield response text only after its chunk has been scored; stop at the first flagged chunk. The last
+        item is the final ``Verdict``. Nothing from the flagged chunk's first character on is ever yielded."""
+        t0 = time.perf_counter()
+        session = self.start_stream(prompt)
+        released = 0
+        for chunk in chunks:
+            session.feed(chunk)
+            text, released = self._newly_released(session, released)
+            if text:
+                yield text
+            if session.halted:
+                break
+        if not session.halted:
+            session.finish()
+            text, released = self._newly_released(session, released)
+            if text:
+                yield text
+        yield self._output_verdict(session, prompt, t0)
+
+    async def ascreen_stream(self, prompt: Prompt, chunks: AsyncIterable[str]) -> AsyncIterator[str | Verdict]:
+        """Async twin of ``screen_stream``: the same session logic, scoring off the event loop."""
+        t0 = time.perf_counter()
+        session = self.start_stream(prompt)
+        released = 0
+        async for chunk in chunks:
+            await asyncio.to_thread(session.feed, chunk)
+            text, released = self._newly_released(session, released)
+            if text:
+                yield text
+            if session.halted:
+                break
+        if not session.halted:
+            await asyncio.to_thread(session.finish)
+            text, released = self._newly_released(session, released)
+            if text:
+                yield text
+        yield await asyncio.to_thread(self._output_verdict, session, prompt, t0)

@@ -25,9 +25,17 @@ from ccguard.augment import augment
 from ccguard.constitution import Constitution
 from ccguard.guard import FORMAT_VERSION, ClassifierInfo, GuardManifest
 from ccguard.profiles import PROFILES, Profile
-from ccguard.records import Example, assign_splits, atomic_write_text, read_examples, render_prompt, write_jsonl
+from ccguard.records import (
+    Example,
+    assign_splits,
+    atomic_write_text,
+    read_examples,
+    render_prompt,
+    write_jsonl,
+)
 from ccguard.synth import offline
 from ccguard.synth.pool import load_pool
+from ccguard.synth.responses import generate_responses
 from ccguard.transforms.base import TransformContext, load_framings
 
 
@@ -61,7 +69,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def build_data(const: Constitution, profile: Profile, data_dir: Path, console: Console, seed: int) -> dict[str, Any]:
-    """Stage I + II + splits. Writes data/{examples,train,val,test}.jsonl and data/manifest.json."""
+    """Stage I + II + splits. Writes data/{examples,train,val,test}.jsonl (prompts), data/output_{train,val,test}.jsonl
+    (exchanges) and data/manifest.json."""
     framings = load_framings()
     pool = load_pool(const.benign_pool) if const.benign_pool else None
     synth_cfg = replace(profile.synth, seed=seed)
@@ -73,13 +82,15 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
             "framings": framings.model_dump(),
             "synth": asdict(synth_cfg),
             "augment": asdict(aug_cfg),
+            "responses": asdict(replace(profile.responses, seed=seed)),
             "splits": profile.split_fractions,
             "version": versions()["ccguard"],
         }
     )
     manifest_path = data_dir / "manifest.json"
     old = _read_json(manifest_path)
-    if old and old.get("fingerprint") == fingerprint and all((data_dir / f"{s}.jsonl").is_file() for s in ("train", "val", "test")):
+    files = [f"{p}{s}.jsonl" for p in ("", "output_") for s in ("train", "val", "test")]
+    if old and old.get("fingerprint") == fingerprint and all((data_dir / f).is_file() for f in files):
         console.print(f"[dim]data: up to date ({old['counts']['total']} examples), skipping[/]")
         return old
     t0 = time.perf_counter()
@@ -92,15 +103,19 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
     write_jsonl(data_dir / "examples.jsonl", examples)
     counts: dict[str, Any] = {"total": len(examples), "base": len(base)}
     hashes = {}
-    for split in ("train", "val", "test"):
-        rows = [e for e in examples if e.split == split]
-        write_jsonl(data_dir / f"{split}.jsonl", rows)
-        counts[split] = {
-            "total": len(rows),
-            "harmful": sum(e.label == "harmful" for e in rows),
-            "harmless": sum(e.label == "harmless" for e in rows),
-        }
-        hashes[split] = file_sha(data_dir / f"{split}.jsonl")
+    exchanges = assign_splits(
+        generate_responses(const, pool, replace(profile.responses, seed=seed)), seed=seed, fractions=profile.split_fractions
+    )
+    for prefix, rows_all in (("", examples), ("output_", exchanges)):
+        for split in ("train", "val", "test"):
+            rows = [e for e in rows_all if e.split == split]
+            write_jsonl(data_dir / f"{prefix}{split}.jsonl", rows)
+            counts[prefix + split] = {
+                "total": len(rows),
+                "harmful": sum(e.label == "harmful" for e in rows),
+                "harmless": sum(e.label == "harmless" for e in rows),
+            }
+            hashes[prefix + split] = file_sha(data_dir / f"{prefix}{split}.jsonl")
     manifest = {
         "fingerprint": fingerprint,
         "constitution": {"name": const.name, "hash": const.content_hash},
@@ -114,30 +129,16 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     console.print(
         f"data: {len(base)} base examples -> {len(examples)} with augmentation "
-        f"(train {counts['train']['total']}, val {counts['val']['total']}, test {counts['test']['total']})"
+        f"(train {counts['train']['total']}, val {counts['val']['total']}, test {counts['test']['total']}); "
+        f"{len(exchanges)} exchanges for the output classifier"
     )
     return manifest
 
 
-def train_input_stage(
-    const: Constitution, profile: Profile, data_dir: Path, data_manifest: dict[str, Any], guard_dir: Path, console: Console, seed: int
-) -> tuple[Any, dict[str, Any]]:
-    """Fine-tune the input classifier unless an identical one is already saved."""
-    from ccguard.classifiers.input import InputClassifier
-    from ccguard.train.card import write_card
-    from ccguard.train.input import train_input
-
-    args = replace(profile.input_train, seed=seed)
-    fingerprint = _sha({"data": data_manifest["sha256"]["train"], "args": args.to_dict(), "categories": [c.id for c in const.harmful]})
-    out_dir = guard_dir / "input"
-    old = _read_json(out_dir / "training.json")
-    if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
-        console.print("[dim]input classifier: up to date, skipping training[/]")
-        return InputClassifier.load(out_dir), old
-    train = read_examples(data_dir / "train.jsonl")
+def _progress_bar(desc: str):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=1, desc="train input classifier", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=1, desc=desc, unit="step", dynamic_ncols=True)
 
     def progress(step: int, total: int, loss: float) -> None:
         bar.total = total
@@ -145,17 +146,54 @@ def train_input_stage(
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         bar.refresh()
 
-    clf, stats = train_input(train, [c.id for c in const.harmful], args, progress=progress)
+    return bar, progress
+
+
+def train_stage(
+    kind: str, const: Constitution, args: Any, train_file: Path, train_sha: str, guard_dir: Path, console: Console
+) -> tuple[Any, dict[str, Any]]:
+    """Train the ``kind`` ('input' or 'output') classifier unless an identical one is already saved."""
+    from ccguard.train.card import write_card
+
+    if kind == "input":
+        from ccguard.classifiers.input import InputClassifier as Cls
+        from ccguard.train.input import train_input
+
+        harmful = [c.id for c in const.harmful]
+
+        def fit(train, progress):
+            return train_input(train, harmful, args, progress=progress)
+    else:
+        from ccguard.classifiers.output import OutputClassifier as Cls
+        from ccguard.train.output import train_output
+
+        def fit(train, progress):
+            return train_output(train, args, progress=progress)
+
+    fingerprint = _sha({"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind})
+    out_dir = guard_dir / kind
+    old = _read_json(out_dir / "training.json")
+    if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
+        console.print(f"[dim]{kind} classifier: up to date, skipping training[/]")
+        return Cls.load(out_dir), old
+    bar, progress = _progress_bar(f"train {kind} classifier")
+    clf, stats = fit(read_examples(train_file), progress)
     bar.close()
-    tmp = guard_dir / "input.partial"
+    tmp = guard_dir / f"{kind}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     clf.save(tmp)
-    data_info = {"fingerprint": fingerprint, "train_sha256": data_manifest["sha256"]["train"], **stats}
-    write_card(tmp, title=f"ccguard input classifier ({const.name})", args=args.to_dict(), data=data_info, metrics={})
+    data_info = {"fingerprint": fingerprint, "train_sha256": train_sha, **stats}
+    write_card(tmp, title=f"ccguard {kind} classifier ({const.name})", args=args.to_dict(), data=data_info, metrics={})
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    console.print(f"input classifier: {stats['steps']} steps on {stats['train_windows']} windows in {stats['seconds']}s")
+    console.print(f"{kind} classifier: {stats['steps']} steps in {stats['seconds']}s")
     return clf, {"args": args.to_dict(), "data": data_info}
+
+
+def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or len(rows) <= n:
+        return rows
+    return random.Random(seed).sample(rows, n)
 
 
 def run(
@@ -164,7 +202,7 @@ def run(
     """Run the whole pipeline; returns the run directory."""
     from ccguard.calibrate import calibrate
     from ccguard.classifiers.backbone import torch_setup
-    from ccguard.evaluate.report import evaluate_input, write_report
+    from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
 
     console = console or Console(stderr=True)
     if profile_name not in PROFILES:
@@ -180,15 +218,16 @@ def run(
     torch_setup()
 
     data_manifest = build_data(const, profile, data_dir, console, seed)
-    clf, training = train_input_stage(const, profile, data_dir, data_manifest, guard_dir, console, seed)
+    sha = data_manifest["sha256"]
+    clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl", sha["train"], guard_dir, console)
+    oclf, otraining = train_stage(
+        "output", const, replace(profile.output_train, seed=seed), data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console
+    )
 
-    val = read_examples(data_dir / "val.jsonl")
-    test = read_examples(data_dir / "test.jsonl")
-    if profile.eval_max_examples:
-        rng = random.Random(seed)
-        val = rng.sample(val, min(len(val), profile.eval_max_examples * 2))
-        test = rng.sample(test, min(len(test), profile.eval_max_examples))
-    console.print(f"calibrating on {len(val)} validation examples ...")
+    n_eval = profile.eval_max_examples
+    val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
+    test = _subsample(read_examples(data_dir / "test.jsonl"), n_eval, seed)
+    console.print(f"calibrating the input classifier on {len(val)} validation examples ...")
     val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
     cal = calibrate(
         [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmless"],
@@ -197,27 +236,49 @@ def run(
         calibration_set="val split, harmless examples (synthetic, augmented)",
     )
     console.print(f"input threshold {cal.threshold:.4f}: val FPR {cal.fpr.fmt()}, val TPR {cal.tpr.fmt()}")
-
-    console.print(f"evaluating on {len(test)} test examples ...")
+    console.print(f"evaluating the input classifier on {len(test)} test examples ...")
     metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
     metrics["calibration"] = cal.model_dump()
+
+    oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_eval and 2 * n_eval, seed)
+    otest = _subsample(read_examples(data_dir / "output_test.jsonl"), n_eval, seed)
+    console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
+    oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
+    ocal = calibrate(
+        [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmless"],
+        [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmful"],
+        target_fpr=profile.target_fpr,
+        calibration_set="output val split, harmless responses (helpful answers, refusals, pool)",
+    )
+    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()}, val TPR {ocal.tpr.fmt()}")
+    omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold)
+    omet["calibration"] = ocal.model_dump()
+    metrics["output"] = omet
 
     manifest = GuardManifest(
         format_version=FORMAT_VERSION,
         constitution={"name": const.name, "version": const.version, "hash": const.content_hash},
         refusal=const.refusal,
         input=ClassifierInfo(path="input", backbone=training["args"]["backbone"], calibration=cal, training=training),
-        data={"sha256": data_manifest["sha256"], "counts": data_manifest["counts"], "seed": seed},
-        config={"profile": profile.name, "target_fpr": profile.target_fpr, "window": asdict(clf.spec)},
-        metrics={"input": {k: metrics[k] for k in ("test", "val") if k in metrics}},
+        output=ClassifierInfo(path="output", backbone=otraining["args"]["backbone"], calibration=ocal, training=otraining),
+        data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed},
+        config={"profile": profile.name, "target_fpr": profile.target_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
+        metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")}},
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     atomic_write_text(guard_dir / "guard.json", manifest.model_dump_json(indent=2))
+    from ccguard.train.card import write_card
+
+    for kind, info, met in (("input", training, metrics), ("output", otraining, omet)):
+        card_metrics = {"calibration": met["calibration"], "test": met["test"], "val": met["val"]}
+        write_card(guard_dir / kind, title=f"ccguard {kind} classifier ({const.name})", args=info["args"], data=info["data"], metrics=card_metrics)
     metrics["run_seconds"] = round(time.perf_counter() - t_start, 1)
     write_report(report_dir, const, manifest, metrics)
     console.print(
-        f"[bold green]done[/] in {metrics['run_seconds']:.0f}s: test AUROC {metrics['test']['auroc']:.4f}, "
-        f"TPR {metrics['test']['tpr']['rate']:.3f}, FPR {metrics['test']['fpr']['rate']:.3f}; report in {report_dir}"
+        f"[bold green]done[/] in {metrics['run_seconds']:.0f}s: input test AUROC {metrics['test']['auroc']:.4f} "
+        f"(TPR {metrics['test']['tpr']['rate']:.3f} at FPR {metrics['test']['fpr']['rate']:.3f}); output test AUROC "
+        f"{omet['test']['auroc']:.4f} (TPR {omet['test']['tpr']['rate']:.3f} at FPR {omet['test']['fpr']['rate']:.3f}); "
+        f"report in {report_dir}"
     )
     return run_dir

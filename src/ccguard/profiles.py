@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from ccguard.augment import AugmentConfig
 from ccguard.synth.offline import SynthConfig
-from ccguard.train.args import TrainArgs
+from ccguard.synth.responses import ResponseConfig
+from ccguard.train.args import OutputTrainArgs, TrainArgs
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class Profile:
     synth: SynthConfig
     augment: AugmentConfig
     input_train: TrainArgs
+    responses: ResponseConfig
+    output_train: OutputTrainArgs
     target_fpr: float = 0.005
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
@@ -30,6 +33,8 @@ PROFILES: dict[str, Profile] = {
         synth=SynthConfig(queries_per_category=8, templates_per_category=3, fills_per_template=1, pool_size=80),
         augment=AugmentConfig(variants_per_example=0.7),
         input_train=TrainArgs(num_layers=3, max_len=64, stride=48, epochs=1.0, max_steps=60, batch_size=16),
+        responses=ResponseConfig(queries_per_response=1, max_per_category=16),
+        output_train=OutputTrainArgs(num_layers=2, prompt_tokens=32, response_tokens=64, max_steps=30, batch_size=8),
         target_fpr=0.02,
         split_fractions=(0.6, 0.2, 0.2),
         eval_max_examples=150,
@@ -40,6 +45,8 @@ PROFILES: dict[str, Profile] = {
         synth=SynthConfig(fills_per_template=2),
         augment=AugmentConfig(variants_per_example=1.0),
         input_train=TrainArgs(max_len=128, stride=96, epochs=1.5, batch_size=16),
+        responses=ResponseConfig(queries_per_response=2),
+        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8),
     ),
     # For a GPU or a long CPU run.
     "full": Profile(
@@ -47,5 +54,7 @@ PROFILES: dict[str, Profile] = {
         synth=SynthConfig(fills_per_template=4, phrasing_variants=0.5),
         augment=AugmentConfig(variants_per_example=3.0),
         input_train=TrainArgs(max_len=256, stride=192, epochs=3.0, batch_size=32),
+        responses=ResponseConfig(queries_per_response=4, augment_rate=0.5),
+        output_train=OutputTrainArgs(prompt_tokens=128, response_tokens=384, epochs=3.0, batch_size=16),
     ),
 }

@@ -73,6 +73,9 @@ def render_prompt(prompt: Prompt) -> str:
     """The text a classifier reads for a prompt: plain text, or role-tagged chat turns."""
     if isinstance(prompt, str):
         return prompt
+    if len(prompt) == 1 and prompt[0].role == "user":
+        # A lone user turn reads exactly like the plain-string prompt it is.
+        return prompt[0].content
     return "\n".join(f"{m.role}: {m.content}" for m in prompt)
 
 

@@ -27,6 +27,7 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "ccguard.transforms.keyword",
     ),
     "view": ("ccguard.views",),
+    "backend": ("ccguard.llm.local", "ccguard.llm.openai_compat", "ccguard.llm.anthropic"),
 }
 
 

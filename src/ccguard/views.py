@@ -32,12 +32,10 @@ class View:
 
 
 _COMMON_BIGRAMS = frozenset(
-    "th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve co me de hi ri ro"
-    " ic ne ea ra ce li ch ll be ma si om ur".split()
+    ["th", "he", "in", "er", "an", "re", "on", "at", "en", "nd", "ti", "es", "or", "te", "of", "ed", "is", "it", "al", "ar", "st", "to", "nt", "ng", "se", "ha", "as", "ou", "io", "le", "ve", "co", "me", "de", "hi", "ri", "ro", "ic", "ne", "ea", "ra", "ce", "li", "ch", "ll", "be", "ma", "si", "om", "ur"]
 )
 _FUNCTION_WORDS = frozenset(
-    "the a an and or of to in on for with how what why when where who is are was be do does can could would should i"
-    " you me my we it this that these those from by at as make get give tell explain please step steps about".split()
+    ["the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "how", "what", "why", "when", "where", "who", "is", "are", "was", "be", "do", "does", "can", "could", "would", "should", "i", "you", "me", "my", "we", "it", "this", "that", "these", "those", "from", "by", "at", "as", "make", "get", "give", "tell", "explain", "please", "step", "steps", "about"]
 )
 
 

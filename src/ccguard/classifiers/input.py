@@ -181,20 +181,19 @@ class InputClassifier:
 
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model.encoder.config.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt", "ccguard": "input"})
+        save_model(self.model, str(out_dir / "model.safetensors"), metadata={"format": "pt", "ccguard": "input"})
         meta = {"kind": "input", "window": asdict(self.spec), "categories": self.categories}
         (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, path: Path) -> InputClassifier:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
         from transformers import AutoConfig, AutoModel
 
         path = Path(path)
@@ -205,5 +204,5 @@ class InputClassifier:
         config = AutoConfig.from_pretrained(path)
         encoder = AutoModel.from_config(config, attn_implementation="sdpa")
         model = InputModel(encoder, len(meta["categories"]))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        load_model(model, str(path / "model.safetensors"))
         return cls(model, load_tokenizer(path), WindowSpec(**meta["window"]), list(meta["categories"]))

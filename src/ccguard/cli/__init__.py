@@ -9,6 +9,7 @@ import typer
 from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import run as run_cmd
 from ccguard.cli import score as score_cmd
+from ccguard.cli import serve as serve_cmd
 from ccguard.errors import CcguardError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
+app.command("serve")(serve_cmd.serve)
 app.add_typer(constitution_cmd.app, name="constitution")
 
 

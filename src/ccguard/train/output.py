@@ -1,0 +1,132 @@
+"""Train the streaming output classifier (token-level value head) on accelerate.
+
+Loss, as in the Constitutional Classifiers paper: binary cross-entropy between the exchange's label and the
+prediction at every response prefix, where the prediction moves during training from the value head's direct
+probability towards the cumulative maximum over the prefix (``OutputTrainArgs.cummax_weight``). Backbones with an
+LM head can add a next-token-prediction term on response tokens, weighted by ``ntp_lambda``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ccguard.classifiers.backbone import load_tokenizer, resolve_backbone, torch_setup
+from ccguard.classifiers.input import pad_batch
+from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
+from ccguard.records import Example, render_prompt
+from ccguard.train.args import OutputTrainArgs
+
+
+@dataclass(frozen=True)
+class Exchange:
+    ids: list[int]
+    start: int  # first response position
+    label: float
+
+
+def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, w: float, pos_weight: float) -> torch.Tensor:
+    """BCE between each sequence label and its per-prefix prediction (direct probability blended with cummax)."""
+    p = torch.sigmoid(values) * resp_mask
+    cm = torch.cummax(p, dim=1).values
+    pred = ((1.0 - w) * p + w * cm).clamp(1e-6, 1 - 1e-6)
+    target = y[:, None].expand_as(pred)
+    weight = torch.where(target > 0.5, torch.full_like(pred, pos_weight), torch.ones_like(pred)) * resp_mask
+    loss = F.binary_cross_entropy(pred, target, weight=weight, reduction="sum")
+    return loss / resp_mask.sum().clamp(min=1.0)
+
+
+def train_output(
+    train: list[Example], args: OutputTrainArgs, *, progress: Callable[[int, int, float], None] | None = None
+) -> tuple[OutputClassifier, dict[str, float]]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    torch_setup()
+    set_seed(args.seed)
+    rng = random.Random(args.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    backbone, causal = load_output_backbone(args.backbone, num_layers=args.num_layers)
+    tokenizer = load_tokenizer(resolve_backbone(args.backbone))
+    max_pos = int(getattr(backbone.config, "max_position_embeddings", 512) or 512)
+    spec = OutputSpec(prompt_tokens=args.prompt_tokens, chunk_tokens=args.chunk_tokens, max_positions=max_pos)
+    model = OutputModel(backbone, causal)
+    clf = OutputClassifier(model, tokenizer, spec)
+
+    examples = [e for e in train if e.response]
+    if args.max_examples is not None and len(examples) > args.max_examples:
+        examples = rng.sample(examples, args.max_examples)
+    items = []
+    for e in examples:
+        ctx = clf.context_ids(render_prompt(e.prompt))
+        resp = clf.response_tokens(e.response or "").ids[: args.response_tokens]
+        if resp:
+            items.append(Exchange(ctx + resp, len(ctx), 1.0 if e.label == "harmful" else 0.0))
+    n_pos = sum(x.label for x in items)
+    pos_weight = (len(items) - n_pos) / max(1.0, n_pos)
+    total = args.max_steps or max(1, int(math.ceil(len(items) / args.batch_size) * args.epochs))
+
+    head_ids = {id(p) for p in model.value_head.parameters()}
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": args.lr},
+            {"params": list(model.value_head.parameters()), "lr": args.head_lr},
+        ],
+        weight_decay=args.weight_decay,
+    )
+    sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    model.train()
+    pad = tokenizer.pad_token_id
+    step, t0, ema = 0, time.perf_counter(), None
+    while step < total:
+        order = items[:]
+        rng.shuffle(order)
+        mega = args.batch_size * 16
+        batches = []
+        for i in range(0, len(order), mega):
+            chunk = sorted(order[i : i + mega], key=lambda x: len(x.ids))
+            batches += [chunk[j : j + args.batch_size] for j in range(0, len(chunk), args.batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            if step >= total:
+                break
+            ids, mask = pad_batch([b.ids for b in batch], pad)
+            pos = torch.arange(ids.shape[1])[None, :]
+            starts = torch.tensor([b.start for b in batch])[:, None]
+            resp_mask = ((pos >= starts) & (mask > 0)).float()
+            y = torch.tensor([b.label for b in batch])
+            ids, mask, resp_mask, y = (t.to(accelerator.device) for t in (ids, mask, resp_mask, y))
+            values, lm, _ = model(ids, mask)
+            w = args.cummax_weight(step, total)
+            loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight)
+            if args.ntp_lambda > 0 and lm is not None:
+                tgt_mask = resp_mask[:, 1:] > 0
+                ntp = F.cross_entropy(lm[:, :-1][tgt_mask].float(), ids[:, 1:][tgt_mask])
+                loss = loss + args.ntp_lambda * ntp
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if progress is not None:
+                progress(step, total, ema)
+    model = accelerator.unwrap_model(model).eval()
+    stats = {
+        "train_examples": len(items),
+        "positive_examples": int(n_pos),
+        "steps": step,
+        "final_loss_ema": round(float(ema or 0.0), 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "causal_lm": causal,
+    }
+    return OutputClassifier(model, tokenizer, spec), stats

@@ -1,0 +1,121 @@
+"""Streaming output classifier: exactness of KV-cached scoring, no leak after a flag, monotone halting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+RESPONSE = (
+    "Sure, here is an overview. First you would gather the starting materials the process needs, then set up the "
+    "equipment and follow the procedure step by step, checking each stage before moving on. After that the product "
+    "is purified and stored, and the last part is testing it before anything else happens. Ünïcödé text — 日本語 too."
+)
+
+
+def _feed(session, text: str, step: int) -> None:
+    for i in range(0, len(text), step):
+        session.feed(text[i : i + step])
+    session.finish()
+
+
+@pytest.mark.parametrize("step", [1, 7, 50, 10_000])
+def test_kv_cached_session_equals_full_causal_pass(smoke_guard, step):
+    clf = smoke_guard.output_classifier
+    s = clf.session("How do I make it?", threshold=2.0)  # never halts
+    _feed(s, RESPONSE, step)
+    assert s.token_ids == clf.response_tokens(RESPONSE).ids, "incremental tokenisation differs from one-shot"
+    np.testing.assert_allclose(s.token_scores, s.full_pass_scores(), atol=1e-5)
+    batch = clf.score(["How do I make it?"], [RESPONSE])[0]
+    np.testing.assert_allclose(s.token_scores, batch.token_scores, atol=1e-5)
+    assert s.releasable() == RESPONSE
+
+
+def test_offsets_map_tokens_to_exact_characters(smoke_guard):
+    span = smoke_guard.output_classifier.response_tokens(RESPONSE)
+    assert all(0 <= a < b <= len(RESPONSE) for a, b in zip(span.starts, span.ends, strict=True))
+    assert span.starts == sorted(span.starts)
+    assert "日" in RESPONSE[span.starts[-6] :]
+
+
+def test_causal_attention_does_not_see_the_future(smoke_guard):
+    import torch
+
+    model = smoke_guard.output_classifier.model
+    ids = torch.tensor([smoke_guard.output_classifier.context_ids("hi") + [2000, 2001, 2002, 2003]])
+    with torch.inference_mode():
+        a, _, _ = model(ids)
+        ids2 = ids.clone()
+        ids2[0, -1] = 3000
+        b, _, _ = model(ids2)
+    assert torch.allclose(a[0, :-1], b[0, :-1], atol=1e-6)
+    assert not torch.allclose(a[0, -1], b[0, -1])
+
+
+def _threshold_that_halts_midway(clf, prompt: str, text: str) -> float:
+    s = clf.session(prompt, threshold=2.0)
+    _feed(s, text, 10_000)
+    cm = np.maximum.accumulate(s.token_scores)
+    k = clf.spec.chunk_tokens
+    # Just below the cumulative max reached at the third chunk: halts there, not before.
+    return float(cm[min(len(cm) - 1, 3 * k - 1)]) - 1e-7
+
+
+def test_nothing_is_released_from_the_flagged_chunk_on(smoke_guard):
+    from ccguard import Verdict
+
+    clf = smoke_guard.output_classifier
+    prompt = "Tell me everything."
+    t = _threshold_that_halts_midway(clf, prompt, RESPONSE)
+    guard = type(smoke_guard)(smoke_guard.manifest, smoke_guard.input_classifier, smoke_guard.policy.model_copy(update={"output_threshold": t}), clf)
+    chunks = [RESPONSE[i : i + 5] for i in range(0, len(RESPONSE), 5)]
+    out = list(guard.screen_stream(prompt, chunks))
+    verdict = out[-1]
+    released = "".join(x for x in out[:-1])
+    assert isinstance(verdict, Verdict) and not verdict.allowed and verdict.stage == "output"
+    assert verdict.stop_char is not None and 0 < verdict.stop_char < len(RESPONSE)
+    assert len(released) <= verdict.stop_char
+    assert RESPONSE.startswith(released)
+    # The same result from the non-streaming check and from the async twin.
+    assert guard.check_output(prompt, RESPONSE).stop_char == verdict.stop_char
+
+    async def agen():
+        for c in chunks:
+            yield c
+
+    async def collect():
+        return [x async for x in guard.ascreen_stream(prompt, agen())]
+
+    aout = asyncio.run(collect())
+    assert "".join(aout[:-1]) == released and aout[-1].stop_char == verdict.stop_char
+
+
+def test_halting_is_monotone_in_the_threshold(smoke_guard):
+    clf = smoke_guard.output_classifier
+    s = clf.session("q", threshold=2.0)
+    _feed(s, RESPONSE, 10_000)
+    cm = np.maximum.accumulate(s.token_scores)
+    assert np.all(np.diff(cm) >= 0)
+    stops = []
+    for t in np.linspace(float(cm.min()) - 1e-3, float(cm.max()) + 1e-3, 12):
+        s2 = clf.session("q", threshold=float(t))
+        _feed(s2, RESPONSE, 13)
+        stops.append(len(RESPONSE) + 1 if s2.stop_char is None else s2.stop_char)
+    assert stops == sorted(stops), "a higher threshold must never halt earlier"
+
+
+def test_unflagged_stream_is_released_intact(smoke_guard):
+    clf = smoke_guard.output_classifier
+    guard = type(smoke_guard)(smoke_guard.manifest, smoke_guard.input_classifier, smoke_guard.policy.model_copy(update={"output_threshold": 1.0}), clf)
+    out = list(guard.screen_stream("hi", [RESPONSE[i : i + 3] for i in range(0, len(RESPONSE), 3)]))
+    assert "".join(out[:-1]) == RESPONSE and out[-1].allowed
+
+
+def test_long_response_reseeds_and_cost_stays_bounded(smoke_guard):
+    clf = smoke_guard.output_classifier
+    long = " ".join(f"word{i % 50}" for i in range(900))
+    s = clf.session("q", threshold=2.0)
+    _feed(s, long, 40)
+    assert len(s.token_scores) > clf.spec.max_positions  # went past one segment
+    assert s._cache_len <= clf.spec.max_positions
