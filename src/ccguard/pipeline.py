@@ -267,6 +267,8 @@ def run(
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    # The policy travels with the guard, so `ccguard eval` and users can see exactly what it was trained on.
+    atomic_write_text(guard_dir / "constitution.yaml", constitution_mod.resolve(constitution).read_text(encoding="utf-8"))
     atomic_write_text(guard_dir / "guard.json", manifest.model_dump_json(indent=2))
     from ccguard.train.card import write_card
 

@@ -43,9 +43,12 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
         synth=SynthConfig(fills_per_template=2),
-        augment=AugmentConfig(variants_per_example=1.0),
-        input_train=TrainArgs(max_len=128, stride=96, epochs=1.5, batch_size=16),
-        responses=ResponseConfig(queries_per_response=2),
+        augment=AugmentConfig(
+            variants_per_example=1.0,
+            family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},
+        ),
+        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16),
+        responses=ResponseConfig(queries_per_response=3),
         output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8),
     ),
     # For a GPU or a long CPU run.

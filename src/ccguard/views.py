@@ -180,6 +180,8 @@ def _best_line(line: str, candidates: Callable[[str], list[str]], margin: float)
     if letters < 12:
         return None
     base = englishness(line)
+    if base >= 0.55:  # already reads as English: nothing to undo (and most lines are like this)
+        return None
     best = max(candidates(line), key=englishness)
     score = englishness(best)
     # Demand clearly English output: a shifted line of another language can look slightly more English by chance.

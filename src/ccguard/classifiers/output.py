@@ -64,10 +64,7 @@ class OutputModel(nn.Module):
         else:
             out = self.backbone(**kw)
             h, lm = out.last_hidden_state, None
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
-        return self.value_head(h).squeeze(-1), lm, cache
+        return self.value_head(h).squeeze(-1), lm, out.cache if use_cache else None
 
 
 def load_output_backbone(name_or_path: str, num_layers: int | None = None) -> tuple[nn.Module, bool]:

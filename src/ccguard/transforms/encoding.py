@@ -39,28 +39,22 @@ def _wrap(ctx: TransformContext, what: str, encoded: str) -> str:
     return pick(ctx, _ASK).format(what=what, x=encoded)
 
 
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_UPPER = _LOWER.upper()
+_SHIFT_TABLES = [
+    str.maketrans(_LOWER + _UPPER, _LOWER[k:] + _LOWER[:k] + _UPPER[k:] + _UPPER[:k]) for k in range(26)
+]
+_ATBASH_TABLE = str.maketrans(_LOWER + _UPPER, _LOWER[::-1] + _UPPER[::-1])
+
+
 def caesar_shift(text: str, shift: int) -> str:
-    out = []
-    for ch in text:
-        if "a" <= ch <= "z":
-            out.append(chr((ord(ch) - 97 + shift) % 26 + 97))
-        elif "A" <= ch <= "Z":
-            out.append(chr((ord(ch) - 65 + shift) % 26 + 65))
-        else:
-            out.append(ch)
-    return "".join(out)
+    """Shift ASCII letters by ``shift`` places (ROT13 is shift 13)."""
+    return text.translate(_SHIFT_TABLES[shift % 26])
 
 
 def atbash_map(text: str) -> str:
-    out = []
-    for ch in text:
-        if "a" <= ch <= "z":
-            out.append(chr(122 - (ord(ch) - 97)))
-        elif "A" <= ch <= "Z":
-            out.append(chr(90 - (ord(ch) - 65)))
-        else:
-            out.append(ch)
-    return "".join(out)
+    """Mirror ASCII letters (a<->z)."""
+    return text.translate(_ATBASH_TABLE)
 
 
 @transform("base64", "encoding", reversible=True)

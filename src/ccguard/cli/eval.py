@@ -1,0 +1,34 @@
+"""``ccguard eval``: suites against a guard and the baselines; JSON, Markdown and HTML reports with plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def eval_(
+    guard: Annotated[Path, typer.Option(help="Guard artifact directory.")],
+    suite: Annotated[list[str] | None, typer.Option(help="Bundled suite (synthetic, dev) or a suite YAML; repeatable.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default: <run>/eval).")] = None,
+    baselines: Annotated[str, typer.Option(help="Comma-separated: keyword,tfidf_lr,minilm_lr,no_augmentation, or none.")] = "keyword,tfidf_lr,minilm_lr,no_augmentation",
+    max_items: Annotated[int | None, typer.Option(help="Cap items per set (quick runs).")] = None,
+    wall: Annotated[bool, typer.Option(help="Also measure wall-time overhead against local SmolLM2 generating.")] = False,
+) -> None:
+    """Evaluate a guard: flagged rates with Wilson CIs, AUROC/AUPRC, TPR at fixed FPRs, breakdowns, overhead."""
+    from ccguard.evaluate.runner import ALL_BASELINES, run_eval
+    from ccguard.evaluate.suite import load_suite
+    from ccguard.guard import read_manifest
+
+    read_manifest(guard)
+    names = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
+    unknown = [b for b in names if b not in ALL_BASELINES]
+    if unknown:
+        from ccguard.errors import CcguardError
+
+        raise CcguardError(f"unknown baseline(s): {', '.join(unknown)} (known: {', '.join(ALL_BASELINES)})")
+    suites = [load_suite(s) for s in (suite or ["synthetic"])]
+    out_dir = out or (guard.parent / "eval")
+    run_eval(guard, suites, out_dir, baselines=names, max_items=max_items, wall=wall)
+    typer.echo(f"report: {out_dir / 'report.html'}", err=True)

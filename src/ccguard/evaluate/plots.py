@@ -1,0 +1,101 @@
+"""Report plots (matplotlib, headless). Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_curves(path: Path, title: str, labels: np.ndarray, scores: dict[str, np.ndarray]) -> Path:
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(np.maximum(fpr, 1e-4), tpr, label=name, lw=2 if name == "ccguard" else 1.2)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(0, 1.01)
+    ax.axvline(0.01, color="grey", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate (log)")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def histograms(path: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> Path:
+    plt = _plt()
+    n = len(sets)
+    fig, axes = plt.subplots(n, 1, figsize=(7, 1.9 * n + 0.6), squeeze=False)
+    bins = np.linspace(0, 1, 41)
+    for ax, (name, (y, s)) in zip(axes[:, 0], sets.items(), strict=True):
+        if (y == 0).any():
+            ax.hist(s[y == 0], bins=bins, alpha=0.6, label="harmless", color="tab:blue")
+        if (y == 1).any():
+            ax.hist(s[y == 1], bins=bins, alpha=0.6, label="harmful", color="tab:red")
+        ax.axvline(threshold, color="black", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("ccguard score (dashed: threshold)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def family_bars(path: Path, rows: dict[str, tuple[float, float]]) -> Path:
+    """rows: family -> (harmful block rate, harmless block rate)."""
+    plt = _plt()
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
+    ax.bar(x - 0.2, [rows[n][0] for n in names], 0.4, label="harmful blocked", color="tab:red")
+    ax.bar(x + 0.2, [rows[n][1] for n in names], 0.4, label="harmless blocked", color="tab:blue")
+    ax.set_xticks(x, names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("block rate")
+    ax.set_title("Block rate per transform family")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def threshold_tradeoff(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> Path:
+    plt = _plt()
+    ts = np.unique(np.concatenate([np.linspace(0, 1, 201), [threshold]]))
+    neg, pos = scores[labels == 0], scores[labels == 1]
+    fpr = [(neg > t).mean() if len(neg) else np.nan for t in ts]
+    tpr = [(pos > t).mean() if len(pos) else np.nan for t in ts]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ts, fpr, label="FPR (harmless flagged)", color="tab:blue")
+    ax.plot(ts, tpr, label="TPR (harmful flagged)", color="tab:red")
+    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4f}")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

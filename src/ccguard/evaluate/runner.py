@@ -1,0 +1,311 @@
+"""``ccguard eval``: score suites with a guard and with the baselines, and write the report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from ccguard.evaluate import plots
+from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, threshold_at_fpr, tpr_at_fpr
+from ccguard.evaluate.suite import EvalItem, Suite, compose_set, expand, load_set
+from ccguard.records import atomic_write_text
+
+ALL_BASELINES = ("keyword", "tfidf_lr", "minilm_lr", "no_augmentation")
+
+
+def set_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, Any]:
+    both = len(set(y.tolist())) == 2
+    return {
+        "n": int(len(y)),
+        "flagged": flagged_rate(s.tolist(), threshold).model_dump(),
+        "tpr": flagged_rate(s[y == 1].tolist(), threshold).model_dump(),
+        "fpr": flagged_rate(s[y == 0].tolist(), threshold).model_dump(),
+        "auroc": auroc(y, s) if both else None,
+        "auprc": auprc(y, s) if both else None,
+        "tpr_at_fpr": {f"{f:g}": (tpr_at_fpr(y, s, f) if both else None) for f in (0.001, 0.01, 0.05)},
+    }
+
+
+def _breakdown(items: list[EvalItem], s: np.ndarray, threshold: float, key: str) -> dict[str, Any]:
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        # A composed example counts once for each family in it (encoding+framing -> encoding, framing).
+        keys = (it.family or "none").split("+") if key == "family" else [getattr(it, key) or "?"]
+        for k in dict.fromkeys(keys):
+            groups.setdefault(k, []).append(i)
+    out = {}
+    for k, idx in sorted(groups.items()):
+        out[k] = {
+            "harmful_flagged": flagged_rate([s[i] for i in idx if items[i].label == 1], threshold).model_dump(),
+            "harmless_flagged": flagged_rate([s[i] for i in idx if items[i].label == 0], threshold).model_dump(),
+        }
+    return out
+
+
+def _load_baselines(names: tuple[str, ...], guard: Any, run_dir: Path | None, const: Any, console: Console) -> tuple[dict[str, Any], dict[str, float]]:
+    """Build the requested baselines and calibrate each at the guard's target FPR on the run's val split."""
+    from ccguard.evaluate import baselines as B
+    from ccguard.records import read_examples, render_prompt
+
+    out: dict[str, Any] = {}
+    if "keyword" in names and const is not None:
+        out["keyword"] = B.KeywordBaseline.from_constitution(const)
+    needs_data = [n for n in names if n != "keyword"]
+    if needs_data and (run_dir is None or not (run_dir / "data" / "train.jsonl").is_file()):
+        console.print(f"[yellow]baselines {', '.join(needs_data)} skipped: the guard has no run data beside it[/]")
+        needs_data = []
+    thresholds: dict[str, float] = {}
+    if run_dir is not None and (run_dir / "data" / "val.jsonl").is_file():
+        train = read_examples(run_dir / "data" / "train.jsonl")
+        if "tfidf_lr" in needs_data:
+            out["tfidf_lr"] = B.tfidf_lr(train)
+        if "minilm_lr" in needs_data:
+            out["minilm_lr"] = B.minilm_lr(train)
+        if "no_augmentation" in needs_data and const is not None:
+            from ccguard.train.args import TrainArgs
+
+            args = TrainArgs.from_dict(guard.manifest.input.training["args"])
+            console.print("training the no-augmentation ablation (cached for later evals) ...")
+            out["no_augmentation"] = B.no_augmentation(run_dir, const, args)
+        val = [e for e in read_examples(run_dir / "data" / "val.jsonl") if e.label == "harmless"]
+        target = float(guard.manifest.config.get("target_fpr", 0.005))
+        texts = [render_prompt(e.prompt) for e in val]
+        for name, b in out.items():
+            thresholds[name] = threshold_at_fpr(b.score(texts).tolist(), target)
+    else:
+        for name in out:
+            thresholds[name] = 0.5
+    return out, thresholds
+
+
+def overhead(guard: Any, prompt_tokens: int = 200, response_tokens: int = 300, guarded_params: float = 134.5e6) -> dict[str, Any]:
+    """Classifier FLOPs per token against the guarded model's (2 x parameters per token, the usual estimate)."""
+    n_in = sum(p.numel() for p in guard.input_classifier.model.parameters())
+    n_out = sum(p.numel() for p in guard.output_classifier.model.parameters()) if guard.output_classifier else 0
+    clf = 2 * n_in * prompt_tokens + 2 * n_out * response_tokens
+    llm = 2 * guarded_params * (prompt_tokens + response_tokens)
+    return {
+        "input_params": n_in, "output_params": n_out, "guarded_params": guarded_params,
+        "exchange": {"prompt_tokens": prompt_tokens, "response_tokens": response_tokens},
+        "flops_ratio": clf / llm,
+        "flops_ratio_vs_8b": clf / (2 * 8e9 * (prompt_tokens + response_tokens)),
+    }
+
+
+def wall_overhead(guard: Any, n: int = 4, max_tokens: int = 64) -> dict[str, Any]:
+    """Measured: local SmolLM2 generating, against the guard's input check plus streaming output screening."""
+    from ccguard.llm.base import GenerateParams, create_backend
+    from ccguard.records import Message
+
+    llm = create_backend("local", model="smollm2")
+    prompts = ["Give me three tips for a job interview.", "Explain photosynthesis simply.",
+               "Write a haiku about autumn.", "How do I make a budget?"][:n]
+    gen_s = guard_s = 0.0
+    tokens = 0
+    for p in prompts:
+        t0 = time.perf_counter()
+        c = llm.generate_sync([Message(role="user", content=p)], GenerateParams(max_tokens=max_tokens, temperature=0.0))
+        gen_s += time.perf_counter() - t0
+        tokens += c.usage.completion_tokens
+        t0 = time.perf_counter()
+        guard.check_input(p)
+        if guard.output_classifier is not None:
+            guard.check_output(p, c.text)
+        guard_s += time.perf_counter() - t0
+    return {"generation_seconds": gen_s, "guard_seconds": guard_s, "ratio": guard_s / gen_s, "generated_tokens": tokens}
+
+
+def _latency(guard: Any, texts: list[str], n: int = 40) -> dict[str, float]:
+    lat = []
+    for t in texts[:n]:
+        t0 = time.perf_counter()
+        guard.check_input(t)
+        lat.append(1000 * (time.perf_counter() - t0))
+    lat.sort()
+    return {"p50_ms": statistics.median(lat), "p95_ms": lat[min(len(lat) - 1, int(0.95 * len(lat)))], "n": len(lat)}
+
+
+def run_eval(
+    guard_dir: Path,
+    suites: list[Suite],
+    out_dir: Path,
+    *,
+    baselines: tuple[str, ...] = ALL_BASELINES,
+    max_items: int | None = None,
+    wall: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    from ccguard import constitution as C
+    from ccguard.guard import Guard
+
+    console = console or Console(stderr=True)
+    guard_dir = Path(guard_dir)
+    guard = Guard.load(guard_dir)
+    run_dir = guard_dir.parent if (guard_dir.parent / "data").is_dir() else None
+    const_file = guard_dir / "constitution.yaml"
+    const = C.load(const_file) if const_file.is_file() else None
+    terms = tuple(const.harmful_terms()) if const else ()
+    t_all = time.perf_counter()
+    systems, thresholds = _load_baselines(baselines, guard, run_dir, const, console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"guard": str(guard_dir), "constitution": guard.manifest.constitution, "suites": {}, "skipped": {}}
+    plot_files: list[tuple[str, Path]] = []
+    thr_in = guard.policy.input_threshold
+    for suite in suites:
+        missing = [p for p in (expand(r, run_dir) for r in suite.requires) if not Path(p).exists()]
+        if missing:
+            msg = f"suite {suite.name!r} skipped: {', '.join(missing)} not found"
+            console.print(f"[yellow]{msg}[/]")
+            report["skipped"][suite.name] = msg
+            continue
+        sets = {s.name: load_set(s.model_copy(update={"max_items": s.max_items or max_items}), run_dir) for s in suite.sets}
+        kinds = {s.name: s.kind for s in suite.sets}
+        for comp in suite.compose:
+            n = min(comp.n, max_items) if max_items else comp.n
+            sets[comp.name] = compose_set(comp.model_copy(update={"n": n}), sets, run_dir, terms)
+            kinds[comp.name] = "prompts"
+        res: dict[str, Any] = {}
+        hist: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, items in sets.items():
+            if not items:
+                continue
+            y = np.array([it.label for it in items])
+            t0 = time.perf_counter()
+            if kinds[name] == "responses":
+                if guard.output_classifier is None:
+                    continue
+                ex = guard.output_classifier.score([it.prompt for it in items], [it.response or "" for it in items])
+                secs = time.perf_counter() - t0
+                s = np.array([e.score for e in ex])
+                thr = guard.policy.output_threshold
+                m = {"ccguard": set_metrics(y, s, thr)}
+                fr = [e.stop(thr, guard.output_classifier.spec.chunk_tokens) for e in ex]
+                released = [f / max(1, len(it.response or "")) for f, it in zip(fr, items, strict=True) if f is not None and it.label == 1]
+                m["ccguard"]["median_released_fraction"] = float(np.median(released)) if released else None
+                m["ccguard"]["throughput_per_s"] = len(items) / secs
+            else:
+                texts = [it.prompt for it in items]
+                s = np.array([v.score for v in guard.check_inputs(texts)])
+                secs = time.perf_counter() - t0
+                thr = thr_in
+                m = {"ccguard": set_metrics(y, s, thr)}
+                m["ccguard"]["throughput_per_s"] = len(items) / secs
+                m["ccguard"]["by_category"] = _breakdown(items, s, thr, "category")
+                m["ccguard"]["by_family"] = _breakdown(items, s, thr, "family")
+                all_scores = {"ccguard": s}
+                for bname, b in systems.items():
+                    bs = b.score(texts)
+                    all_scores[bname] = bs
+                    m[bname] = set_metrics(y, bs, thresholds[bname])
+                    m[bname]["by_family"] = _breakdown(items, bs, thresholds[bname], "family")
+                if len(set(y.tolist())) == 2:
+                    p = plots.roc_curves(out_dir / f"roc_{suite.name}_{name}.png", f"{suite.name}/{name}: ROC", y, all_scores)
+                    plot_files.append((f"ROC, {suite.name}/{name}", p))
+                    if name.startswith("jailbreak") or name.startswith("test"):
+                        fam = {k: (v["harmful_flagged"]["rate"] or 0.0, v["harmless_flagged"]["rate"] or 0.0)
+                               for k, v in m["ccguard"]["by_family"].items()}
+                        p = plots.family_bars(out_dir / f"families_{suite.name}_{name}.png", fam)
+                        plot_files.append((f"Block rate per transform family, {suite.name}/{name}", p))
+                        p = plots.threshold_tradeoff(out_dir / f"tradeoff_{suite.name}_{name}.png", y, s, thr, f"{suite.name}/{name}")
+                        plot_files.append((f"Threshold / FPR trade-off, {suite.name}/{name}", p))
+            hist[name] = (y, s)
+            res[name] = m
+            console.print(f"{suite.name}/{name}: n={len(items)} flagged {m['ccguard']['flagged']['rate']:.3f}"
+                          + (f", AUROC {m['ccguard']['auroc']:.4f}" if m["ccguard"]["auroc"] is not None else ""))
+        if hist:
+            p = plots.histograms(out_dir / f"hist_{suite.name}.png", hist, thr_in)
+            plot_files.append((f"Score histograms, {suite.name} (input threshold shown)", p))
+        texts = [it.prompt for n_, its in sets.items() if kinds[n_] == "prompts" for it in its][:40]
+        if texts:
+            res["_latency_input"] = _latency(guard, texts)
+        report["suites"][suite.name] = res
+    report["overhead"] = overhead(guard)
+    if wall:
+        report["overhead"]["wall"] = wall_overhead(guard)
+    report["baseline_thresholds"] = thresholds
+    report["seconds"] = round(time.perf_counter() - t_all, 1)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    md = render_markdown(report)
+    atomic_write_text(out_dir / "report.md", md)
+    atomic_write_text(out_dir / "report.html", render_html(md, plot_files))
+    return report
+
+
+def _pct(r: dict[str, Any] | None) -> str:
+    if not r or r.get("rate") is None:
+        return "n/a"
+    return f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}–{100 * r['hi']:.1f}]"
+
+
+def _f(x: float | None, nd: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# ccguard eval: {r['constitution'].get('name')}", "", f"Guard `{r['guard']}`; {r['seconds']:.0f}s.", ""]
+    for msg in r["skipped"].values():
+        lines += [f"*{msg}*", ""]
+    for sname, sets in r["suites"].items():
+        lines += [f"## Suite `{sname}`", ""]
+        lat = sets.get("_latency_input")
+        if lat:
+            lines += [f"Input check latency, one request at a time: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms.", ""]
+        for name, m in sets.items():
+            if name.startswith("_"):
+                continue
+            lines += [f"### {name} (n={m['ccguard']['n']})", "",
+                      "| system | flagged (95% CI) | TPR | FPR | AUROC | AUPRC | TPR@0.1% | TPR@1% | TPR@5% |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for sys_name, x in m.items():
+                t = x["tpr_at_fpr"]
+                lines.append(f"| {sys_name} | {_pct(x['flagged'])} | {_pct(x['tpr'])} | {_pct(x['fpr'])} | {_f(x['auroc'])} | "
+                             f"{_f(x['auprc'])} | {_f(t['0.001'], 3)} | {_f(t['0.01'], 3)} | {_f(t['0.05'], 3)} |")
+            c = m["ccguard"]
+            if c.get("median_released_fraction") is not None:
+                lines.append(f"\nMedian fraction of a flagged harmful response released before halting: {c['median_released_fraction']:.3f}.")
+            if "throughput_per_s" in c:
+                lines.append(f"\nccguard throughput on this set: {c['throughput_per_s']:.1f} items/s.")
+            fams = c.get("by_family") or {}
+            if len(fams) > 1:
+                lines += ["", "| transform family | harmful blocked | harmless blocked |", "|---|---|---|"]
+                for k, v in fams.items():
+                    lines.append(f"| {k} | {_pct(v['harmful_flagged'])} | {_pct(v['harmless_flagged'])} |")
+            cats = c.get("by_category") or {}
+            if 1 < len(cats) <= 40:
+                lines += ["", "| category | harmful flagged | harmless flagged |", "|---|---|---|"]
+                for k, v in cats.items():
+                    lines.append(f"| {k} | {_pct(v['harmful_flagged'])} | {_pct(v['harmless_flagged'])} |")
+            lines.append("")
+    o = r["overhead"]
+    lines += ["## Compute overhead", "",
+              f"Classifier FLOPs against the guarded model's for a {o['exchange']['prompt_tokens']}-token prompt and "
+              f"{o['exchange']['response_tokens']}-token response: **{100 * o['flops_ratio']:.1f}%** of SmolLM2-135M, "
+              f"{100 * o['flops_ratio_vs_8b']:.2f}% of an 8B model (input {o['input_params'] / 1e6:.1f}M, output "
+              f"{o['output_params'] / 1e6:.1f}M parameters)."]
+    if "wall" in o:
+        w = o["wall"]
+        lines.append(f"\nMeasured wall time: guard {w['guard_seconds']:.2f}s against SmolLM2 generating {w['generated_tokens']} tokens in "
+                     f"{w['generation_seconds']:.2f}s: **{100 * w['ratio']:.1f}%**.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_html(md: str, plots_: list[tuple[str, Path]]) -> str:
+    imgs = "".join(
+        f"<figure><img alt='{html.escape(t)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<figcaption>{html.escape(t)}</figcaption></figure>"
+        for t, p in plots_
+    )
+    style = ("body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "pre{white-space:pre-wrap;font:13px/1.4 ui-monospace,monospace;background:#f6f6f6;padding:1em}"
+             "figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:520px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ccguard eval</title><style>{style}</style></head>"
+            f"<body><h1>ccguard evaluation report</h1><section id='plots'>{imgs}</section><pre>{html.escape(md)}</pre></body></html>")
