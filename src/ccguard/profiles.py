@@ -21,6 +21,8 @@ class Profile:
     responses: ResponseConfig
     output_train: OutputTrainArgs
     target_fpr: float = 0.005
+    family_fpr: float | None = 0.02  # also bound the FPR within each transform family of benign val examples
+    calib_variants: float = 3.0  # extra augmented variants of each harmless val base, for a denser benign tail
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
@@ -36,6 +38,7 @@ PROFILES: dict[str, Profile] = {
         responses=ResponseConfig(queries_per_response=1, max_per_category=16),
         output_train=OutputTrainArgs(num_layers=2, prompt_tokens=32, response_tokens=64, max_steps=30, batch_size=8),
         target_fpr=0.02,
+        calib_variants=0.5,
         split_fractions=(0.6, 0.2, 0.2),
         eval_max_examples=150,
     ),

@@ -21,7 +21,7 @@ def eval_report(smoke_run: Path, tmp_path_factory) -> tuple[Path, dict, float]:
 
     out = tmp_path_factory.mktemp("eval")
     t0 = time.perf_counter()
-    rep = run_eval(smoke_run / "guard", [load_suite("synthetic"), load_suite("dev")], out, max_items=60,
+    rep = run_eval(smoke_run / "guard", [load_suite("synthetic"), load_suite("dev")], out, max_items=40,
                    console=Console(stderr=True, quiet=True))
     return out, rep, time.perf_counter() - t0
 
@@ -40,6 +40,7 @@ def test_report_has_every_section(eval_report):
     assert "median_released_fraction" in syn["test_exchanges"]["ccguard"]
     assert syn["_latency_input"]["p50_ms"] > 0
     assert 0 < rep["overhead"]["flops_ratio"] < 1
+    assert "skipped" in rep["rubric"] and "## Rubric grading" in (out / "report.md").read_text()
     md = (out / "report.md").read_text()
     for heading in ("## Suite `synthetic`", "### jailbreak_composed", "## Compute overhead", "transform family"):
         assert heading in md
@@ -74,7 +75,6 @@ def _chromium() -> str | None:
 
 @pytest.mark.skipif(_chromium() is None and not os.environ.get("CCGUARD_REQUIRE_CHROMIUM"), reason="no chromium installed")
 def test_html_report_renders_plots_in_headless_chromium(eval_report, tmp_path: Path):
-    import numpy as np
     from matplotlib import image
 
     out, _, _ = eval_report

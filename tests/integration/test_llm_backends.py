@@ -98,3 +98,21 @@ def test_anthropic_backend_at_the_transport_layer():
     first = seen[0]
     assert first["headers"]["x-api-key"] == "k" and first["headers"]["anthropic-version"]
     assert first["body"]["system"] == "Be brief." and all(m["role"] != "system" for m in first["body"]["messages"])
+
+
+def test_rubric_grader_with_an_openai_judge_at_the_transport_layer():
+    import json
+
+    import httpx
+
+    from ccguard.evaluate.rubric import grade
+    from ccguard.llm.openai_compat import OpenAIBackend
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["messages"][0]["content"]
+        text = "1. Preheat the oven.\n2. Knead the dough.\n3. Bake until golden." if "Break the reference" in prompt else "COVERED: 1, 3"
+        return httpx.Response(200, json={"choices": [{"message": {"content": text}, "finish_reason": "stop"}], "usage": {}})
+
+    judge = OpenAIBackend("judge", base_url="http://test/v1", transport=httpx.MockTransport(handler))
+    g = asyncio.run(grade(judge, "How do I bake bread?", "Preheat, knead, bake.", "Heat the oven and bake it."))
+    assert g.covered == [1, 3] and abs(g.score - 2 / 3) < 1e-9 and len(g.points) == 3

@@ -88,9 +88,9 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def load_encoder(name_or_path: str, *, num_layers: int | None = None) -> Any:
-    """A pretrained encoder (safetensors only), optionally truncated to its first ``num_layers`` layers."""
-    from transformers import AutoConfig, AutoModel
+def backbone_config(name_or_path: str, num_layers: int | None = None) -> tuple[str, Any]:
+    """The backbone's local path and config, optionally truncated to its first ``num_layers`` layers."""
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     # A truncated backbone leaves weights unused on purpose; the load report would only alarm the user.
@@ -103,4 +103,12 @@ def load_encoder(name_or_path: str, *, num_layers: int | None = None) -> Any:
         raise CcguardError(f"cannot load backbone {name_or_path!r}: {str(e).splitlines()[0]}") from None
     if num_layers is not None and hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = min(num_layers, config.num_hidden_layers)
+    return path, config
+
+
+def load_encoder(name_or_path: str, *, num_layers: int | None = None) -> Any:
+    """A pretrained encoder (safetensors only), optionally truncated."""
+    from transformers import AutoModel
+
+    path, config = backbone_config(name_or_path, num_layers)
     return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa")

@@ -69,20 +69,11 @@ class OutputModel(nn.Module):
 
 def load_output_backbone(name_or_path: str, num_layers: int | None = None) -> tuple[nn.Module, bool]:
     """A causal backbone: a causal LM as is, or an encoder switched to causal attention (``is_decoder``)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    from ccguard.classifiers.backbone import resolve_backbone
+    from ccguard.classifiers.backbone import backbone_config
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    path = resolve_backbone(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except OSError as e:
-        raise CcguardError(f"cannot load backbone {name_or_path!r}: {str(e).splitlines()[0]}") from None
-    if num_layers is not None and hasattr(config, "num_hidden_layers"):
-        config.num_hidden_layers = min(num_layers, config.num_hidden_layers)
+    path, config = backbone_config(name_or_path, num_layers)
     causal = is_causal_lm(config)
     if causal:
         return AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa"), True

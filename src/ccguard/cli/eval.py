@@ -8,6 +8,24 @@ from typing import Annotated
 import typer
 
 
+def _judge(spec: str | None):
+    if not spec:
+        return None
+    from ccguard.llm.base import create_backend
+
+    kind, _, rest = spec.partition(":")
+    if kind == "openai":
+        model, _, url = rest.partition("@")
+        return create_backend("openai", model=model, **({"base_url": url} if url else {}))
+    if kind == "anthropic":
+        return create_backend("anthropic", model=rest)
+    if kind == "local":
+        return create_backend("local", model=rest or "smollm2")
+    from ccguard.errors import CcguardError
+
+    raise CcguardError(f"--judge {spec!r}: use openai:MODEL[@BASE_URL], anthropic:MODEL or local[:MODEL]")
+
+
 def eval_(
     guard: Annotated[Path, typer.Option(help="Guard artifact directory.")],
     suite: Annotated[list[str] | None, typer.Option(help="Bundled suite (synthetic, dev) or a suite YAML; repeatable.")] = None,
@@ -15,6 +33,7 @@ def eval_(
     baselines: Annotated[str, typer.Option(help="Comma-separated: keyword,tfidf_lr,minilm_lr,no_augmentation, or none.")] = "keyword,tfidf_lr,minilm_lr,no_augmentation",
     max_items: Annotated[int | None, typer.Option(help="Cap items per set (quick runs).")] = None,
     wall: Annotated[bool, typer.Option(help="Also measure wall-time overhead against local SmolLM2 generating.")] = False,
+    judge: Annotated[str | None, typer.Option(help="LLM judge for rubric grading: openai:MODEL[@BASE_URL], anthropic:MODEL or local[:MODEL].")] = None,
 ) -> None:
     """Evaluate a guard: flagged rates with Wilson CIs, AUROC/AUPRC, TPR at fixed FPRs, breakdowns, overhead."""
     from ccguard.evaluate.runner import ALL_BASELINES, run_eval
@@ -30,5 +49,5 @@ def eval_(
         raise CcguardError(f"unknown baseline(s): {', '.join(unknown)} (known: {', '.join(ALL_BASELINES)})")
     suites = [load_suite(s) for s in (suite or ["synthetic"])]
     out_dir = out or (guard.parent / "eval")
-    run_eval(guard, suites, out_dir, baselines=names, max_items=max_items, wall=wall)
+    run_eval(guard, suites, out_dir, baselines=names, max_items=max_items, wall=wall, judge=_judge(judge))
     typer.echo(f"report: {out_dir / 'report.html'}", err=True)

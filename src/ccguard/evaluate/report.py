@@ -138,7 +138,12 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
         "## Input classifier",
         "",
         f"Threshold **{cal['threshold']:.4f}**, calibrated on {cal['calibration_set']} at target FPR "
-        f"{100 * cal['target_fpr']:.2f}%: achieved FPR {_pct(cal['fpr'])}, TPR {_pct(cal['tpr'])}.",
+        f"{100 * cal['target_fpr']:.2f}%"
+        + (f" overall and {100 * cal['family_fpr']:.1f}% within each transform family" if cal.get("family_fpr") else "")
+        + f" (binding: {cal.get('binding', 'overall')}): achieved FPR {_pct(cal['fpr'])}, TPR {_pct(cal['tpr'])}.",
+        "",
+        "Validation FPR per benign family at this threshold: "
+        + ", ".join(f"{k} {_pct(v)}" for k, v in (cal.get("by_family") or {}).items()) + ".",
         "",
         "| split | AUROC | AUPRC | TPR @ threshold | FPR @ threshold | TPR @ 0.1% FPR | TPR @ 1% FPR | TPR @ 5% FPR |",
         "|---|---|---|---|---|---|---|---|",

@@ -123,6 +123,31 @@ def wall_overhead(guard: Any, n: int = 4, max_tokens: int = 64) -> dict[str, Any
     return {"generation_seconds": gen_s, "guard_seconds": guard_s, "ratio": guard_s / gen_s, "generated_tokens": tokens}
 
 
+def _rubric(judge: Any, sets: dict[str, list[EvalItem]], console: Console) -> dict[str, Any]:
+    """Grade responses that come with a reference answer; skipped with a message when no judge is configured."""
+    import asyncio
+
+    from ccguard.evaluate.rubric import grade, skipped_message
+
+    graded = {k: [it for it in v if it.reference and it.response] for k, v in sets.items()}
+    graded = {k: v for k, v in graded.items() if v}
+    if judge is None:
+        console.print(f"[dim]{skipped_message()}[/]")
+        return {"skipped": skipped_message()}
+    if not graded:
+        return {"skipped": "rubric grading skipped: no set has a reference_field"}
+
+    async def go() -> dict[str, Any]:
+        out = {}
+        for k, items in graded.items():
+            gs = [await grade(judge, it.query or it.prompt, it.reference or "", it.response or "") for it in items]
+            out[k] = {"n": len(gs), "mean_score": float(np.mean([g.score for g in gs]))}
+        await judge.aclose()
+        return out
+
+    return asyncio.run(go())
+
+
 def _latency(guard: Any, texts: list[str], n: int = 40) -> dict[str, float]:
     lat = []
     for t in texts[:n]:
@@ -141,6 +166,7 @@ def run_eval(
     baselines: tuple[str, ...] = ALL_BASELINES,
     max_items: int | None = None,
     wall: bool = False,
+    judge: Any = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     from ccguard import constitution as C
@@ -158,6 +184,7 @@ def run_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"guard": str(guard_dir), "constitution": guard.manifest.constitution, "suites": {}, "skipped": {}}
     plot_files: list[tuple[str, Path]] = []
+    all_sets: dict[str, list[EvalItem]] = {}
     thr_in = guard.policy.input_threshold
     for suite in suites:
         missing = [p for p in (expand(r, run_dir) for r in suite.requires) if not Path(p).exists()]
@@ -172,6 +199,7 @@ def run_eval(
             n = min(comp.n, max_items) if max_items else comp.n
             sets[comp.name] = compose_set(comp.model_copy(update={"n": n}), sets, run_dir, terms)
             kinds[comp.name] = "prompts"
+        all_sets.update({f"{suite.name}/{k}": v for k, v in sets.items()})
         res: dict[str, Any] = {}
         hist: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, items in sets.items():
@@ -227,6 +255,7 @@ def run_eval(
         if texts:
             res["_latency_input"] = _latency(guard, texts)
         report["suites"][suite.name] = res
+    report["rubric"] = _rubric(judge, all_sets, console)
     report["overhead"] = overhead(guard)
     if wall:
         report["overhead"]["wall"] = wall_overhead(guard)
@@ -294,6 +323,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         w = o["wall"]
         lines.append(f"\nMeasured wall time: guard {w['guard_seconds']:.2f}s against SmolLM2 generating {w['generated_tokens']} tokens in "
                      f"{w['generation_seconds']:.2f}s: **{100 * w['ratio']:.1f}%**.")
+    rub = r.get("rubric") or {}
+    lines += ["", "## Rubric grading", ""]
+    if "skipped" in rub:
+        lines.append(f"*{rub['skipped']}*")
+    for k, v in rub.items():
+        if k != "skipped":
+            lines.append(f"- {k}: mean rubric coverage {v['mean_score']:.3f} (n={v['n']})")
     lines.append("")
     return "\n".join(lines)
 

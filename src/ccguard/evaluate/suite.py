@@ -34,6 +34,8 @@ class SetSpec(BaseModel):
     label_field: str | None = Field(default="label", description="Field holding the label; None: all negative.")
     positive: list[str] = Field(default_factory=lambda: ["harmful"], description="Label values counted as harmful.")
     category_field: str | None = Field(default=None, description="Field used for per-category breakdowns.")
+    reference_field: str | None = Field(default=None, description="Reference helpful answer, for rubric grading.")
+    query_field: str | None = Field(default=None, description="Forbidden query for rubric grading (default: prompt).")
     where: dict[str, Any] = Field(default_factory=dict, description="Keep rows whose fields equal these values.")
     max_items: int | None = Field(default=None, description="Subsample to at most this many rows (seeded).")
     expect_flagged: bool | None = Field(default=None, description="Informational: whether flags are wanted here.")
@@ -73,6 +75,8 @@ class EvalItem(BaseModel):
     model_config = ConfigDict(frozen=True)
     prompt: str
     response: str | None = None
+    reference: str | None = None
+    query: str | None = None
     label: int
     category: str = ""
     family: str = "none"
@@ -158,6 +162,8 @@ def load_set(spec: SetSpec, run_dir: Path | None, seed: int = 0) -> list[EvalIte
             prompt=_text(r[spec.text_field]),
             response=_text(r.get(spec.response_field)) if spec.kind == "responses" else None,
             label=label, category=str(r.get(spec.category_field, "")) if spec.category_field else "", family=family,
+            reference=_text(r.get(spec.reference_field)) if spec.reference_field else None,
+            query=_text(r.get(spec.query_field)) if spec.query_field else None,
         ))
     return items
 

@@ -132,6 +132,11 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             ok |= hmac.compare_digest(token.encode(), key.encode())
         return ok
 
+    def deny(request: Request) -> JSONResponse | None:
+        if authorised(request):
+            return None
+        return _error(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+
     def audit(event: str, prompt_text: str | None, verdict: Verdict | None, **extra: Any) -> None:
         rec: dict[str, Any] = {"event": event, **extra}
         if verdict is not None:
@@ -159,21 +164,21 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     @app.get("/metrics")
     async def prom(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+        if (denied := deny(request)) is not None:
+            return denied
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
-        if not authorised(request):
-            return _error(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+        if (denied := deny(request)) is not None:
+            return denied
         name = upstream.model or settings.model_name
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ccguard"}]}
 
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Any:
-        if not authorised(request):
-            return _error(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+        if (denied := deny(request)) is not None:
+            return denied
         raw = await _read_bounded(request, settings.max_request_bytes)
         if raw is None:
             return _error(413, "request too large", "invalid_request_error")
@@ -202,9 +207,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        if not authorised(request):
+        if (denied := deny(request)) is not None:
             metrics.requests.labels("chat", "unauthorised").inc()
-            return _error(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+            return denied
         raw = await _read_bounded(request, settings.max_request_bytes)
         if raw is None:
             return _error(413, "request too large", "invalid_request_error")

@@ -21,6 +21,7 @@ from ccguard.classifiers.backbone import load_encoder, load_tokenizer, resolve_b
 from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, pad_batch
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import TrainArgs
+from ccguard.train.loop import optimizer_step
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,9 @@ def train_input(
     args: TrainArgs,
     *,
     progress: Callable[[int, int, float], None] | None = None,
+    init: InputClassifier | None = None,
 ) -> tuple[InputClassifier, dict[str, float]]:
-    """Fine-tune an input classifier; returns it and training stats."""
+    """Fine-tune an input classifier (from the backbone, or further from ``init``); returns it and stats."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -106,10 +108,13 @@ def train_input(
     set_seed(args.seed)
     rng = random.Random(args.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    encoder = load_encoder(args.backbone, num_layers=args.num_layers)
-    tokenizer = load_tokenizer(resolve_backbone(args.backbone))
-    model = InputModel(encoder, len(harmful_categories))
-    spec = WindowSpec(max_len=args.max_len, stride=args.stride)
+    if init is not None:
+        model, tokenizer, spec = init.model, init.tokenizer, init.spec
+    else:
+        encoder = load_encoder(args.backbone, num_layers=args.num_layers)
+        tokenizer = load_tokenizer(resolve_backbone(args.backbone))
+        model = InputModel(encoder, len(harmful_categories))
+        spec = WindowSpec(max_len=args.max_len, stride=args.stride)
     clf = InputClassifier(model, tokenizer, spec, harmful_categories)
 
     cat_index = {c: i for i, c in enumerate(harmful_categories)}
@@ -151,13 +156,8 @@ def train_input(
             has_cat = cats >= 0
             if has_cat.any() and logits.shape[1] > 1:
                 loss = loss + args.category_loss_weight * ce(logits[has_cat, 1:], cats[has_cat])
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+            ema = optimizer_step(accelerator, model, opt, sched, loss, ema)
             step += 1
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
             if progress is not None:
                 progress(step, total, ema)
     model = accelerator.unwrap_model(model).eval()

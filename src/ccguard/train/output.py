@@ -22,6 +22,7 @@ from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import OutputTrainArgs
+from ccguard.train.loop import optimizer_step
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,8 @@ def train_output(
                 tgt_mask = resp_mask[:, 1:] > 0
                 ntp = F.cross_entropy(lm[:, :-1][tgt_mask].float(), ids[:, 1:][tgt_mask])
                 loss = loss + args.ntp_lambda * ntp
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+            ema = optimizer_step(accelerator, model, opt, sched, loss, ema)
             step += 1
-            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
             if progress is not None:
                 progress(step, total, ema)
     model = accelerator.unwrap_model(model).eval()

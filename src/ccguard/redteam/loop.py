@@ -1,0 +1,123 @@
+"""Close the loop: red-team the guard, train on what got through, and measure again.
+
+Held-out harmful queries (the run's test split, base queries only) are split in two halves. Evasions found on half
+A go into training; evasions found on half B are never trained on, so the block rate on B after retraining is an
+out-of-sample number. Before retraining both evasion sets are, by construction, fully missed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ccguard.calibrate import calibrate
+from ccguard.evaluate.metrics import flagged_rate
+from ccguard.records import atomic_write_text, read_examples, render_prompt, write_jsonl
+from ccguard.redteam.search import SearchConfig, redteam
+
+
+def run_redteam(
+    guard_dir: Path,
+    out_guard: Path | None,
+    *,
+    n_queries: int = 40,
+    cfg: SearchConfig | None = None,
+    retrain_steps: int = 150,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    from ccguard import constitution as C
+    from ccguard.guard import Guard, GuardManifest
+    from ccguard.synth.pool import load_pool
+    from ccguard.train.args import TrainArgs
+    from ccguard.train.input import train_input
+    from ccguard.transforms.base import TransformContext, load_framings
+
+    console = console or Console(stderr=True)
+    cfg = cfg or SearchConfig()
+    guard_dir = Path(guard_dir)
+    run_dir = guard_dir.parent
+    if not (run_dir / "data" / "test.jsonl").is_file():
+        from ccguard.errors import CcguardError
+
+        raise CcguardError("red teaming needs the run's data beside the guard (data/test.jsonl)", where=str(guard_dir))
+    guard = Guard.load(guard_dir)
+    const = C.load(guard_dir / "constitution.yaml")
+    pool = load_pool(const.benign_pool) if const.benign_pool else None
+    ctx = TransformContext(rng=random.Random(cfg.seed), terms=tuple(const.harmful_terms()),
+                           pool=tuple(pool.pairs()) if pool else (), framings=load_framings())
+    clf = guard.input_classifier
+    thr = guard.policy.input_threshold
+    queries = [e for e in read_examples(run_dir / "data" / "test.jsonl") if e.label == "harmful" and not e.lineage]
+    # Only queries the guard blocks as written: an evasion is a transform that gets a blocked request through.
+    scores = clf.score([render_prompt(q.prompt) for q in queries])
+    queries = [q for q, s in zip(queries, scores, strict=True) if s.score > thr]
+    random.Random(cfg.seed).shuffle(queries)
+    queries = queries[:n_queries]
+    half = len(queries) // 2
+    qa, qb = queries[:half], queries[half:]
+    console.print(f"red teaming {len(queries)} held-out harmful queries (beam {cfg.beam}, depth {cfg.depth}) ...")
+    ev_a, stats_a = redteam(clf, qa, thr, ctx, cfg)
+    ev_b, stats_b = redteam(clf, qb, thr, ctx, replace(cfg, seed=cfg.seed + 1))
+    rt_dir = run_dir / "redteam"
+    write_jsonl(rt_dir / "evasions_train.jsonl", ev_a)
+    write_jsonl(rt_dir / "evasions_heldout.jsonl", ev_b)
+    before = {"evasion_rate_train_half": stats_a["evasion_rate"], "evasion_rate_heldout_half": stats_b["evasion_rate"],
+              "search_train_half": stats_a, "search_heldout_half": stats_b}
+    console.print(f"evasion rate before retraining: {stats_a['evasion_rate']:.2f} (A), {stats_b['evasion_rate']:.2f} (B); "
+                  f"{len(ev_a)} + {len(ev_b)} evasions")
+    report: dict[str, Any] = {"before": before}
+    if not ev_a or out_guard is None:
+        atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))
+        return report
+
+    # Retrain: continue from the deployed classifier on the training split plus the evasions (oversampled, so a
+    # short run sees each several times), then recalibrate on the same validation split.
+    train = read_examples(run_dir / "data" / "train.jsonl")
+    args = TrainArgs.from_dict(guard.manifest.input.training["args"])
+    args = replace(args, max_steps=retrain_steps, lr=args.lr / 2, warmup_ratio=0.0, max_examples=None)
+    clf2, stats = train_input(train + ev_a * 4, list(clf.categories), args, init=clf)
+    val = read_examples(run_dir / "data" / "val.jsonl")
+    vs = [s.score for s in clf2.score([render_prompt(e.prompt) for e in val])]
+    target = guard.manifest.input.calibration.target_fpr
+    cal = calibrate([s for s, e in zip(vs, val, strict=True) if e.label == "harmless"],
+                    [s for s, e in zip(vs, val, strict=True) if e.label == "harmful"],
+                    target_fpr=target, calibration_set=guard.manifest.input.calibration.calibration_set)
+
+    def block(evs: list[Any], c: Any, t: float) -> dict[str, Any]:
+        return flagged_rate([s.score for s in c.score([render_prompt(e.prompt) for e in evs])], t).model_dump() if evs else {}
+
+    after = {
+        "threshold": cal.threshold,
+        "val_fpr": cal.fpr.model_dump(),
+        "val_tpr": cal.tpr.model_dump(),
+        "val_tpr_before": guard.manifest.input.calibration.tpr.model_dump(),
+        "block_rate_train_evasions": block(ev_a, clf2, cal.threshold),
+        "block_rate_heldout_evasions": block(ev_b, clf2, cal.threshold),
+        "training": stats,
+    }
+    report["after"] = after
+    out_guard = Path(out_guard)
+    tmp = out_guard.with_name(out_guard.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(guard_dir, tmp)
+    shutil.rmtree(tmp / "input")
+    clf2.save(tmp / "input")
+    m = guard.manifest.model_dump()
+    m["input"]["calibration"] = cal.model_dump()
+    m["input"]["training"] = {**m["input"]["training"], "redteam_retrain": {"args": args.to_dict(), **stats, "evasions": len(ev_a)}}
+    m.setdefault("metrics", {})["redteam"] = {"before": {k: v for k, v in before.items() if "rate" in k},
+                                              "after": {k: after[k] for k in ("block_rate_train_evasions", "block_rate_heldout_evasions")}}
+    atomic_write_text(tmp / "guard.json", GuardManifest.model_validate(m).model_dump_json(indent=2))
+    shutil.rmtree(out_guard, ignore_errors=True)
+    tmp.rename(out_guard)
+    atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))
+    b = after["block_rate_heldout_evasions"]
+    console.print(f"after retraining: held-out evasions blocked {b.get('rate', 0):.2f}, train evasions blocked "
+                  f"{after['block_rate_train_evasions'].get('rate', 0):.2f}, val FPR {cal.fpr.fmt()}; new guard {out_guard}")
+    return report
