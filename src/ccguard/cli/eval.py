@@ -40,7 +40,9 @@ def eval_(
     from ccguard.evaluate.suite import load_suite
     from ccguard.guard import read_manifest
 
-    read_manifest(guard)
+    manifest = read_manifest(guard)
+    if max_items is None and manifest.config.get("profile") == "smoke":
+        max_items = 50  # a smoke guard gets a smoke-sized eval (under a minute on 2 cores)
     names = () if baselines.strip() in ("", "none") else tuple(b.strip() for b in baselines.split(","))
     unknown = [b for b in names if b not in ALL_BASELINES]
     if unknown:

@@ -82,12 +82,18 @@ def run_redteam(
     args = TrainArgs.from_dict(guard.manifest.input.training["args"])
     args = replace(args, max_steps=retrain_steps, lr=args.lr / 2, warmup_ratio=0.0, max_examples=None)
     clf2, stats = train_input(train + ev_a * 4, list(clf.categories), args, init=clf)
+    # Recalibrate exactly as the pipeline did: validation harmless plus the extra benign variants, same targets.
     val = read_examples(run_dir / "data" / "val.jsonl")
-    vs = [s.score for s in clf2.score([render_prompt(e.prompt) for e in val])]
-    target = guard.manifest.input.calibration.target_fpr
-    cal = calibrate([s for s, e in zip(vs, val, strict=True) if e.label == "harmless"],
-                    [s for s, e in zip(vs, val, strict=True) if e.label == "harmful"],
-                    target_fpr=target, calibration_set=guard.manifest.input.calibration.calibration_set)
+    calib_file = run_dir / "data" / "calib.jsonl"
+    extra = read_examples(calib_file) if calib_file.is_file() else []
+    benign = [e for e in val if e.label == "harmless"] + extra
+    old = guard.manifest.input.calibration
+    cal = calibrate(
+        [s.score for s in clf2.score([render_prompt(e.prompt) for e in benign])],
+        [s.score for s in clf2.score([render_prompt(e.prompt) for e in val if e.label == "harmful"])],
+        target_fpr=old.target_fpr, calibration_set=old.calibration_set, family_fpr=old.family_fpr,
+        benign_families=[[st.family for st in e.lineage] or ["none"] for e in benign],
+    )
 
     def block(evs: list[Any], c: Any, t: float) -> dict[str, Any]:
         return flagged_rate([s.score for s in c.score([render_prompt(e.prompt) for e in evs])], t).model_dump() if evs else {}
