@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ccguard.augment import AugmentConfig
 from ccguard.synth.offline import SynthConfig
@@ -25,7 +25,6 @@ class Profile:
     calib_variants: float = 3.0  # extra augmented variants of each harmless val base, for a denser benign tail
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {

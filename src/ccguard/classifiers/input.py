@@ -69,6 +69,20 @@ def split_windows(ids: Sequence[int], body: int, spec: WindowSpec) -> list[list[
     return [ids[s : s + body] for s in starts]
 
 
+def length_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped shortest-first into batches whose padded size (count x longest) stays within the budget."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+        if current and (len(current) + 1) * lengths[i] > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
@@ -136,20 +150,10 @@ class InputClassifier:
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]], token_budget: int = 8192) -> np.ndarray:
         """Head logits for model-ready sequences, batched by length to limit padding."""
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = np.zeros((len(seqs), 1 + len(self.categories)), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
-        i = 0
-        while i < len(order):
-            longest = len(seqs[order[min(len(order) - 1, i)]])
-            bs = max(1, token_budget // max(1, longest))
-            chunk = order[i : i + bs]
-            longest = max(len(seqs[j]) for j in chunk)
-            bs = max(1, token_budget // longest)
-            chunk = order[i : i + bs]
-            ids, mask = pad_batch([seqs[j] for j in chunk], pad)
+        for chunk in length_batches([len(s) for s in seqs], token_budget):
+            ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
             out[chunk] = self.model(ids, mask).float().numpy()
-            i += len(chunk)
         return out
 
     def score(self, texts: Sequence[str], spec: WindowSpec | None = None) -> list[InputScore]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ccguard.classifiers.backbone import load_tokenizer
-from ccguard.classifiers.input import _special_affixes, pad_batch
+from ccguard.classifiers.input import _special_affixes, length_batches, pad_batch
 from ccguard.errors import CcguardError
 
 SEPARATOR = "\nAssistant:"
@@ -143,13 +143,8 @@ class OutputClassifier:
             items.append((ctx, span, cap))
         seqs = [ctx + span.ids[:cap] for ctx, span, cap in items]
         results: list[ExchangeScore | None] = [None] * len(items)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        pad = self.tokenizer.pad_token_id
-        i = 0
-        while i < len(order):
-            bs = max(1, token_budget // max(1, len(seqs[order[min(i + 7, len(order) - 1)]])))
-            chunk = order[i : i + bs]
-            ids, mask = pad_batch([seqs[j] for j in chunk], pad)
+        for chunk in length_batches([len(s) for s in seqs], token_budget):
+            ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
             values, _, _ = self.model(ids, mask)
             probs = torch.sigmoid(values.float()).numpy()
             for row, j in enumerate(chunk):
@@ -157,7 +152,6 @@ class OutputClassifier:
                 n = min(len(span.ids), cap)
                 s = probs[row, len(ctx) : len(ctx) + n].tolist()
                 results[j] = ExchangeScore(s, span.starts[:n], span.ends[:n], truncated=len(span.ids) > cap)
-            i += len(chunk)
         return [r for r in results if r is not None]
 
     def session(self, prompt_text: str, threshold: float) -> StreamSession:
