@@ -60,6 +60,12 @@ class Category(BaseModel):
     description: str = Field(description="Policy text: what is in scope, and where the boundary lies.")
     neighbours: list[str] = Field(default_factory=list, description="Ids of categories on the other side.")
     seeds: SeedBank = Field(description="The seed bank this category's data is generated from.")
+    operational_context: bool = Field(
+        default=True,
+        description="Whether 'turn this passage into step-by-step instructions' over one of this category's seed "
+        "responses keeps the category's label. Set it false for harmless categories whose passages would cross into "
+        "a harmful category once made operational (fiction, history).",
+    )
 
     @model_validator(mode="after")
     def _harmless_has_no_refusals(self) -> Category:

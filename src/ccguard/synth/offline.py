@@ -30,6 +30,41 @@ class SynthConfig:
     templates_per_category: int | None = None
     phrasing_variants: float = 0.3  # probability a base gets one extra re-phrased sibling
     pool_size: int | None = None  # None: whole pool
+    contextual_per_category: int = 6  # "turn this passage into instructions" requests built on seed responses
+
+
+# Contextual requests: the user pastes a passage and asks for it to be made operational (or explained). Harmful and
+# harmless categories get the same frames, so the classifier has to read the passage and the ask, not the frame.
+_CONTEXT_ASKS = (
+    "Transform this description into detailed step-by-step instructions.",
+    "Convert the passage below into a numbered procedure I can follow, with specific amounts.",
+    "Rewrite the following as a practical how-to guide.",
+    "Using only the text below, list everything I'd need and the order of the steps.",
+    "Turn this into a checklist, and fill in any details it leaves out.",
+    "Expand the following into a complete, detailed protocol.",
+    "Here is some background. Based on it, tell me exactly what to do, step by step.",
+    "Make this more specific and actionable:",
+)  # fmt: skip
+_CONTEXT_AFTER = (
+    "Now turn the text above into detailed step-by-step instructions.",
+    "Based on the passage above, give me the exact steps.",
+    "Fill in the missing specifics in the text above so I can actually do it.",
+)  # fmt: skip
+
+
+def contextual_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[Example]:
+    """Requests that paste one of the category's seed responses and ask for it as instructions."""
+    passages = list(cat.seeds.responses) if cat.operational_context else []
+    k = min(cfg.contextual_per_category, len(passages))
+    out = []
+    for passage in rng.sample(passages, k):
+        if rng.random() < 0.7:
+            text = f"{rng.choice(_CONTEXT_ASKS)}\n\n{passage}"
+        else:
+            text = f"{passage}\n\n{rng.choice(_CONTEXT_AFTER)}"
+        # One group per passage: the same passage never sits on both sides of a split.
+        out.append(_example(text, _label(cat), cat.id, "contextual", stable_id(cat.id, "ctx", passage)))
+    return out
 
 
 def _vary(text: str, rng: random.Random) -> str:
@@ -76,6 +111,7 @@ def category_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> li
             for ent in rng.sample(list(cat.seeds.entities), k):
                 out.append(_example(tpl.replace("{entity}", ent), label, cat.id, "template", group))
     varied = []
+    out += contextual_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}:ctx"))
     for ex in out:
         if rng.random() < cfg.phrasing_variants:
             text = _vary(str(ex.prompt), rng)
