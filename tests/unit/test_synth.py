@@ -25,3 +25,17 @@ def test_bundled_pool_is_large_and_diverse():
     texts = [r.text for d in pool.domains for r in d.requests]
     assert len(set(texts)) >= 400
     assert len(pool.domains) >= 8
+
+
+def test_contextual_requests_follow_the_operational_context_flag():
+    c = C.load("cbrn")
+    ex = offline.generate(c, None, offline.SynthConfig(seed=1, contextual_per_category=3))
+    ctx = [e for e in ex if e.source == "contextual" and e.parent_id is None]  # not the phrasing siblings
+    cats = {cat.id: cat for cat in c.categories}
+    assert {e.category for e in ctx} == {cid for cid, cat in cats.items() if cat.operational_context}
+    assert not cats["fiction_without_specifics"].operational_context and all(cat.operational_context for cat in c.harmful)
+    for e in ctx:
+        cat = cats[e.category]
+        assert any(r in e.prompt for r in cat.seeds.responses)
+        assert e.label == ("harmful" if cat.kind == "harmful" else "harmless")
+    assert sum(e.label == "harmful" for e in ctx) == 3 * len(c.harmful)
