@@ -68,9 +68,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_data(const: Constitution, profile: Profile, data_dir: Path, console: Console, seed: int) -> dict[str, Any]:
+def _llm_stage(const: Constitution, client: Any, cfg: Any, llm_dir: Path, console: Console) -> dict[str, Any]:
+    """Stage I via the LLM backend: resumable (journals) and cached, so a re-run costs nothing."""
+    from ccguard.llm.client import run_sync
+    from ccguard.synth.llm import generate_llm_data
+
+    m = run_sync(client, lambda: generate_llm_data(const, client, cfg, llm_dir, log=lambda m: console.print(m)))
+    console.print(f"llm data: {m['queries']['kept']} queries, {m['responses']['kept']} exchanges "
+                  f"({m['usage']['prompt_tokens']}+{m['usage']['completion_tokens']} tokens, ${m['usage']['cost_usd']:.4f})")
+    return m
+
+
+def build_data(
+    const: Constitution, profile: Profile, data_dir: Path, console: Console, seed: int, client: Any = None, llm_dir: Path | None = None
+) -> dict[str, Any]:
     """Stage I + II + splits. Writes data/{examples,train,val,test}.jsonl (prompts), data/output_{train,val,test}.jsonl
-    (exchanges) and data/manifest.json."""
+    (exchanges) and data/manifest.json. With an LLM ``client``, the stage I files in ``llm_dir`` join the offline
+    data and the profile's LLM transforms add variants; without one they are skipped with a message."""
     framings = load_framings()
     pool = load_pool(const.benign_pool) if const.benign_pool else None
     synth_cfg = replace(profile.synth, seed=seed)
@@ -86,6 +100,13 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
             "splits": profile.split_fractions,
             "calib_variants": profile.calib_variants,
             "version": versions()["ccguard"],
+            "llm": None if client is None else {
+                "backend": client.spec.public(),
+                "files": {f: file_sha(llm_dir / f) for f in ("queries.jsonl", "exchanges.jsonl")} if llm_dir else None,
+                "transforms": profile.llm_transforms,
+                "rate": profile.llm_transform_rate,
+                "max_tokens": profile.llm_transform_max_tokens,
+            },
         }
     )
     manifest_path = data_dir / "manifest.json"
@@ -96,10 +117,31 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
         return old
     t0 = time.perf_counter()
     base = offline.generate(const, pool, synth_cfg)
+    llm_exchanges: list[Example] = []
+    llm_stats: dict[str, Any] = {}
+    if client is not None and llm_dir is not None:
+        llm_base = read_examples(llm_dir / "queries.jsonl")
+        llm_exchanges = read_examples(llm_dir / "exchanges.jsonl")
+        base += llm_base
+        llm_stats["stage_i"] = {"queries": len(llm_base), "exchanges": len(llm_exchanges)}
     ctx = TransformContext(
         rng=random.Random(seed), terms=tuple(const.harmful_terms()), pool=tuple(pool.pairs()) if pool else (), framings=framings
     )
-    examples = assign_splits(augment(base, ctx, aug_cfg), seed=seed, fractions=profile.split_fractions)
+    augmented = augment(base, ctx, aug_cfg)
+    if profile.llm_transforms and client is None:
+        console.print(f"[yellow]LLM transforms ({', '.join(profile.llm_transforms)}) skipped: no LLM backend "
+                      "configured (ccguard run --backend ... to use them)[/]")
+        llm_stats["transforms"] = "skipped: no backend"
+    elif profile.llm_transforms:
+        from ccguard.llm.client import run_sync
+        from ccguard.transforms.llm import llm_augment
+
+        variants, llm_stats["transforms"] = run_sync(client, lambda: llm_augment(
+            base, client, profile.llm_transforms, rate=profile.llm_transform_rate, seed=seed,
+            journal=data_dir / "llm_transforms.jsonl", max_tokens=profile.llm_transform_max_tokens))
+        augmented += variants
+        console.print(f"LLM transforms: {len(variants)} variants ({llm_stats['transforms']['dropped'] or 'none dropped'})")
+    examples = assign_splits(augmented, seed=seed, fractions=profile.split_fractions)
     data_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(data_dir / "examples.jsonl", examples)
     counts: dict[str, Any] = {"total": len(examples), "base": len(base)}
@@ -113,7 +155,7 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
     counts["calib"] = {"total": len(calib), "harmful": 0, "harmless": len(calib)}
     hashes["calib"] = file_sha(data_dir / "calib.jsonl")
     exchanges = assign_splits(
-        generate_responses(const, pool, replace(profile.responses, seed=seed)), seed=seed, fractions=profile.split_fractions
+        generate_responses(const, pool, replace(profile.responses, seed=seed)) + llm_exchanges, seed=seed, fractions=profile.split_fractions
     )
     for prefix, rows_all in (("", examples), ("output_", exchanges)):
         for split in ("train", "val", "test"):
@@ -133,6 +175,7 @@ def build_data(const: Constitution, profile: Profile, data_dir: Path, console: C
         "augment": asdict(aug_cfg),
         "counts": counts,
         "sha256": hashes,
+        "llm": llm_stats or None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
@@ -206,9 +249,16 @@ def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
 
 
 def run(
-    constitution: str = "cbrn", out: Path | None = None, profile_name: str = "default", seed: int = 0, console: Console | None = None
+    constitution: str = "cbrn",
+    out: Path | None = None,
+    profile_name: str = "default",
+    seed: int = 0,
+    console: Console | None = None,
+    client: Any = None,
+    llm_cfg: Any = None,
 ) -> Path:
-    """Run the whole pipeline; returns the run directory."""
+    """Run the whole pipeline; returns the run directory. ``client`` (an LLMClient) adds LLM stage I data and LLM
+    transforms; without one the run is offline."""
     from ccguard.calibrate import calibrate
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
@@ -226,7 +276,14 @@ def run(
     console.print(f"[bold]ccguard run[/]: constitution {const.name} ({const.content_hash[:12]}), profile {profile.name} -> {run_dir}")
     torch_setup()
 
-    data_manifest = build_data(const, profile, data_dir, console, seed)
+    llm_dir = None
+    llm_manifest = None
+    if client is not None:
+        from ccguard.synth.llm import LLMSynthConfig
+
+        llm_dir = run_dir / "llm"
+        llm_manifest = _llm_stage(const, client, llm_cfg or LLMSynthConfig(seed=seed), llm_dir, console)
+    data_manifest = build_data(const, profile, data_dir, console, seed, client, llm_dir)
     sha = data_manifest["sha256"]
     clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl", sha["train"], guard_dir, console)
     oclf, otraining = train_stage(
@@ -277,7 +334,8 @@ def run(
         refusal=const.refusal,
         input=ClassifierInfo(path="input", backbone=training["args"]["backbone"], calibration=cal, training=training),
         output=ClassifierInfo(path="output", backbone=otraining["args"]["backbone"], calibration=ocal, training=otraining),
-        data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed},
+        data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed,
+              "llm": None if llm_manifest is None else {k: llm_manifest[k] for k in ("backend", "usage", "queries", "responses")}},
         config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
         metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")}},
         versions=versions(),

@@ -25,6 +25,10 @@ class Profile:
     calib_variants: float = 3.0  # extra augmented variants of each harmless val base, for a denser benign tail
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
+    # With a backend (ccguard run --backend ...): one LLM-transformed variant for this fraction of base examples.
+    llm_transforms: tuple[str, ...] = ("paraphrase", "translate", "persona_rewrite", "decompose")
+    llm_transform_rate: float = 0.15
+    llm_transform_max_tokens: int = 400
 
 
 PROFILES: dict[str, Profile] = {

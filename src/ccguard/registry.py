@@ -25,6 +25,7 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "ccguard.transforms.framing",
         "ccguard.transforms.structure",
         "ccguard.transforms.keyword",
+        "ccguard.transforms.llm",
     ),
     "view": ("ccguard.views",),
     "backend": ("ccguard.llm.local", "ccguard.llm.openai_compat", "ccguard.llm.anthropic"),

@@ -8,6 +8,7 @@ import typer
 
 from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import eval as eval_cmd
+from ccguard.cli import generate as generate_cmd
 from ccguard.cli import redteam as redteam_cmd
 from ccguard.cli import run as run_cmd
 from ccguard.cli import score as score_cmd
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.command("run")(run_cmd.run)
 app.command("score")(score_cmd.score)
+app.command("generate")(generate_cmd.generate)
 app.command("serve")(serve_cmd.serve)
 app.command("eval")(eval_cmd.eval_)
 app.command("redteam")(redteam_cmd.redteam)

@@ -7,14 +7,37 @@ from typing import Annotated
 
 import typer
 
+from ccguard.cli import llm_options as o
+
 
 def run(
     constitution: Annotated[str, typer.Option(help="Bundled constitution name or path to a YAML file.")] = "cbrn",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<constitution>).")] = None,
     profile: Annotated[str, typer.Option(help="smoke (about a minute), default (<= 15 min on 2 CPU cores) or full.")] = "default",
     seed: Annotated[int, typer.Option(help="Seed for data generation, splits and training.")] = 0,
+    backend: o.Backend = None,
+    model: o.Model = None,
+    base_url: o.BaseUrl = None,
+    api_key_env: o.ApiKeyEnv = None,
+    helpful_only: o.HelpfulOnly = None,
+    llm_config: o.LLMConfigFile = None,
+    no_cache: o.NoCache = False,
+    llm_batches: Annotated[int, typer.Option(min=1, max=1000, help="With --backend: query requests per category.")] = 4,
+    llm_per_batch: Annotated[int, typer.Option(min=1, max=100, help="With --backend: queries asked for per request.")] = 10,
+    llm_responses: Annotated[int, typer.Option(min=0, max=10000, help="With --backend: queries per category that get responses.")] = 8,
 ) -> None:
-    """Generate data, train and calibrate a guard, and write a report. Re-running resumes."""
+    """Generate data, train and calibrate a guard, and write a report. Re-running resumes.
+
+    Offline by default. With --backend, an LLM adds stage I queries and responses (runs/<name>/llm) and the LLM
+    transforms (paraphrase, translation, persona rewrite, decomposition) add variants.
+    """
     from ccguard.pipeline import run as run_pipeline
 
-    run_pipeline(constitution, out, profile, seed)
+    client = o.client_from_options(backend, model, base_url, api_key_env, helpful_only, llm_config, no_cache)
+    llm_cfg = None
+    if client is not None:
+        from ccguard.synth.llm import LLMSynthConfig
+
+        llm_cfg = LLMSynthConfig(seed=seed, batches_per_category=llm_batches, queries_per_batch=llm_per_batch,
+                                 responses_per_category=llm_responses)
+    run_pipeline(constitution, out, profile, seed, client=client, llm_cfg=llm_cfg)

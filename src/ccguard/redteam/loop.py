@@ -30,7 +30,11 @@ def run_redteam(
     cfg: SearchConfig | None = None,
     retrain_steps: int = 150,
     console: Console | None = None,
+    attacker: Any = None,
+    attack_cfg: Any = None,
 ) -> dict[str, Any]:
+    """Search-based red teaming (and LLM-driven, given an ``attacker`` :class:`~ccguard.llm.client.LLMClient`) on
+    held-out harmful queries, then retraining on the evasions of half A and measuring on those of half B."""
     from ccguard import constitution as C
     from ccguard.guard import Guard, GuardManifest
     from ccguard.synth.pool import load_pool
@@ -65,10 +69,29 @@ def run_redteam(
     ev_a, stats_a = redteam(clf, qa, thr, ctx, cfg)
     ev_b, stats_b = redteam(clf, qb, thr, ctx, replace(cfg, seed=cfg.seed + 1))
     rt_dir = run_dir / "redteam"
+    before_llm: dict[str, Any] = {}
+    if attacker is not None:
+        from ccguard.llm.client import run_sync
+        from ccguard.redteam.llm_attack import AttackConfig, llm_redteam
+
+        acfg = attack_cfg or AttackConfig(seed=cfg.seed)
+        console.print(f"LLM red teaming with {attacker.spec.kind}:{attacker.spec.model} ({acfg.rounds} rounds) ...")
+
+        async def attack() -> tuple[Any, Any]:
+            a = await llm_redteam(attacker, clf, thr, qa, const, acfg, rt_dir / "llm_jobs" / "a")
+            b = await llm_redteam(attacker, clf, thr, qb, const, replace(acfg, seed=acfg.seed + 1), rt_dir / "llm_jobs" / "b")
+            return a, b
+
+        (lev_a, lstats_a), (lev_b, lstats_b) = run_sync(attacker, attack)
+        ev_a, ev_b = ev_a + lev_a, ev_b + lev_b
+        before_llm = {"llm_evasion_rate_train_half": lstats_a["evasion_rate"], "llm_evasion_rate_heldout_half": lstats_b["evasion_rate"],
+                      "llm_train_half": lstats_a, "llm_heldout_half": lstats_b}
+        console.print(f"LLM evasion rate: {lstats_a['evasion_rate']:.2f} (A), {lstats_b['evasion_rate']:.2f} (B); "
+                      f"{len(lev_a)} + {len(lev_b)} evasions")
     write_jsonl(rt_dir / "evasions_train.jsonl", ev_a)
     write_jsonl(rt_dir / "evasions_heldout.jsonl", ev_b)
     before = {"evasion_rate_train_half": stats_a["evasion_rate"], "evasion_rate_heldout_half": stats_b["evasion_rate"],
-              "search_train_half": stats_a, "search_heldout_half": stats_b}
+              "search_train_half": stats_a, "search_heldout_half": stats_b, **before_llm}
     console.print(f"evasion rate before retraining: {stats_a['evasion_rate']:.2f} (A), {stats_b['evasion_rate']:.2f} (B); "
                   f"{len(ev_a)} + {len(ev_b)} evasions")
     report: dict[str, Any] = {"before": before}

@@ -75,3 +75,33 @@ class FakeUpstream:
                     raise
 
             return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+def backend_app(backend: Any) -> FastAPI:
+    """A minimal OpenAI-compatible server in front of any :class:`~ccguard.llm.base.LLMBackend` (no guard), so the
+    HTTP client can be tested for real against a real model on loopback."""
+    from ccguard.llm.base import GenerateParams
+    from ccguard.records import Message
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        msgs = [Message(role=m["role"], content=m["content"]) for m in body["messages"]]
+        params = GenerateParams(max_tokens=body.get("max_tokens", 64), temperature=body.get("temperature", 0.0),
+                                top_p=body.get("top_p", 1.0), seed=body.get("seed"))
+        if not body.get("stream"):
+            out = await backend.generate(msgs, params)
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": out.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": out.finish_reason}],
+                    "usage": {"prompt_tokens": out.usage.prompt_tokens, "completion_tokens": out.usage.completion_tokens}}
+
+        async def gen():
+            async for piece in backend.stream(msgs, params):
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}, 'finish_reason': None}]})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    return app

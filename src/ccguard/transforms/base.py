@@ -93,6 +93,10 @@ class Transform:
 def build(name: str, **args: Any) -> Transform:
     """Build a registered transform with recorded arguments."""
     entry = REGISTRY.get("transform", name)
+    if entry.meta.get("llm"):
+        from ccguard.errors import CcguardError
+
+        raise CcguardError(f"transform {name!r} needs an LLM backend (see ccguard.transforms.llm.llm_augment)")
     t = entry.factory(**args)
     if not isinstance(t, Transform):
         raise TypeError(f"transform factory {name!r} must return a Transform")
