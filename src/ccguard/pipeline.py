@@ -73,7 +73,7 @@ def _llm_stage(const: Constitution, client: Any, cfg: Any, llm_dir: Path, consol
     from ccguard.llm.client import run_sync
     from ccguard.synth.llm import generate_llm_data
 
-    m = run_sync(client, lambda: generate_llm_data(const, client, cfg, llm_dir, log=lambda m: console.print(m)))
+    m = run_sync(client, lambda: generate_llm_data(const, client, cfg, llm_dir, log=console.print))
     console.print(f"llm data: {m['queries']['kept']} queries, {m['responses']['kept']} exchanges "
                   f"({m['usage']['prompt_tokens']}+{m['usage']['completion_tokens']} tokens, ${m['usage']['cost_usd']:.4f})")
     return m

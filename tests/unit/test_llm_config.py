@@ -8,7 +8,7 @@ import pytest
 
 from ccguard.errors import CcguardError
 from ccguard.llm.config import Price, load_llm_config, resolve_spec
-from ccguard.synth.llm import dedupe, parse_list, quality_problem
+from ccguard.synth.llm import dedupe, parse_list, quality_problem, shingles
 
 CONFIG = """
 backends:
@@ -32,7 +32,7 @@ def test_env_substitution_defaults_and_overrides(tmp_path: Path, monkeypatch):
     w = cfg.backends["writer"]
     assert w.api_key == "sk-123" and w.base_url == "http://127.0.0.1:9/v1"
     assert "api_key" not in w.public()
-    spec = resolve_spec("writer", config=p, model="other", helpful_only=True)
+    spec = resolve_spec("writer", config=cfg, model="other", helpful_only=True)
     assert spec.model == "other" and spec.helpful_only and spec.price.cost(1_000_000, 500_000) == pytest.approx(2.0)
     assert resolve_spec("local").model == "smollm2"
 
@@ -70,8 +70,8 @@ def test_list_parsing_quality_filter_and_dedupe():
     assert quality_problem("Category: cooking. User request: bread") == "instruction_echo"
     assert quality_problem("How long should I proof a rye loaf?") is None
     prompt = "Write 3 new user requests. Output one request per line, numbered 1 to 3, and nothing else."
-    assert quality_problem("Sure. I will output one request per line, numbered as asked", instruction=prompt) == "instruction_echo"
-    assert quality_problem("How long should I proof a rye loaf?", instruction=prompt) is None
+    assert quality_problem("Sure. I will output one request per line, numbered as asked", echo_of=shingles(prompt)) == "instruction_echo"
+    assert quality_problem("How long should I proof a rye loaf?", echo_of=shingles(prompt)) is None
     kept, dropped = dedupe(
         ["How do I bake rye bread?", "how do i bake rye bread", "How do I bake rye bread??!", "How do I bake a rye bread?",
          "What temperature kills salmonella in chicken?"],

@@ -35,7 +35,6 @@ def client_from_options(
     if backend is None:
         return None
     import os
-    from pathlib import Path as P
 
     from ccguard.errors import CcguardError
     from ccguard.llm.client import make_client
@@ -46,9 +45,8 @@ def client_from_options(
         api_key = os.environ.get(api_key_env)
         if api_key is None:
             raise CcguardError(f"environment variable {api_key_env} is not set (--api-key-env)")
-    spec = resolve_spec(backend, model=model, base_url=base_url, api_key=api_key, helpful_only=helpful_only, config=llm_config)
-    cache_dir = None
-    if llm_config is not None:
-        cfg = load_llm_config(llm_config)
-        cache_dir = P(cfg.cache_dir).expanduser() if cfg.cache_dir else None
+    cfg = load_llm_config(llm_config) if llm_config is not None else None
+    spec = resolve_spec(backend, model=model, base_url=base_url, api_key=api_key, helpful_only=helpful_only, config=cfg,
+                        config_path=llm_config)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg and cfg.cache_dir else None
     return make_client(spec, cache_dir=cache_dir, use_cache=not no_cache)

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 
-from ccguard.llm.base import Completion, GenerateParams, LLMBackend, Usage
-from ccguard.llm.openai_compat import RETRY_STATUS, UpstreamError
+from ccguard.llm.base import Completion, GenerateParams, Usage
+from ccguard.llm.http import HTTPBackend, UpstreamError
 from ccguard.records import Message
 from ccguard.registry import register
 
 API_VERSION = "2023-06-01"
 
 
-class AnthropicBackend(LLMBackend):
+class AnthropicBackend(HTTPBackend):
     name = "anthropic"
+    service = "Anthropic API"
 
     def __init__(
         self,
@@ -32,24 +31,11 @@ class AnthropicBackend(LLMBackend):
         concurrency: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.model = model
-        self.api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY", "")
-        self.base_url = base_url.rstrip("/")
-        self.timeout, self.max_retries = timeout, max_retries
-        self.concurrency = concurrency
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY", "")
+        super().__init__(model, base_url, key, timeout, max_retries, concurrency, transport)
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {"x-api-key": self.api_key, "anthropic-version": API_VERSION, "content-type": "application/json"}
-            self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout, transport=self._transport)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+    def _headers(self) -> dict[str, str]:
+        return {"x-api-key": self.api_key or "", "anthropic-version": API_VERSION, "content-type": "application/json"}
 
     def _body(self, messages: Sequence[Message], params: GenerateParams, stream: bool) -> dict[str, Any]:
         system = "\n".join(m.content for m in messages if m.role == "system")
@@ -68,26 +54,11 @@ class AnthropicBackend(LLMBackend):
             body["stop_sequences"] = params.stop
         return body
 
-    async def _post(self, body: dict[str, Any]) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = await self._http().post("/v1/messages", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                if attempt == self.max_retries:
-                    raise UpstreamError(f"Anthropic API unreachable: {type(e).__name__}") from None
-            else:
-                if r.status_code not in RETRY_STATUS and r.status_code != 529 or attempt == self.max_retries:
-                    if r.status_code >= 400:
-                        raise UpstreamError(f"Anthropic API answered {r.status_code}", status=r.status_code)
-                    return r
-            await asyncio.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
-        raise UpstreamError("Anthropic API failed")  # pragma: no cover
-
     async def generate(
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> Completion:
-        async with self._loop_bound("sem", lambda: asyncio.Semaphore(self.concurrency)):
-            r = await self._post(self._body(messages, params or GenerateParams(), False))
+        async with self._slot():
+            r = await self._post("/v1/messages", self._body(messages, params or GenerateParams(), False))
         data = r.json()
         text = "".join(b.get("text", "") for b in data.get("content", []) if b.get("type") == "text")
         u = data.get("usage") or {}
@@ -99,7 +70,7 @@ class AnthropicBackend(LLMBackend):
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> AsyncIterator[str]:
         body = self._body(messages, params or GenerateParams(), True)
-        async with self._loop_bound("sem", lambda: asyncio.Semaphore(self.concurrency)), self._http().stream("POST", "/v1/messages", json=body) as r:
+        async with self._slot(), self._http().stream("POST", "/v1/messages", json=body) as r:
             if r.status_code >= 400:
                 raise UpstreamError(f"Anthropic API answered {r.status_code}", status=r.status_code)
             async for line in r.aiter_lines():

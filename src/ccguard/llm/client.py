@@ -89,9 +89,6 @@ class LLMClient:
     async def aclose(self) -> None:
         await self.backend.aclose()
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.spec.public(), "usage": self.meter.to_dict()}
-
 
 def run_sync(client: LLMClient, make: Callable[[], Awaitable[T]]) -> T:
     """Run one async job to completion on a fresh event loop, closing the backend's connections on that loop, so

@@ -54,11 +54,9 @@ class BackendSpec(BaseModel):
     price: Price = Field(default_factory=Price, description="Token prices for cost accounting.")
 
     def factory_args(self) -> dict[str, Any]:
-        args = self.model_dump(exclude={"kind", "helpful_only", "price"}, exclude_none=True)
         if self.kind == "local":
-            args.pop("base_url", None), args.pop("api_key", None), args.pop("timeout", None)
-            args.pop("max_retries", None), args.pop("concurrency", None)
-        return args
+            return {"model": self.model}  # a local model has no server, key, timeout or concurrency
+        return self.model_dump(exclude={"kind", "helpful_only", "price"}, exclude_none=True)
 
     def public(self) -> dict[str, Any]:
         """What a manifest may record: never the key."""
@@ -126,15 +124,16 @@ def resolve_spec(
     base_url: str | None = None,
     api_key: str | None = None,
     helpful_only: bool | None = None,
-    config: Path | None = None,
+    config: LLMConfig | None = None,
+    config_path: Path | None = None,
 ) -> BackendSpec:
     """``backend`` names an entry of ``config`` or a backend kind; command-line values override the file."""
     spec: dict[str, Any]
-    cfg = load_llm_config(config) if config else None
-    if cfg and backend in cfg.backends:
-        spec = cfg.backends[backend].model_dump()
-    elif cfg is not None and backend not in ("local", "openai", "anthropic"):
-        raise CcguardError(f"no backend {backend!r} in the configuration (has: {', '.join(cfg.backends) or 'none'})", where=str(config))
+    if config is not None and backend in config.backends:
+        spec = config.backends[backend].model_dump()
+    elif config is not None and backend not in ("local", "openai", "anthropic"):
+        raise CcguardError(f"no backend {backend!r} in the configuration (has: {', '.join(config.backends) or 'none'})",
+                           where=str(config_path) if config_path else None)
     else:
         spec = {"kind": backend, "model": model or ("smollm2" if backend == "local" else "")}
     for key, val in (("model", model), ("base_url", base_url), ("api_key", api_key), ("helpful_only", helpful_only)):

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ class Task:
     id: str
     messages: list[Message]
     params: GenerateParams
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_journal(path: Path) -> dict[str, dict[str, Any]]:

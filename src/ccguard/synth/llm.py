@@ -65,14 +65,17 @@ def parse_list(text: str) -> list[str]:
     return [i.strip().strip('"“”').strip() for i in items if i.strip()]
 
 
-def _shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    """Runs of ``n`` normalised words."""
     w = normalise(text).split()
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
-def quality_problem(text: str, *, instruction: str = "", min_chars: int = 8, max_chars: int = 2000) -> str | None:
-    """Why a generated query is unusable, or None. ``instruction`` is the prompt that produced it: a query that
-    copies five words in a row from it is an echo, not a query."""
+def quality_problem(
+    text: str, *, echo_of: set[tuple[str, ...]] | frozenset[tuple[str, ...]] = frozenset(), min_chars: int = 8, max_chars: int = 2000
+) -> str | None:
+    """Why a generated query is unusable, or None. ``echo_of`` holds the :func:`shingles` of the prompt that produced
+    it: a query that copies five words in a row from that prompt is an echo, not a query."""
     t = text.strip()
     if len(t) < min_chars:
         return "too_short"
@@ -87,7 +90,7 @@ def quality_problem(text: str, *, instruction: str = "", min_chars: int = 8, max
         return "not_text"
     if re.search(r"\b(?:category|policy)\s*:", t, re.IGNORECASE) or "user request" in t.lower():
         return "instruction_echo"
-    if instruction and _shingles(t) & _shingles(instruction):
+    if echo_of and shingles(t) & echo_of:
         return "instruction_echo"
     return None
 
@@ -188,7 +191,7 @@ async def generate_llm_data(
             msgs = query_messages(const, cat, cfg.queries_per_batch, lang, shown)
             tid = stable_id(cat.id, str(b), json.dumps([m.content for m in msgs]), str(cfg.seed), n=24)
             params = GenerateParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=_task_seed(tid))
-            tasks.append(Task(tid, msgs, params, {"category": cat.id, "language": lang}))
+            tasks.append(Task(tid, msgs, params))
             owner[tid] = cat
     log(f"asking {client.spec.kind}:{client.spec.model} for queries: {len(tasks)} requests")
     rows = await run_tasks(client, tasks, out_dir / "jobs" / "queries.jsonl", concurrency=cfg.concurrency, progress=progress)
@@ -198,11 +201,12 @@ async def generate_llm_data(
     by_cat: dict[str, list[str]] = {}
     for task, row in zip(tasks, rows, strict=True):
         items = parse_list(row["text"])
+        echo_of = shingles(task.messages[-1].content)
         if not items:
             dropped["unparseable_reply"] += 1
         for item in items:
             raw += 1
-            why = quality_problem(item, instruction=task.messages[-1].content)
+            why = quality_problem(item, echo_of=echo_of)
             if why:
                 dropped[why] += 1
             else:
@@ -217,17 +221,19 @@ async def generate_llm_data(
     rtasks: list[Task] = []
     plan: dict[str, tuple[Example, str]] = {}
     cats = {c.id: c for c in const.categories}
+    skipped_harmful = 0
     for cat in const.categories:
         mine = [q for q in queries if q.category == cat.id]
         for q in random.Random(f"{cfg.seed}:{cat.id}:resp").sample(mine, min(cfg.responses_per_category, len(mine))):
             kinds = ["answer"] if cat.kind == "harmless" else ["refusal"] + (["answer"] if client.helpful_only else [])
+            # Harmful queries sampled for responses that get no harmful-style answer, for want of a helpful-only model.
+            skipped_harmful += cat.kind == "harmful" and not client.helpful_only
             for kind in kinds:
                 msgs = refusal_messages(cat, str(q.prompt)) if kind == "refusal" else [Message(role="user", content=str(q.prompt))]
                 tid = stable_id(q.id, kind, json.dumps([m.content for m in msgs]), n=24)
                 params = GenerateParams(max_tokens=cfg.response_max_tokens, temperature=0.7, seed=_task_seed(tid))
-                rtasks.append(Task(tid, msgs, params, {"kind": kind}))
+                rtasks.append(Task(tid, msgs, params))
                 plan[tid] = (q, kind)
-    skipped_harmful = 0 if client.helpful_only else sum(1 for q in queries if cats[q.category or ""].kind == "harmful")
     if not client.helpful_only:
         log("harmful-style responses skipped: the backend is not marked helpful_only (refusals and helpful answers only)")
     log(f"asking for responses: {len(rtasks)} requests")

@@ -117,7 +117,7 @@ def decompose(turns: int = 3) -> LLMTransform:
             f"per line, and nothing else.\n\nRequest:\n{text}"))]
 
     def parse(reply: str, original: str) -> Prompt | None:
-        parts = [p for p in parse_list(reply) if not looks_like_refusal(p)][: turns + 1]
+        parts = [p for p in parse_list(reply) if not looks_like_refusal(p)][:turns]
         if len(parts) < 2:
             return None
         msgs: list[Message] = []
