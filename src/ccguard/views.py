@@ -54,11 +54,40 @@ _INV_HOMO = {v: k for k, v in HOMOGLYPHS.items()}
 _ZW = dict.fromkeys(map(ord, ZERO_WIDTH + ("\ufeff", "\u00ad")))
 
 
+# A word mixing Latin letters with look-alikes, also when written one letter at a time ('H о w').
+_MIXED_SCRIPT = re.compile(
+    r"[A-Za-z][{0}]|[{0}][A-Za-z]|(?<!\S)(?:[A-Za-z] {{1,3}}[{0}]|[{0}] {{1,3}}[A-Za-z])(?!\S)".format(
+        re.escape("".join(_INV_HOMO))
+    )
+)
+
+
+def _disguised(text: str) -> bool:
+    """Whether letters or digits are disguised: zero-width characters, a word mixing Latin with look-alike
+    Cyrillic/Greek letters, or a compatibility form of a letter or digit (fullwidth, mathematical, circled)."""
+    if any(ord(c) in _ZW for c in text) or _MIXED_SCRIPT.search(text):
+        return True
+    for c in set(text):
+        if not c.isascii():
+            folded = unicodedata.normalize("NFKC", c)
+            if folded != c and folded.isascii() and folded.isalnum():
+                return True
+    return False
+
+
 @register("view", "normalize")
 def normalize() -> Decoder:
-    """NFKC (fullwidth to ASCII), strip zero-width characters, map Cyrillic/Greek homoglyphs to Latin."""
+    """NFKC (fullwidth to ASCII), strip zero-width characters, map Cyrillic/Greek homoglyphs to Latin.
+
+    Fires only when letters or digits were disguised: a zero-width character, a homoglyph, or a compatibility
+    form of a letter or digit (fullwidth, mathematical, circled). Punctuation alone ('…', Chinese '，') and plain
+    Cyrillic or Greek words are normal text, and a view that only rewrites them would cost a full extra scoring
+    pass for nothing.
+    """
 
     def dec(text: str) -> str | None:
+        if not _disguised(text):
+            return None
         out = unicodedata.normalize("NFKC", text).translate(_ZW)
         out = "".join(_INV_HOMO.get(c, c) for c in out)
         return out if out != text else None
@@ -211,20 +240,41 @@ def reversed_() -> Decoder:
 
 
 _INV_LEET = {v: k for k, v in LEET.items()} | {"@": "a", "$": "s", "!": "i", "|": "l"}
+_LEET_RUN = re.compile(r"[a-zA-Z0-9@$!|]+")
+# Evidence that a text is leetspeak: a word with one or two look-alike characters between letters ('h0w', 'd00m',
+# 'sh!t') that is not all capitals (formulas and codes: H2SO4, M78). Digits only at a word's edge are ordinary text:
+# '2nd', '10am', 'mp3', 'Hello!', 'x200B'.
+_LEET_INSIDE = re.compile("[a-zA-Z][{}]{{1,2}}[a-zA-Z]".format(re.escape("".join(_INV_LEET))))
+# Once a text is leetspeak, every word mixing letters with digits or symbols is decoded ('w13', 'Da5').
 _LEET_WORD = re.compile(r"\b(?=\w*[a-zA-Z])(?=\w*[0-9])[\w@$!|]{2,}\b|\b(?=[\w@$!|]*[@$!|])[\w@$!|]{3,}")
+# Addresses are not words: 'bob@example.com', 'https://x.io/a1b2'.
+_ADDRESS = re.compile(r"\S+@\S+\.\w+|\w+://\S+|www\.\S+")
 _LONE_DIGIT = re.compile(r"(?<=[a-zA-Z] )[0-9](?= [a-zA-Z])")
+
+
+def _leet_evidence(word: str) -> bool:
+    if len(word) > 24 or not _LEET_INSIDE.search(word):  # long runs are base64 or hashes, not words
+        return False
+    return not all(c.isupper() for c in word if c.isalpha())
 
 
 @register("view", "leetspeak")
 def leetspeak() -> Decoder:
-    """Map digits and symbols inside words back to letters (h4ck3r -> hacker)."""
+    """Map digits and symbols inside words back to letters (h4ck3r -> hacker), in text with clear leetspeak."""
 
     def dec(text: str) -> str | None:
+        addresses = [m.span() for m in _ADDRESS.finditer(text)]
+
+        def free(m: re.Match[str]) -> bool:
+            return len(m.group(0)) <= 24 and not any(a <= m.start() < b for a, b in addresses)
+
+        if not any(_leet_evidence(m.group(0)) and free(m) for m in _LEET_RUN.finditer(text)):
+            return None
         hits = 0
 
         def one(m: re.Match[str]) -> str:
             nonlocal hits
-            if len(m.group(0)) > 24:  # base64 runs and hashes are not leetspeak words
+            if not free(m):
                 return m.group(0)
             hits += 1
             return "".join(_INV_LEET.get(c, c) for c in m.group(0))
@@ -233,7 +283,7 @@ def leetspeak() -> Decoder:
         if hits >= 3:
             # In text that is clearly leetspeak, a lone digit between words is a letter too ('4 virus').
             out = _LONE_DIGIT.sub(lambda m: _INV_LEET.get(m.group(0), m.group(0)), out)
-        return out if hits else None
+        return out if out != text else None
 
     return dec
 

@@ -67,8 +67,29 @@ def test_views_leave_ordinary_text_alone():
 
     texts = [r.text for d in load_pool("everyday").domains for r in d.requests]
     changed = [t for t in texts if len(decoded_views(t)) > 1]
-    # Leetspeak-looking tokens (e.g. "h2o", "b2b") may add a view; plain prose must not.
-    assert len(changed) / len(texts) < 0.1
+    # Every extra view is a full extra scoring pass (and one more chance of a false positive).
+    assert len(changed) / len(texts) < 0.01, changed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello! Can you summarise chapter 2 for me? Thanks!",
+        "Meet me on the 2nd at 10am; bring the mp3 files and the 4K monitor.",
+        "Balance H2SO4 + NaOH and explain why CO2 is released.",
+        "Mail bob@example.com or see https://example.org/a1b2c3 for the slides.",
+        "请解释一下光合作用，好吗？",
+        "Wait… the café costs 1½ times more.",
+        "Москва — столица России.",
+    ],
+)
+def test_ordinary_text_gets_no_decoded_view(text):
+    assert [v.name for v in decoded_views(text)] == ["raw"]
+
+
+def test_leetspeak_view_decodes_edge_digits_once_a_text_is_leetspeak():
+    views = decoded_views("h0w d0 1 m4k3 7h15 w0rk, st3p by st3p")
+    assert views[-1].text == "how do i make this work, step by step"
 
 
 def test_augment_is_deterministic_and_keeps_lineage():

@@ -160,16 +160,19 @@ class InputClassifier:
         """Score texts: the maximum over decoded views and token windows."""
         spec = spec or self.spec
         seqs: list[list[int]] = []
-        owner: list[tuple[int, str, int, int]] = []  # (text index, view name, window index, n windows)
+        slot: dict[tuple[int, ...], int] = {}  # identical windows (a view equal to raw up to its first change) score once
+        owner: list[tuple[int, str, int, int, int]] = []  # (text index, view name, window index, n windows, seq row)
         for ti, text in enumerate(texts):
             for vname, vtext in self.views(text) if spec.views else [("raw", text)]:
                 ws = self.windows(vtext, spec)
                 for wi, w in enumerate(ws):
-                    seqs.append(w)
-                    owner.append((ti, vname, wi, len(ws)))
+                    row = slot.setdefault(tuple(w), len(seqs))
+                    if row == len(seqs):
+                        seqs.append(w)
+                    owner.append((ti, vname, wi, len(ws), row))
         if not seqs:
             return []
-        lg = self.logits(seqs)
+        lg = self.logits(seqs)[[o[4] for o in owner]]
         probs = 1.0 / (1.0 + np.exp(-lg[:, 0]))
         best: dict[int, int] = {}
         for k, (ti, *_rest) in enumerate(owner):
@@ -178,7 +181,7 @@ class InputClassifier:
         out = []
         for ti in range(len(texts)):
             k = best[ti]
-            _, vname, wi, nw = owner[k]
+            _, vname, wi, nw, _row = owner[k]
             cat = self.categories[int(np.argmax(lg[k, 1:]))] if self.categories else None
             out.append(InputScore(float(probs[k]), cat, vname, wi, nw))
         return out
