@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccguard.llm.base import GenerateParams, create_backend
+from ccguard.llm.base import GenerateParams, StreamEnd, create_backend
 from ccguard.llm.client import LLMClient, make_client, run_sync
 from ccguard.llm.config import BackendSpec, Price
 from ccguard.records import Example, Message, read_examples
@@ -66,9 +66,12 @@ def test_openai_backend_against_a_loopback_server_serving_smollm2(smollm2):
     with serving(backend_app(smollm2)) as url:
         http = OpenAIBackend("smollm2", base_url=f"{url}/v1")
         over_http = http.generate_sync(msgs, p)
-        streamed = "".join(http.stream_sync(msgs, p))
+        pieces = list(http.stream_sync(msgs, p))
     assert over_http.text == direct.text and over_http.usage.completion_tokens == direct.usage.completion_tokens
-    assert streamed.strip() == direct.text.strip()
+    assert "".join(pieces).strip() == direct.text.strip()
+    # 12 tokens cut the answer short, and every hop says so: local generation, the HTTP answer, the stream's end.
+    assert direct.finish_reason == over_http.finish_reason == "length"
+    assert isinstance(pieces[-1], StreamEnd) and pieces[-1].reason == "length"
 
 
 def _generate_cmd(const: Path, out: Path) -> list[str]:

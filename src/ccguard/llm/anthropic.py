@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 
-from ccguard.llm.base import Completion, GenerateParams, Usage
+from ccguard.llm.base import Completion, GenerateParams, StreamEnd, Usage
 from ccguard.llm.http import HTTPBackend, UpstreamError
 from ccguard.records import Message
 from ccguard.registry import register
+
+# Anthropic's stop reasons in OpenAI's terms.
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
 API_VERSION = "2023-06-01"
 
@@ -62,7 +65,7 @@ class AnthropicBackend(HTTPBackend):
         data = r.json()
         text = "".join(b.get("text", "") for b in data.get("content", []) if b.get("type") == "text")
         u = data.get("usage") or {}
-        stop = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}.get(data.get("stop_reason"), "stop")
+        stop = _FINISH.get(data.get("stop_reason"), "stop")
         return Completion(text=text, finish_reason=stop, model=data.get("model", self.model),
                           usage=Usage(prompt_tokens=u.get("input_tokens", 0), completion_tokens=u.get("output_tokens", 0)))
 
@@ -73,16 +76,20 @@ class AnthropicBackend(HTTPBackend):
         async with self._slot(), self._http().stream("POST", "/v1/messages", json=body) as r:
             if r.status_code >= 400:
                 raise UpstreamError(f"Anthropic API answered {r.status_code}", status=r.status_code)
+            finish = "stop"
             async for line in r.aiter_lines():
                 if not line.startswith("data:"):
                     continue
                 ev = json.loads(line[5:].strip() or "{}")
                 if ev.get("type") == "content_block_delta" and ev.get("delta", {}).get("type") == "text_delta":
                     yield ev["delta"]["text"]
+                elif ev.get("type") == "message_delta":
+                    finish = _FINISH.get((ev.get("delta") or {}).get("stop_reason"), finish)
                 elif ev.get("type") == "error":
                     raise UpstreamError(f"Anthropic stream error: {ev.get('error', {}).get('message', '')}")
                 elif ev.get("type") == "message_stop":
-                    return
+                    break
+            yield StreamEnd(finish)
 
 
 @register("backend", "anthropic")

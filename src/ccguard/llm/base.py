@@ -41,6 +41,18 @@ class Completion(BaseModel):
     usage: Usage = Field(default_factory=Usage, description="Token counts.")
 
 
+class StreamEnd(str):
+    """The last item a backend's stream yields when it knows why generation ended: empty text carrying the finish
+    reason ('stop', 'length', ...). Being an empty ``str``, it leaves joined text unchanged."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> StreamEnd:
+        end = super().__new__(cls, "")
+        end.reason = reason
+        return end
+
+
 class LLMBackend:
     """Base class: subclasses implement the async core; the sync methods are wrappers over it."""
 
@@ -51,12 +63,14 @@ class LLMBackend:
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> Completion:
         parts = [c async for c in self.stream(messages, params, extra)]
-        return Completion(text="".join(parts), model=self.model)
+        ends = [c.reason for c in parts if isinstance(c, StreamEnd)]
+        return Completion(text="".join(parts), model=self.model, finish_reason=ends[-1] if ends else "stop")
 
     def stream(
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> AsyncIterator[str]:
-        """Yield generated text pieces. ``extra`` carries provider-specific parameters through."""
+        """Yield generated text pieces, then a :class:`StreamEnd` with the finish reason where the backend knows it.
+        ``extra`` carries provider-specific parameters through."""
         raise NotImplementedError
 
     async def aclose(self) -> None:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ccguard.llm.base import Completion, GenerateParams, LLMBackend, Usage
+from ccguard.llm.base import Completion, GenerateParams, LLMBackend, StreamEnd, Usage
 from ccguard.records import Message
 from ccguard.registry import register
 
@@ -92,6 +92,8 @@ class LocalBackend(LLMBackend):
             inputs = await asyncio.to_thread(self._inputs, messages)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
             stop = threading.Event()
+            kwargs = self._gen_kwargs(params)
+            generated: list[int] = []
 
             def run() -> None:
                 import torch
@@ -105,10 +107,11 @@ class LocalBackend(LLMBackend):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 with torch.inference_mode():
-                    model.generate(
-                        **inputs, **self._gen_kwargs(params), streamer=streamer, pad_token_id=tok.pad_token_id,
+                    out = model.generate(
+                        **inputs, **kwargs, streamer=streamer, pad_token_id=tok.pad_token_id,
                         stopping_criteria=StoppingCriteriaList([_Stop()]),
                     )
+                generated.append(out.shape[1] - inputs["input_ids"].shape[1])
 
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
@@ -120,6 +123,9 @@ class LocalBackend(LLMBackend):
                         break
                     if piece:
                         yield piece
+                await asyncio.to_thread(worker.join, 30)
+                if generated:
+                    yield StreamEnd("length" if generated[0] >= kwargs["max_new_tokens"] else "stop")
             finally:
                 stop.set()
                 await asyncio.to_thread(worker.join, 30)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from ccguard.llm.base import Completion, GenerateParams, Usage
+from ccguard.llm.base import Completion, GenerateParams, StreamEnd, Usage
 from ccguard.llm.http import RETRY_STATUS, HTTPBackend, UpstreamError
 from ccguard.records import Message
 from ccguard.registry import register
@@ -77,7 +77,7 @@ class OpenAIBackend(HTTPBackend):
         body = self._body(messages, params or GenerateParams(), True, extra)
         async with self._slot():
             for attempt in range(self.max_retries + 1):
-                started = False
+                started, finish = False, "stop"
                 try:
                     async with self._http().stream("POST", "/chat/completions", json=body) as r:
                         if r.status_code in RETRY_STATUS and attempt < self.max_retries:
@@ -90,15 +90,18 @@ class OpenAIBackend(HTTPBackend):
                                 continue
                             payload = line[5:].strip()
                             if payload == "[DONE]":
-                                return
+                                break
                             try:
-                                delta = json.loads(payload)["choices"][0].get("delta") or {}
-                            except (json.JSONDecodeError, KeyError, IndexError):
+                                choice = json.loads(payload)["choices"][0]
+                                delta = choice.get("delta") or {}
+                            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
                                 raise UpstreamError("upstream sent a malformed stream event") from None
+                            finish = choice.get("finish_reason") or finish
                             piece = delta.get("content")
                             if piece:
                                 started = True
                                 yield piece
+                        yield StreamEnd(finish)
                         return
                 except (httpx.TimeoutException, httpx.TransportError) as e:
                     # Once text has been yielded a retry would repeat it: fail instead.

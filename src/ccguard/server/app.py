@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ccguard.errors import CcguardError
 from ccguard.guard import Guard, Verdict
-from ccguard.llm.base import GenerateParams, LLMBackend
+from ccguard.llm.base import GenerateParams, LLMBackend, StreamEnd
 from ccguard.records import Message, render_prompt
 from ccguard.server.batcher import InputBatcher
 from ccguard.server.metrics import Metrics
@@ -297,6 +297,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         session = guard.start_stream(messages) if guard.output_classifier is not None else None
         released = 0
         finish = "stop"
+        upstream_finish = "stop"  # 'length' when the upstream ran out of tokens, passed through unless the guard halts
         agen = upstream.stream(messages, params, extra)
         t_start = time.perf_counter()
         try:
@@ -305,6 +306,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     piece = await asyncio.wait_for(agen.__anext__(), settings.upstream_timeout)
                 except StopAsyncIteration:
                     break
+                if isinstance(piece, StreamEnd):
+                    upstream_finish = piece.reason
+                    continue
                 if session is None:
                     yield _chunk(cid, model, created, {"content": piece}, None)
                     continue
@@ -351,6 +355,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                 audit("blocked", prompt_text, v)
         else:
             metrics.requests.labels("chat", "ok").inc()
+            finish = upstream_finish
         yield _chunk(cid, model, created, {}, finish)
         yield "data: [DONE]\n\n"
 

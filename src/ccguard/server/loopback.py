@@ -44,8 +44,10 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 class FakeUpstream:
     """An OpenAI-compatible upstream that streams a fixed text at a fixed rate; it can die mid-stream."""
 
-    def __init__(self, text: str, piece: int = 6, delay: float = 0.0, die_after: int | None = None) -> None:
-        self.text, self.piece, self.delay, self.die_after = text, piece, delay, die_after
+    def __init__(
+        self, text: str, piece: int = 6, delay: float = 0.0, die_after: int | None = None, finish: str = "stop"
+    ) -> None:
+        self.text, self.piece, self.delay, self.die_after, self.finish = text, piece, delay, die_after, finish
         self.calls = 0
         self.sent_pieces = 0
         self.cancelled = False
@@ -57,7 +59,7 @@ class FakeUpstream:
             self.calls += 1
             if not body.get("stream"):
                 return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": self.finish}],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
 
             async def gen():
@@ -69,6 +71,7 @@ class FakeUpstream:
                         self.sent_pieces += 1
                         yield f"data: {json.dumps(chunk)}\n\n"
                         await asyncio.sleep(self.delay)
+                    yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {}, 'finish_reason': self.finish}]})}\n\n"
                     yield "data: [DONE]\n\n"
                 except asyncio.CancelledError:
                     self.cancelled = True
@@ -80,7 +83,7 @@ class FakeUpstream:
 def backend_app(backend: Any) -> FastAPI:
     """A minimal OpenAI-compatible server in front of any :class:`~ccguard.llm.base.LLMBackend` (no guard), so the
     HTTP client can be tested for real against a real model on loopback."""
-    from ccguard.llm.base import GenerateParams
+    from ccguard.llm.base import GenerateParams, StreamEnd
     from ccguard.records import Message
 
     app = FastAPI()
@@ -98,8 +101,13 @@ def backend_app(backend: Any) -> FastAPI:
                     "usage": {"prompt_tokens": out.usage.prompt_tokens, "completion_tokens": out.usage.completion_tokens}}
 
         async def gen():
+            finish = "stop"
             async for piece in backend.stream(msgs, params):
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}, 'finish_reason': None}]})}\n\n"
+                if isinstance(piece, StreamEnd):
+                    finish = piece.reason
+                elif piece:
+                    yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}, 'finish_reason': None}]})}\n\n"
+            yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {}, 'finish_reason': finish}]})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(gen(), media_type="text/event-stream")
