@@ -100,3 +100,19 @@ def test_cli_backend_mistakes_are_one_line_errors(tmp_path: Path):
     assert r.returncode == 2 and "CCG_TEST_KEY" in r.stderr  # the file is read (and fails) before the name is looked up
     r = cli("generate", "--backend", "nosuch", "--model", "m")
     assert r.returncode == 2 and "unknown backend 'nosuch'" in r.stderr
+
+
+def test_eval_judge_is_a_kind_spec_or_a_configured_backend(tmp_path: Path, monkeypatch):
+    from ccguard.cli.eval import _judge
+
+    p = tmp_path / "llm.yaml"
+    p.write_text(CONFIG)
+    monkeypatch.setenv("CCG_TEST_KEY", "sk-123")
+    j = _judge("writer", p)
+    assert (j.spec.kind, j.spec.model, j.spec.base_url) == ("openai", "gpt-test", "http://127.0.0.1:9/v1")
+    j = _judge("openai:m1@http://127.0.0.1:7/v1", None)
+    assert (j.spec.model, j.spec.base_url) == ("m1", "http://127.0.0.1:7/v1")
+    with pytest.raises(CcguardError, match="backend name from --llm-config"):
+        _judge("writer", None)
+    with pytest.raises(CcguardError, match="no backend 'nosuch'"):
+        _judge("nosuch", p)

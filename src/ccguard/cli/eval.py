@@ -7,23 +7,23 @@ from typing import Annotated
 
 import typer
 
+from ccguard.cli.llm_options import LLMConfigFile, client_from_options
 
-def _judge(spec: str | None):
+
+def _judge(spec: str | None, llm_config: Path | None):
+    """The judge as an LLM client (request cache and token meter included): ``KIND:MODEL[@BASE_URL]``, ``local``,
+    or the name of a backend in ``--llm-config``."""
     if not spec:
         return None
-    from ccguard.llm.base import create_backend
-
     kind, _, rest = spec.partition(":")
-    if kind == "openai":
+    if kind in ("openai", "anthropic", "local"):
         model, _, url = rest.partition("@")
-        return create_backend("openai", model=model, **({"base_url": url} if url else {}))
-    if kind == "anthropic":
-        return create_backend("anthropic", model=rest)
-    if kind == "local":
-        return create_backend("local", model=rest or "smollm2")
-    from ccguard.errors import CcguardError
+        return client_from_options(kind, model or None, url or None, None, None, llm_config, no_cache=False)
+    if rest or llm_config is None:
+        from ccguard.errors import CcguardError
 
-    raise CcguardError(f"--judge {spec!r}: use openai:MODEL[@BASE_URL], anthropic:MODEL or local[:MODEL]")
+        raise CcguardError(f"--judge {spec!r}: use openai:MODEL[@BASE_URL], anthropic:MODEL, local[:MODEL], or a backend name from --llm-config")
+    return client_from_options(spec, None, None, None, None, llm_config, no_cache=False)
 
 
 def eval_(
@@ -33,7 +33,8 @@ def eval_(
     baselines: Annotated[str, typer.Option(help="Comma-separated: keyword,tfidf_lr,minilm_lr,no_augmentation, or none.")] = "keyword,tfidf_lr,minilm_lr,no_augmentation",
     max_items: Annotated[int | None, typer.Option(help="Cap items per set (quick runs).")] = None,
     wall: Annotated[bool, typer.Option(help="Also measure wall-time overhead against local SmolLM2 generating.")] = False,
-    judge: Annotated[str | None, typer.Option(help="LLM judge for rubric grading: openai:MODEL[@BASE_URL], anthropic:MODEL or local[:MODEL].")] = None,
+    judge: Annotated[str | None, typer.Option(help="LLM judge for rubric grading: openai:MODEL or openai:MODEL@BASE_URL, anthropic:MODEL, local or local:MODEL, or a backend name from --llm-config.")] = None,
+    llm_config: LLMConfigFile = None,
 ) -> None:
     """Evaluate a guard: flagged rates with Wilson CIs, AUROC/AUPRC, TPR at fixed FPRs, breakdowns, overhead."""
     from ccguard.evaluate.runner import ALL_BASELINES, run_eval
@@ -51,5 +52,5 @@ def eval_(
         raise CcguardError(f"unknown baseline(s): {', '.join(unknown)} (known: {', '.join(ALL_BASELINES)})")
     suites = [load_suite(s) for s in (suite or ["synthetic"])]
     out_dir = out or (guard.parent / "eval")
-    run_eval(guard, suites, out_dir, baselines=names, max_items=max_items, wall=wall, judge=_judge(judge))
+    run_eval(guard, suites, out_dir, baselines=names, max_items=max_items, wall=wall, judge=_judge(judge, llm_config))
     typer.echo(f"report: {out_dir / 'report.html'}", err=True)
