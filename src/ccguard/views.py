@@ -253,9 +253,7 @@ _LONE_DIGIT = re.compile(r"(?<=[a-zA-Z] )[0-9](?= [a-zA-Z])")
 
 
 def _leet_evidence(word: str) -> bool:
-    if len(word) > 24 or not _LEET_INSIDE.search(word):  # long runs are base64 or hashes, not words
-        return False
-    return not all(c.isupper() for c in word if c.isalpha())
+    return bool(_LEET_INSIDE.search(word)) and not all(c.isupper() for c in word if c.isalpha())
 
 
 @register("view", "leetspeak")
@@ -265,7 +263,7 @@ def leetspeak() -> Decoder:
     def dec(text: str) -> str | None:
         addresses = [m.span() for m in _ADDRESS.finditer(text)]
 
-        def free(m: re.Match[str]) -> bool:
+        def free(m: re.Match[str]) -> bool:  # long runs are base64 or hashes, not words
             return len(m.group(0)) <= 24 and not any(a <= m.start() < b for a, b in addresses)
 
         if not any(_leet_evidence(m.group(0)) and free(m) for m in _LEET_RUN.finditer(text)):

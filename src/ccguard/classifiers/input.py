@@ -8,6 +8,7 @@ maximum over windows, so a long jailbreak template cannot dilute the request it 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ class WindowSpec:
     strategy: Strategy = "windows"
     max_windows: int = 48
     views: bool = True
+    # A prompt longer than one window also gets its first and last paragraphs scored on their own, when they are
+    # short: that is where a request sits in front of a pasted passage or after a jailbreak template.
+    edges: bool = True
 
 
 class InputModel(nn.Module):
@@ -67,6 +71,17 @@ def split_windows(ids: Sequence[int], body: int, spec: WindowSpec) -> list[list[
         idx = np.linspace(0, len(starts) - 1, spec.max_windows).round().astype(int)
         starts = [starts[i] for i in sorted(set(idx.tolist()))]
     return [ids[s : s + body] for s in starts]
+
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def edge_paragraphs(text: str) -> list[str]:
+    """The first and last paragraphs of a text with more than one paragraph."""
+    paras = [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
+    if len(paras) < 2:
+        return []
+    return [paras[0], paras[-1]]
 
 
 def length_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
@@ -139,7 +154,13 @@ class InputClassifier:
     def windows(self, text: str, spec: WindowSpec | None = None) -> list[list[int]]:
         """Model-ready windows (special tokens added) for one text."""
         s = spec or self.spec
-        return [self.with_specials(w) for w in split_windows(self.token_ids(text), self.body_len, s)]
+        ws = split_windows(self.token_ids(text), self.body_len, s)
+        if s.edges and len(ws) > 1:
+            for para in edge_paragraphs(text):
+                ids = self.token_ids(para)
+                if 0 < len(ids) <= self.body_len // 2 and ids not in ws:
+                    ws.append(ids)
+        return [self.with_specials(w) for w in ws]
 
     def views(self, text: str) -> list[tuple[str, str]]:
         if not self._decoders:
