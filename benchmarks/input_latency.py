@@ -1,7 +1,8 @@
-"""Input-check latency: p50 and p95 of `Guard.check_input` on a ~200-token prompt, one request at a time,
-plus batched throughput. Run on the machine you deploy on (the README's numbers are from 2 CPU cores).
+"""Input-check latency: p50 and p95 of `Guard.check_input` on a 200-token prompt, one request at a time,
+plus batched throughput on distinct prompts. Run on the machine you deploy on (the README's numbers are from 2 CPU
+cores).
 
-Usage: python benchmarks/input_latency.py --guard runs/cbrn/guard [--n 100]
+Usage: python benchmarks/input_latency.py --guard runs/cbrn/guard [--n 100] [--tokens 200]
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ TEXT = (
     "activities per stop, and rough costs for transport between the cities? Also, what should we know about "
     "restaurant hours, tipping, and whether the kids will need anything special for the beaches that time of year? "
     "One of them is a picky eater, so simple food options would help too. Thanks a lot for any tips you can share "
-    "about neighbourhoods to stay in as well."
+    "about neighbourhoods to stay in as well. We would also like one day trip from Lisbon, maybe Sintra or "
+    "Cascais, and ideas for a rainy day in Porto in case the weather turns. If there are any festivals or local "
+    "events around then, let us know, and tell us which sights are worth booking ahead so we don't queue for hours."
 )
 
 
@@ -27,6 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--tokens", type=int, default=200, help="prompt length in tokens (cut from a fixed text)")
     a = ap.parse_args()
 
     import torch
@@ -35,22 +39,24 @@ def main() -> int:
 
     guard = Guard.load(a.guard)
     clf = guard.input_classifier
-    n_tok = len(clf.token_ids(TEXT))
+    text = clf.tokenizer.decode(clf.token_ids(TEXT)[: a.tokens])
+    n_tok = len(clf.token_ids(text))
     for _ in range(5):
-        guard.check_input(TEXT)
+        guard.check_input(text)
     lat = []
     for _ in range(a.n):
         t0 = time.perf_counter()
-        guard.check_input(TEXT)
+        guard.check_input(text)
         lat.append(1000 * (time.perf_counter() - t0))
     lat.sort()
     p50 = statistics.median(lat)
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
-    batch = [TEXT] * 64
+    # Distinct prompts: identical windows within one call are scored once, so a batch of copies would flatter.
+    batch = [f"Request {i}: {text}" for i in range(64)]
     t0 = time.perf_counter()
     guard.check_inputs(batch)
     thr = len(batch) / (time.perf_counter() - t0)
-    print(f"prompt: {n_tok} tokens, {len(clf.windows(TEXT))} window(s) of {clf.spec.max_len}; torch threads {torch.get_num_threads()}")
+    print(f"prompt: {n_tok} tokens, {len(clf.windows(text))} window(s) of {clf.spec.max_len}; torch threads {torch.get_num_threads()}")
     print(f"check_input latency: p50 {p50:.1f} ms  p95 {p95:.1f} ms  (n={a.n}, one request at a time)")
     print(f"batched throughput: {thr:.1f} prompts/s (batch of {len(batch)})")
     return 0

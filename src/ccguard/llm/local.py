@@ -55,6 +55,9 @@ class LocalBackend(LLMBackend):
             kw["tokenizer"] = self._load()[1]
         return kw
 
+    def _finish(self, n_generated: int, params: GenerateParams) -> str:
+        return "length" if n_generated >= self._gen_kwargs(params)["max_new_tokens"] else "stop"
+
     async def generate(
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> Completion:
@@ -71,9 +74,8 @@ class LocalBackend(LLMBackend):
                 out = model.generate(**inputs, **self._gen_kwargs(params), pad_token_id=tok.pad_token_id)
             n_in = inputs["input_ids"].shape[1]
             new = out[0, n_in:]
-            finish = "length" if len(new) >= self._gen_kwargs(params)["max_new_tokens"] else "stop"
             return Completion(
-                text=tok.decode(new, skip_special_tokens=True), finish_reason=finish, model=self.model,
+                text=tok.decode(new, skip_special_tokens=True), finish_reason=self._finish(len(new), params), model=self.model,
                 usage=Usage(prompt_tokens=int(n_in), completion_tokens=int(len(new))),
             )
 
@@ -92,7 +94,6 @@ class LocalBackend(LLMBackend):
             inputs = await asyncio.to_thread(self._inputs, messages)
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
             stop = threading.Event()
-            kwargs = self._gen_kwargs(params)
             generated: list[int] = []
 
             def run() -> None:
@@ -108,7 +109,7 @@ class LocalBackend(LLMBackend):
                     torch.manual_seed(params.seed)
                 with torch.inference_mode():
                     out = model.generate(
-                        **inputs, **kwargs, streamer=streamer, pad_token_id=tok.pad_token_id,
+                        **inputs, **self._gen_kwargs(params), streamer=streamer, pad_token_id=tok.pad_token_id,
                         stopping_criteria=StoppingCriteriaList([_Stop()]),
                     )
                 generated.append(out.shape[1] - inputs["input_ids"].shape[1])
@@ -125,7 +126,7 @@ class LocalBackend(LLMBackend):
                         yield piece
                 await asyncio.to_thread(worker.join, 30)
                 if generated:
-                    yield StreamEnd("length" if generated[0] >= kwargs["max_new_tokens"] else "stop")
+                    yield StreamEnd(self._finish(generated[0], params))
             finally:
                 stop.set()
                 await asyncio.to_thread(worker.join, 30)
