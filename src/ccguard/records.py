@@ -70,9 +70,12 @@ def stable_id(*parts: str, n: int = 16) -> str:
 
 
 def render_prompt(prompt: Prompt) -> str:
-    """The text a classifier reads for a prompt: plain text, or role-tagged chat turns."""
+    """The text a classifier reads for a prompt: plain text, or role-tagged chat turns (``Message`` objects or
+    plain ``{"role", "content"}`` dicts, as the OpenAI SDK takes them)."""
     if isinstance(prompt, str):
         return prompt
+    if not all(isinstance(m, Message) for m in prompt):
+        prompt = parse_prompt(list(prompt), where="prompt")
     if len(prompt) == 1 and prompt[0].role == "user":
         # A lone user turn reads exactly like the plain-string prompt it is.
         return prompt[0].content

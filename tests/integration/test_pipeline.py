@@ -64,6 +64,9 @@ def test_guard_api_returns_verdicts(smoke_guard):
     from ccguard.records import parse_prompt
 
     assert smoke_guard.check_input(parse_prompt(chat, where="test")).stage == "input"
+    # Plain dicts, as in the README and the OpenAI SDK, work as they are.
+    assert smoke_guard.check_input(chat).score == smoke_guard.check_input(parse_prompt(chat, where="test")).score
+    assert smoke_guard.check_input([{"role": "user", "content": "hello"}]).score == smoke_guard.check_input("hello").score
 
 
 def test_a_short_request_before_a_long_passage_is_also_scored_on_its_own(smoke_guard):
