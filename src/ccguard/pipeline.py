@@ -256,9 +256,11 @@ def run(
     console: Console | None = None,
     client: Any = None,
     llm_cfg: Any = None,
+    target_fpr: float | None = None,
 ) -> Path:
     """Run the whole pipeline; returns the run directory. ``client`` (an LLMClient) adds LLM stage I data and LLM
-    transforms; without one the run is offline."""
+    transforms; without one the run is offline. ``target_fpr`` overrides the profile's; it is not part of any stage's
+    fingerprint, so a re-run with another value only recalibrates and re-evaluates."""
     from ccguard.calibrate import calibrate
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
@@ -269,6 +271,10 @@ def run(
 
         raise CcguardError(f"unknown profile {profile_name!r} (choose from {', '.join(PROFILES)})")
     profile = PROFILES[profile_name]
+    if target_fpr is not None:
+        # The per-family bound is meant to be looser than the overall target; it never undercuts it.
+        family = None if profile.family_fpr is None else max(profile.family_fpr, target_fpr)
+        profile = replace(profile, target_fpr=target_fpr, family_fpr=family)
     const = constitution_mod.load(constitution)
     run_dir = Path(out) if out else Path("runs") / const.name
     data_dir, guard_dir, report_dir = run_dir / "data", run_dir / "guard", run_dir / "report"

@@ -103,6 +103,26 @@ def test_rerun_resumes_without_retraining(smoke_run: Path):
     assert (smoke_run / "guard" / "input" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_rerun_with_another_target_fpr_recalibrates_without_retraining(smoke_run: Path, tmp_path: Path):
+    import json
+    import shutil
+
+    run = tmp_path / "cbrn"
+    shutil.copytree(smoke_run, run)
+    before = json.loads((run / "guard" / "guard.json").read_text())
+    assert before["config"]["target_fpr"] == 0.02  # the smoke profile's
+    r = cli("run", "--profile", "smoke", "--out", str(run), "--target-fpr", "0.3")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("up to date, skipping training") == 2
+    after = json.loads((run / "guard" / "guard.json").read_text())
+    assert after["config"]["target_fpr"] == 0.3 and after["input"]["calibration"]["target_fpr"] == 0.3
+    assert after["config"]["family_fpr"] == 0.3  # raised to the overall target, never below it
+    # A looser FPR target can only lower the threshold.
+    assert after["input"]["calibration"]["threshold"] < before["input"]["calibration"]["threshold"]
+    r = cli("run", "--profile", "smoke", "--out", str(run), "--target-fpr", "0.9")
+    assert r.returncode == 2 and "less than or equal to 0.5" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_score_cli(smoke_run: Path, tmp_path: Path):
     inp = tmp_path / "in.jsonl"
     rows = [

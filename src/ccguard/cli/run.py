@@ -15,6 +15,11 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<constitution>).")] = None,
     profile: Annotated[str, typer.Option(help="smoke (about a minute), default (<= 15 min on 2 CPU cores) or full.")] = "default",
     seed: Annotated[int, typer.Option(help="Seed for data generation, splits and training.")] = 0,
+    target_fpr: Annotated[
+        float | None,
+        typer.Option(min=0.0001, max=0.5, help="Benign false-positive rate the thresholds aim for (default: the profile's, 0.005). "
+                     "Re-running with another value recalibrates without retraining."),
+    ] = None,
     backend: o.Backend = None,
     model: o.Model = None,
     base_url: o.BaseUrl = None,
@@ -40,4 +45,4 @@ def run(
 
         llm_cfg = LLMSynthConfig(seed=seed, batches_per_category=llm_batches, queries_per_batch=llm_per_batch,
                                  responses_per_category=llm_responses)
-    run_pipeline(constitution, out, profile, seed, client=client, llm_cfg=llm_cfg)
+    run_pipeline(constitution, out, profile, seed, client=client, llm_cfg=llm_cfg, target_fpr=target_fpr)
