@@ -136,8 +136,19 @@ class Guard:
     def check_inputs(self, prompts: Sequence[Prompt]) -> list[Verdict]:
         """Batched input screening."""
         t0 = time.perf_counter()
-        scores = self.input_classifier.score([render_prompt(p) for p in prompts])
-        ms = 1000 * (time.perf_counter() - t0) / max(1, len(prompts))
+        prepared = [self.input_classifier.prepare(render_prompt(p)) for p in prompts]
+        return self.check_prepared(prepared, t0)
+
+    def prepare_input(self, prompt: Prompt | str) -> Any:
+        """The CPU-only half of an input check (decoded views and windows), for callers that run it in their own
+        worker under a time budget; finish with :meth:`check_prepared`."""
+        return self.input_classifier.prepare(render_prompt(prompt))
+
+    def check_prepared(self, prepared: Sequence[Any], t0: float | None = None) -> list[Verdict]:
+        """The model half of a batched input check, over :meth:`prepare_input` results."""
+        t0 = time.perf_counter() if t0 is None else t0
+        scores = self.input_classifier.score_prepared(prepared)
+        ms = 1000 * (time.perf_counter() - t0) / max(1, len(prepared))
         return [self.policy.decide("input", s.score, category=s.category, latency_ms=ms) for s in scores]
 
     def check_input(self, prompt: Prompt) -> Verdict:

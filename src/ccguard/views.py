@@ -1,8 +1,13 @@
 """Decoded views of a prompt: undo the encodings an attacker can apply and a small classifier cannot read.
 
-Each registered view decoder takes text and returns a decoded version, or None when it does not apply. Decoders
-run in order, each on the previous result, so chains (base64 of leetspeak) unwind. The input classifier scores
-every view and takes the maximum.
+Each registered view decoder takes text and returns it with every encoded *span* it recognises decoded in place
+(or None when nothing applies), so the classifier reads "the instruction + the decoded request" in context. What a
+decoding yields is decoded again, up to ``MAX_DEPTH`` levels (base64 of ROT13 of leetspeak unwinds). The input
+classifier scores every view and takes the maximum.
+
+Every decoder and evidence rule runs in time linear in the text: patterns have no nested unbounded repetition,
+work happens per whitespace token or per span, and spans are cut to a bounded length. A decoder fires only on
+evidence of its encoding, so ordinary text costs no extra scoring pass.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ from ccguard.transforms.encoding import HOMOGLYPHS, LEET, MORSE, ZERO_WIDTH, atb
 
 Decoder = Callable[[str], str | None]
 
-# Order matters for the cumulative chain: normalise first, then byte encodings, then letter-level tricks.
+# Normalisation runs first (it undoes disguises every other decoder would trip on); the rest are tried at each level.
 ORDER = ("normalize", "base64", "hex", "binary", "morse", "spaced", "leetspeak", "cipher", "reversed")
+MAX_DEPTH = 3  # decodings of decodings
+MAX_VIEWS = 10  # raw included: every view is a full extra scoring pass
+MAX_SPAN = 2000  # characters: longer letter-cipher spans are cut, so per-span work is bounded
+_JUDGE = 600  # characters of a span whose English-ness decides whether a decoding is accepted
 
 
 @dataclass(frozen=True)
 class View:
-    """One rendering of the prompt: 'raw' or the decoders applied so far, e.g. 'normalize+base64'."""
+    """One rendering of the prompt: 'raw' or the decoders applied so far, e.g. 'normalize+base64+cipher'."""
 
     name: str
     text: str
@@ -36,6 +45,10 @@ _COMMON_BIGRAMS = frozenset(
 )
 _FUNCTION_WORDS = frozenset(
     ["the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "with", "how", "what", "why", "when", "where", "who", "is", "are", "was", "be", "do", "does", "can", "could", "would", "should", "i", "you", "me", "my", "we", "it", "this", "that", "these", "those", "from", "by", "at", "as", "make", "get", "give", "tell", "explain", "please", "step", "steps", "about"]
+)
+# Frequent English words of three or more letters: one of them inside a run of words ends a candidate cipher span.
+_COMMON_WORDS = _FUNCTION_WORDS | frozenset(
+    ["all", "also", "any", "because", "been", "before", "being", "both", "but", "came", "come", "did", "each", "even", "every", "few", "first", "found", "good", "had", "has", "have", "her", "here", "him", "his", "its", "just", "know", "like", "look", "made", "many", "more", "most", "much", "must", "new", "not", "now", "off", "old", "one", "only", "other", "our", "out", "over", "own", "people", "said", "same", "see", "she", "some", "such", "take", "than", "their", "them", "then", "there", "they", "thing", "think", "through", "time", "too", "two", "under", "use", "used", "very", "want", "way", "well", "were", "which", "while", "will", "work", "your", "yes", "yeah", "thanks", "thank", "hello", "help", "need", "answer", "question", "following", "below", "above", "text", "message", "write", "read", "decode", "decoded", "translate", "reply", "respond", "please", "sure", "okay", "into", "after", "again", "against", "between", "down", "during", "until", "upon", "without", "within", "whether", "again", "back", "day", "year", "years", "still", "any", "anything", "something", "nothing", "everything", "let", "lets", "say", "does", "doing", "done", "going", "great", "really", "right", "next", "last", "long", "little", "much", "never", "always", "often", "part", "place", "point", "same", "seem", "should", "show", "small", "keep", "kind", "start", "turn", "put", "run", "set", "try", "call", "ask", "went", "came", "told", "says", "said", "note", "number", "word", "words", "line", "lines", "cipher", "code", "encoded", "encoding", "base", "hex", "binary", "morse", "rot", "reversed", "backwards", "atbash", "caesar", "leet", "leetspeak", "shift", "shifted", "ascii", "unicode"]
 )
 
 
@@ -53,7 +66,6 @@ def englishness(text: str) -> float:
 _INV_HOMO = {v: k for k, v in HOMOGLYPHS.items()}
 _ZW = dict.fromkeys(map(ord, ZERO_WIDTH + ("\ufeff", "\u00ad")))
 
-
 # A word mixing Latin letters with look-alikes, also when written one letter at a time ('H о w').
 _MIXED_SCRIPT = re.compile(
     r"[A-Za-z][{0}]|[{0}][A-Za-z]|(?<!\S)(?:[A-Za-z] {{1,3}}[{0}]|[{0}] {{1,3}}[A-Za-z])(?!\S)".format(
@@ -65,10 +77,11 @@ _MIXED_SCRIPT = re.compile(
 def _disguised(text: str) -> bool:
     """Whether letters or digits are disguised: zero-width characters, a word mixing Latin with look-alike
     Cyrillic/Greek letters, or a compatibility form of a letter or digit (fullwidth, mathematical, circled)."""
-    if any(ord(c) in _ZW for c in text) or _MIXED_SCRIPT.search(text):
+    if any(ord(c) in _ZW for c in set(text)) or _MIXED_SCRIPT.search(text):
         return True
     for c in set(text):
-        if not c.isascii():
+        # Superscripts and subscripts are ordinary notation (x², CO₂, m³), not a disguise.
+        if not c.isascii() and not unicodedata.decomposition(c).startswith(("<super>", "<sub>")):
             folded = unicodedata.normalize("NFKC", c)
             if folded != c and folded.isascii() and folded.isalnum():
                 return True
@@ -122,28 +135,45 @@ def _bytes_to_text(raw: bytes) -> str | None:
     return s if s and _printable_ratio(s) > 0.95 else None
 
 
-_B64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+_B64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){8,}")
+_BIN = re.compile(r"(?:[01]{8}\s?){4,}")
+_MORSE = re.compile(r"(?:[.\-]{1,7}[ /]+){6,}[.\-]{1,7}")
+
+
+def _wordy(s: str) -> bool:
+    """Words and spaces, as a cipher, leetspeak or a foreign language reads: worth decoding further."""
+    return s.count(" ") >= 2 and sum(c.isalnum() or c.isspace() for c in s) / max(1, len(s)) >= 0.85
+
+
+def _encoded_like(s: str) -> bool:
+    t = s.strip()
+    return bool(_HEX.fullmatch(t) or _BIN.fullmatch(t) or _MORSE.fullmatch(t) or _B64.fullmatch(t))
 
 
 @register("view", "base64")
 def b64() -> Decoder:
-    """Decode runs of base64 that yield printable UTF-8 text."""
+    """Decode runs of base64 (standard or URL-safe) that yield printable UTF-8 text."""
 
     def one(run: str) -> str | None:
-        if len(run) % 4 == 1:
+        body = run.rstrip("=")
+        if len(body) % 4 == 1:
             return None
         try:
-            raw = base64.b64decode(run + "=" * (-len(run) % 4), validate=True)
+            if "-" in body or "_" in body:
+                raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            else:
+                raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
         except (binascii.Error, ValueError):
             return None
         s = _bytes_to_text(raw)
-        # Long plain words also match the alphabet; demand the decode look like language, not noise.
-        return s if s and (englishness(s) > 0.25 or not s.isascii()) else None
+        # Long plain words also match the alphabet; demand the decode look like language (or another encoding to
+        # unwind), not noise.
+        if s and (englishness(s) > 0.25 or not s.isascii() or _wordy(s) or _encoded_like(s)):
+            return s
+        return None
 
     return lambda text: _replace_runs(text, _B64, one)
-
-
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){8,}")
 
 
 @register("view", "hex")
@@ -151,15 +181,12 @@ def hex_() -> Decoder:
     """Decode runs of hex byte pairs (optionally space- or colon-separated)."""
 
     def one(run: str) -> str | None:
-        digits = re.sub(r"[ :]", "", run)
+        digits = run.replace(" ", "").replace(":", "")
         if len(digits) % 2:
             digits = digits[:-1]
         return _bytes_to_text(bytes.fromhex(digits))
 
     return lambda text: _replace_runs(text, _HEX, one)
-
-
-_BIN = re.compile(r"(?:[01]{8}\s?){4,}")
 
 
 @register("view", "binary")
@@ -176,7 +203,6 @@ def binary() -> Decoder:
 
 
 _INV_MORSE = {v: k for k, v in MORSE.items()}
-_MORSE = re.compile(r"(?:[.\-]{1,7}[ /]+){6,}[.\-]{1,7}")
 
 
 @register("view", "morse")
@@ -204,56 +230,131 @@ def spaced() -> Decoder:
     return lambda text: _replace_runs(text, _SPACED, lambda run: one(run) if "  " in run or len(run) > 20 else None)
 
 
-def _best_line(line: str, candidates: Callable[[str], list[str]], margin: float) -> str | None:
-    letters = sum(c.isalpha() and c.isascii() for c in line)
-    if letters < 12:
-        return None
-    base = englishness(line)
-    if base >= 0.55:  # already reads as English: nothing to undo (and most lines are like this)
-        return None
-    best = max(candidates(line), key=englishness)
-    score = englishness(best)
-    # Demand clearly English output: a shifted line of another language can look slightly more English by chance.
-    return best if score > max(base * margin, base + 0.2, 0.5) else None
+# --- letter ciphers on spans ------------------------------------------------------------------------------------
+_ALPHA = re.compile(r"[A-Za-z]+")
+_SPAN_GAP = re.compile(r"[ \t,.;:!?'\"()\-]{1,4}")
 
 
-def _per_line(text: str, candidates: Callable[[str], list[str]], margin: float) -> str | None:
-    lines = text.split("\n")
-    changed = False
-    for i, line in enumerate(lines):
-        d = _best_line(line, candidates, margin)
+def cipher_spans(text: str) -> list[tuple[int, int]]:
+    """Spans that may be a letter cipher: runs of ASCII words on one line in which no word of three or more letters
+    is a common English word, with at least two such words and twelve letters, cut to ``MAX_SPAN`` characters."""
+    spans: list[tuple[int, int]] = []
+    start = end = -1
+    evidence = letters = 0
+
+    def close() -> None:
+        if start >= 0 and evidence >= 2 and letters >= 12:
+            spans.append((start, end))
+
+    for m in _ALPHA.finditer(text):
+        w = m.group(0)
+        common = len(w) >= 3 and w.lower() in _COMMON_WORDS
+        joined = start >= 0 and _SPAN_GAP.fullmatch(text, end, m.start()) is not None and m.end() - start <= MAX_SPAN
+        if start >= 0 and (common or not joined):
+            close()
+            start = -1
+        if common:
+            continue
+        if start < 0:
+            start, evidence, letters = m.start(), 0, 0
+        end = m.end()
+        evidence += len(w) >= 3
+        letters += len(w)
+    close()
+    return spans
+
+
+# English letter frequencies (per cent), to rank the 25 shifts and Atbash by counting letters once, before the
+# costlier word-level check on the one candidate that ranks best.
+_FREQ = dict(zip("etaoinshrdlcumwfgypbvkjxqz", (12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4,
+                                                  2.4, 2.2, 2.0, 2.0, 1.9, 1.5, 1.0, 0.8, 0.15, 0.15, 0.1, 0.07), strict=True))
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _letter_fit(counts: list[int], mapping: list[int]) -> float:
+    """How English the letters would look if letter i were read as letter mapping[i]."""
+    return sum(c * _FREQ[_LOWER[mapping[i]]] for i, c in enumerate(counts) if c)
+
+
+def _cipher_candidate(span: str) -> str:
+    low = span.lower()
+    counts = [low.count(ch) for ch in _LOWER]
+    options = [(_letter_fit(counts, [(i + k) % 26 for i in range(26)]), k) for k in range(1, 26)]
+    options.append((_letter_fit(counts, [25 - i for i in range(26)]), -1))
+    k = max(options)[1]
+    return atbash_map(span) if k < 0 else caesar_shift(span, k)
+
+
+def _best_span(span: str, candidate: Callable[[str], str], margin: float) -> str | None:
+    base = englishness(span[:_JUDGE])
+    if base >= 0.55:  # already reads as English: nothing to undo
+        return None
+    best = candidate(span)
+    score = englishness(best[:_JUDGE])
+    # Demand clearly English output: a shifted span of another language can look slightly more English by chance,
+    # and on a short span one lucky 'a' or 'i' moves the score a lot, so also ask for two real function words.
+    words = re.findall(r"[a-z]+", best[:_JUDGE].lower())
+    function_words = sum(len(w) >= 2 and w in _FUNCTION_WORDS for w in words)
+    return best if score > max(base * margin, base + 0.2, 0.5) and function_words >= 2 else None
+
+
+def _per_span(text: str, candidate: Callable[[str], str], margin: float) -> str | None:
+    parts: list[str] = []
+    last = 0
+    for a, b in cipher_spans(text):
+        d = _best_span(text[a:b], candidate, margin)
         if d is not None:
-            lines[i], changed = d, True
-    return "\n".join(lines) if changed else None
+            parts += [text[last:a], d]
+            last = b
+    if not parts:
+        return None
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 @register("view", "cipher")
 def cipher() -> Decoder:
-    """Undo Caesar shifts (ROT13 included) and Atbash, line by line, where the result reads more like English."""
-    return lambda text: _per_line(text, lambda s: [caesar_shift(s, k) for k in range(1, 26)] + [atbash_map(s)], 1.6)
+    """Undo Caesar shifts (ROT13 included) and Atbash on each span of cipher-looking words, where the result reads
+    clearly more like English; the instruction around the span is kept."""
+    return lambda text: _per_span(text, _cipher_candidate, 1.6)
 
 
 @register("view", "reversed")
 def reversed_() -> Decoder:
-    """Reverse lines that read more like English backwards."""
-    return lambda text: _per_line(text, lambda s: [s[::-1]], 1.4)
+    """Reverse spans that read clearly more like English backwards."""
+    return lambda text: _per_span(text, lambda s: s[::-1], 1.4)
 
 
+# --- leetspeak ---------------------------------------------------------------------------------------------------
 _INV_LEET = {v: k for k, v in LEET.items()} | {"@": "a", "$": "s", "!": "i", "|": "l"}
+_LEET_CHARS = "".join(_INV_LEET)
+_TOKEN = re.compile(r"\S+")
 _LEET_RUN = re.compile(r"[a-zA-Z0-9@$!|]+")
 # Evidence that a text is leetspeak: a word with one or two look-alike characters between letters ('h0w', 'd00m',
 # 'sh!t') that is not all capitals (formulas and codes: H2SO4, M78). Digits only at a word's edge are ordinary text:
 # '2nd', '10am', 'mp3', 'Hello!', 'x200B'.
-_LEET_INSIDE = re.compile("[a-zA-Z][{}]{{1,2}}[a-zA-Z]".format(re.escape("".join(_INV_LEET))))
-# Once a text is leetspeak, every word mixing letters with digits or symbols is decoded ('w13', 'Da5').
-_LEET_WORD = re.compile(r"\b(?=\w*[a-zA-Z])(?=\w*[0-9])[\w@$!|]{2,}\b|\b(?=[\w@$!|]*[@$!|])[\w@$!|]{3,}")
-# Addresses are not words: 'bob@example.com', 'https://x.io/a1b2'.
-_ADDRESS = re.compile(r"\S+@\S+\.\w+|\w+://\S+|www\.\S+")
+_LEET_INSIDE = re.compile(f"[a-zA-Z][{re.escape(_LEET_CHARS)}]{{1,2}}[a-zA-Z]")
 _LONE_DIGIT = re.compile(r"(?<=[a-zA-Z] )[0-9](?= [a-zA-Z])")
+_MAX_WORD = 24  # longer runs are base64, hashes or identifiers, not words
+_MAX_TOKEN = 256
+
+
+def _address(token: str) -> bool:
+    """'bob@example.com', 'https://x.io/a1b2', 'www.x.org': addresses are not words."""
+    at = token.find("@")
+    return (at > 0 and "." in token[at + 1 :]) or "://" in token or token.lower().startswith("www.")
 
 
 def _leet_evidence(word: str) -> bool:
     return bool(_LEET_INSIDE.search(word)) and not all(c.isupper() for c in word if c.isalpha())
+
+
+def _leet_word(word: str) -> bool:
+    """Once a text is leetspeak, every word mixing letters with digits or symbols is decoded ('w13', 'Da5')."""
+    has_alpha = any(c.isalpha() for c in word)
+    return (has_alpha and any(c.isdigit() for c in word) and len(word) >= 2) or (
+        len(word) >= 3 and any(c in "@$!|" for c in word)
+    )
 
 
 @register("view", "leetspeak")
@@ -261,24 +362,27 @@ def leetspeak() -> Decoder:
     """Map digits and symbols inside words back to letters (h4ck3r -> hacker), in text with clear leetspeak."""
 
     def dec(text: str) -> str | None:
-        addresses = [m.span() for m in _ADDRESS.finditer(text)]
-
-        def free(m: re.Match[str]) -> bool:  # long runs are base64 or hashes, not words
-            return len(m.group(0)) <= 24 and not any(a <= m.start() < b for a, b in addresses)
-
-        if not any(_leet_evidence(m.group(0)) and free(m) for m in _LEET_RUN.finditer(text)):
+        words: list[tuple[int, int]] = []
+        evidence = False
+        for tok in _TOKEN.finditer(text):
+            t = tok.group(0)
+            if len(t) > _MAX_TOKEN or _address(t) or _B64.fullmatch(t):
+                continue
+            for m in _LEET_RUN.finditer(t):
+                w = m.group(0)
+                if len(w) > _MAX_WORD:
+                    continue
+                evidence = evidence or _leet_evidence(w)
+                if _leet_word(w):
+                    words.append((tok.start() + m.start(), tok.start() + m.end()))
+        if not evidence:
             return None
-        hits = 0
-
-        def one(m: re.Match[str]) -> str:
-            nonlocal hits
-            if not free(m):
-                return m.group(0)
-            hits += 1
-            return "".join(_INV_LEET.get(c, c) for c in m.group(0))
-
-        out = _LEET_WORD.sub(one, text)
-        if hits >= 3:
+        parts, last = [], 0
+        for a, b in words:
+            parts += [text[last:a], "".join(_INV_LEET.get(c, c) for c in text[a:b])]
+            last = b
+        out = "".join(parts) + text[last:]
+        if len(words) >= 3:
             # In text that is clearly leetspeak, a lone digit between words is a letter too ('4 virus').
             out = _LONE_DIGIT.sub(lambda m: _INV_LEET.get(m.group(0), m.group(0)), out)
         return out if out != text else None
@@ -290,12 +394,12 @@ def decoders(names: tuple[str, ...] = ORDER) -> list[tuple[str, Decoder]]:
     return [(n, REGISTRY.create("view", n)) for n in names]
 
 
-def decoded_views(text: str, chain: list[tuple[str, Decoder]] | None = None) -> list[View]:
-    """The raw text; each decoder applied alone (after normalisation); and the cumulative chain of all that fired.
-
-    Independent views keep one wrong guess (a cipher 'decoding' plain German) from hiding what another decoder
-    recovered; the chain unwinds stacked encodings. The last view is the most decoded one.
-    """
+def decoded_views(
+    text: str, chain: list[tuple[str, Decoder]] | None = None, *, max_depth: int = MAX_DEPTH, max_views: int = MAX_VIEWS
+) -> list[View]:
+    """The raw text, then what the decoders make of it, recursively: each decoder is tried on the (normalised) text
+    and on every new decoding, up to ``max_depth`` levels and ``max_views`` views in all. The last view is the most
+    decoded one (the longest chain of decodings)."""
     chain = chain if chain is not None else decoders()
     views = [View("raw", text)]
     seen = {text}
@@ -307,19 +411,21 @@ def decoded_views(text: str, chain: list[tuple[str, Decoder]] | None = None) -> 
             views.append(View("normalize", norm))
             seen.add(norm)
         chain = chain[1:]
-    current, applied = start, list(head)
-    for name, dec in chain:
-        alone = dec(start)
-        if alone is not None and alone not in seen:
-            seen.add(alone)
-            views.append(View("+".join([*head, name]), alone))
-        out = alone if current == start else dec(current)
-        if out is not None and out != current:
-            current = out
-            applied.append(name)
-    if current not in seen:
-        views.append(View("+".join(applied), current))
-    elif current != text and views[-1].text != current:
-        # Keep the contract that the last view is the most decoded one.
-        views = [v for v in views if v.text != current] + [View("+".join(applied), current)]
-    return views
+    frontier = [(start, head)]
+    for _ in range(max_depth):
+        nxt: list[tuple[str, list[str]]] = []
+        for current, path in frontier:
+            for name, dec in chain:
+                if len(views) >= max_views:
+                    break
+                out = dec(current)
+                if out is None or out in seen:
+                    continue
+                seen.add(out)
+                views.append(View("+".join([*path, name]), out))
+                nxt.append((out, [*path, name]))
+        frontier = nxt
+        if not frontier or len(views) >= max_views:
+            break
+    deepest = max(range(len(views)), key=lambda i: (views[i].name.count("+") + (views[i].name != "raw"), i))
+    return views[:deepest] + views[deepest + 1 :] + [views[deepest]]

@@ -119,6 +119,17 @@ def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """One text ready for the model: each decoded view's name and its windows (token ids, special tokens added)."""
+
+    views: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]
+
+    @property
+    def n_windows(self) -> int:
+        return sum(len(ws) for _, ws in self.views)
+
+
+@dataclass(frozen=True)
 class InputScore:
     """The score of one prompt, and where it came from."""
 
@@ -177,17 +188,35 @@ class InputClassifier:
             out[chunk] = self.model(ids, mask).float().numpy()
         return out
 
-    def score(self, texts: Sequence[str], spec: WindowSpec | None = None) -> list[InputScore]:
-        """Score texts: the maximum over decoded views and token windows."""
+    def prepare(self, text: str, spec: WindowSpec | None = None) -> Prepared:
+        """Decoded views of one text and their model-ready windows, within a window budget: the raw view gets up to
+        ``max_windows``, decoded views share as many again, so a prompt that triggers every decoder costs at most
+        twice a plain one. Pure CPU work with no model call; callers may run it in their own thread."""
         spec = spec or self.spec
-        seqs: list[list[int]] = []
+        views = self.views(text) if spec.views else [("raw", text)]
+        budget = 2 * spec.max_windows
+        out: list[tuple[str, list[list[int]]]] = []
+        for k, (vname, vtext) in enumerate(views):
+            ws = self.windows(vtext, spec)
+            share = budget if k == 0 else max(1, budget // (len(views) - k))
+            if len(ws) > share:
+                idx = np.linspace(0, len(ws) - 1, share).round().astype(int)
+                ws = [ws[i] for i in sorted(set(idx.tolist()))]
+            out.append((vname, ws))
+            budget -= len(ws)
+            if budget <= 0:
+                break
+        return Prepared(tuple((v, tuple(tuple(w) for w in ws)) for v, ws in out))
+
+    def score_prepared(self, prepared: Sequence[Prepared]) -> list[InputScore]:
+        """Score prepared texts in one batched pass: the maximum over decoded views and token windows."""
+        seqs: list[tuple[int, ...]] = []
         slot: dict[tuple[int, ...], int] = {}  # identical windows (a view equal to raw up to its first change) score once
         owner: list[tuple[int, str, int, int, int]] = []  # (text index, view name, window index, n windows, seq row)
-        for ti, text in enumerate(texts):
-            for vname, vtext in self.views(text) if spec.views else [("raw", text)]:
-                ws = self.windows(vtext, spec)
+        for ti, p in enumerate(prepared):
+            for vname, ws in p.views:
                 for wi, w in enumerate(ws):
-                    row = slot.setdefault(tuple(w), len(seqs))
+                    row = slot.setdefault(w, len(seqs))
                     if row == len(seqs):
                         seqs.append(w)
                     owner.append((ti, vname, wi, len(ws), row))
@@ -200,12 +229,16 @@ class InputClassifier:
             if ti not in best or probs[k] > probs[best[ti]]:
                 best[ti] = k
         out = []
-        for ti in range(len(texts)):
+        for ti in range(len(prepared)):
             k = best[ti]
             _, vname, wi, nw, _row = owner[k]
             cat = self.categories[int(np.argmax(lg[k, 1:]))] if self.categories else None
             out.append(InputScore(float(probs[k]), cat, vname, wi, nw))
         return out
+
+    def score(self, texts: Sequence[str], spec: WindowSpec | None = None) -> list[InputScore]:
+        """Score texts: the maximum over decoded views and token windows."""
+        return self.score_prepared([self.prepare(t, spec) for t in texts])
 
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
