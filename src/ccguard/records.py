@@ -23,8 +23,11 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    role: str = Field(description="'system', 'user' or 'assistant'.")
+    role: str = Field(description="'system', 'developer', 'user', 'assistant' or 'tool'.")
     content: str = Field(description="The message text.")
+    name: str | None = Field(default=None, description="Optional participant name (OpenAI's 'name').")
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="Assistant tool calls, in OpenAI's shape.")
+    tool_call_id: str | None = Field(default=None, description="For a 'tool' message: the call it answers.")
 
 
 Prompt = str | list[Message]

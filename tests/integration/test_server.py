@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import numpy as np
 import openai
@@ -94,17 +96,20 @@ def test_response_turning_harmful_is_cut_with_nothing_released_after_the_flag(sm
     g = _with_thresholds(smoke_guard, inp=1.0, out=_midway_threshold(smoke_guard, prompt, HARMFUL_TEXT))
     expected = g.check_output(prompt, HARMFUL_TEXT)
     assert not expected.allowed and 0 < expected.stop_char < len(HARMFUL_TEXT)
-    up = FakeUpstream(HARMFUL_TEXT, piece=5, delay=0.01)
+    total_pieces = -(-len(HARMFUL_TEXT) // 5)
+    up = FakeUpstream(HARMFUL_TEXT, piece=5, delay=0.02)
     with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"))) as url:
         events = list(_client(url).chat.completions.create(model="fake", messages=[{"role": "user", "content": prompt}], stream=True))
         got = "".join(e.choices[0].delta.content or "" for e in events)
         assert events[-1].choices[0].finish_reason == "content_filter"
         assert HARMFUL_TEXT.startswith(got)
         assert len(got) <= expected.stop_char
+        # Uncancelled, the upstream would go on sending for total_pieces x 20 ms; give it that long, then check it
+        # stopped early (only the stream adds to sent_pieces).
+        time.sleep(total_pieces * 0.02 + 0.5)
+        assert up.cancelled and up.sent_pieces < total_pieces
         r = _client(url).chat.completions.create(model="fake", messages=[{"role": "user", "content": prompt}])
         assert r.choices[0].finish_reason == "content_filter" and len(r.choices[0].message.content) <= expected.stop_char
-    # The upstream stream was cancelled rather than run to the end.
-    assert up.sent_pieces < 2 * -(-len(HARMFUL_TEXT) // 5)
 
 
 def test_upstream_dying_mid_stream_gives_a_clean_error(permissive):

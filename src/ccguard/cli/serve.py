@@ -50,7 +50,10 @@ def serve(
     upstream_model: Annotated[str | None, typer.Option(help="Default upstream model id.")] = None,
     fail_open: Annotated[bool, typer.Option(help="Let traffic through when a classifier fails (default: block).")] = False,
     log_prompts: Annotated[bool, typer.Option(help="Include prompt text in logs.")] = False,
-    upstream_timeout: Annotated[float, typer.Option(help="Seconds to wait on the upstream.")] = 60.0,
+    upstream_timeout: Annotated[float, typer.Option(help="Seconds to wait on the upstream (per stream event).")] = 60.0,
+    slots: Annotated[int | None, typer.Option(min=1, help="Upstream requests in flight at once (default: 1 for local, 8 for a URL).")] = None,
+    slot_timeout: Annotated[float, typer.Option(help="Longest wait for a free upstream slot before a 503.")] = 10.0,
+    screen_timeout: Annotated[float, typer.Option(help="Time budget for screening one request's input (then a 503).")] = 15.0,
 ) -> None:
     """Serve /v1/chat/completions, /v1/models, /v1/moderations, /healthz and /metrics in front of an LLM."""
     keys = load_api_keys(api_keys)
@@ -69,14 +72,17 @@ def serve(
     logging.getLogger("ccguard").setLevel(logging.INFO)
 
     g = Guard.load(guard)
-    if upstream == "local" or upstream.startswith("local:"):
+    local = upstream == "local" or upstream.startswith("local:")
+    n_slots = slots or (1 if local else 8)  # a CPU runs one local generation at a time
+    if local:
         backend = create_backend("local", model=upstream.partition(":")[2] or "smollm2")
     elif upstream.startswith(("http://", "https://")):
         backend = create_backend("openai", model=upstream_model or "default", base_url=upstream,
-                                 api_key=os.environ.get(upstream_key_env), timeout=upstream_timeout)
+                                 api_key=os.environ.get(upstream_key_env), timeout=upstream_timeout, concurrency=n_slots)
     else:
         raise CcguardError(f"--upstream must be an http(s) URL or local[:MODEL], not {upstream!r}")
     settings = ServerSettings(api_keys=keys, fail_open=fail_open, log_prompts=log_prompts, upstream_timeout=upstream_timeout,
+                              slots=n_slots, slot_timeout=slot_timeout, screen_timeout=screen_timeout,
                               model_name=upstream_model or "ccguard")
     app = create_app(g, backend, settings)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

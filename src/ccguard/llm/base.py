@@ -39,6 +39,7 @@ class Completion(BaseModel):
     finish_reason: str = Field(default="stop", description="'stop', 'length', ...")
     model: str = Field(default="", description="Model that produced it.")
     usage: Usage = Field(default_factory=Usage, description="Token counts.")
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="Tool calls the model made (OpenAI shape).")
 
 
 class StreamEnd(str):
@@ -51,6 +52,19 @@ class StreamEnd(str):
         end = super().__new__(cls, "")
         end.reason = reason
         return end
+
+
+class ToolCallDelta(str):
+    """A streamed fragment of a tool call in OpenAI's delta shape (``index``, and ``id``, ``type`` and
+    ``function.name`` on the first fragment, then ``function.arguments`` pieces). Being an empty ``str``, it leaves
+    joined text unchanged."""
+
+    delta: dict[str, Any]
+
+    def __new__(cls, delta: dict[str, Any]) -> ToolCallDelta:
+        out = super().__new__(cls, "")
+        out.delta = delta
+        return out
 
 
 class LLMBackend:

@@ -58,10 +58,24 @@ class LocalBackend(LLMBackend):
     def _finish(self, n_generated: int, params: GenerateParams) -> str:
         return "length" if n_generated >= self._gen_kwargs(params)["max_new_tokens"] else "stop"
 
+    @staticmethod
+    def _stopper(stop: threading.Event) -> Any:
+        """A stopping criterion tripped from outside, checked between generation steps: a cancelled request (client
+        gone, timeout) frees the model within one step."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+        return StoppingCriteriaList([_Stop()])
+
     async def generate(
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> Completion:
         params = params or GenerateParams()
+        stop = threading.Event()
 
         def run() -> Completion:
             import torch
@@ -71,7 +85,8 @@ class LocalBackend(LLMBackend):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
-                out = model.generate(**inputs, **self._gen_kwargs(params), pad_token_id=tok.pad_token_id)
+                out = model.generate(**inputs, **self._gen_kwargs(params), pad_token_id=tok.pad_token_id,
+                                     stopping_criteria=self._stopper(stop))
             n_in = inputs["input_ids"].shape[1]
             new = out[0, n_in:]
             return Completion(
@@ -80,7 +95,14 @@ class LocalBackend(LLMBackend):
             )
 
         async with self._loop_bound("gen_lock", asyncio.Lock):
-            return await asyncio.to_thread(run)
+            work = asyncio.ensure_future(asyncio.to_thread(run))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # Stop the model and keep the lock until it has stopped, so the next request starts on a free model.
+                stop.set()
+                await asyncio.gather(work, return_exceptions=True)
+                raise
 
     async def stream(
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
@@ -95,24 +117,23 @@ class LocalBackend(LLMBackend):
             streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=120)
             stop = threading.Event()
             generated: list[int] = []
+            failed: list[BaseException] = []
 
             def run() -> None:
                 import torch
-                from transformers import StoppingCriteria, StoppingCriteriaList
 
-                class _Stop(StoppingCriteria):
-                    # Tripped by the consumer, so a cancelled stream frees the model at once.
-                    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                        return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
-
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                with torch.inference_mode():
-                    out = model.generate(
-                        **inputs, **self._gen_kwargs(params), streamer=streamer, pad_token_id=tok.pad_token_id,
-                        stopping_criteria=StoppingCriteriaList([_Stop()]),
-                    )
-                generated.append(out.shape[1] - inputs["input_ids"].shape[1])
+                try:
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    with torch.inference_mode():
+                        out = model.generate(
+                            **inputs, **self._gen_kwargs(params), streamer=streamer, pad_token_id=tok.pad_token_id,
+                            stopping_criteria=self._stopper(stop),
+                        )
+                    generated.append(out.shape[1] - inputs["input_ids"].shape[1])
+                except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                    failed.append(e)
+                    streamer.end()  # unblock the consumer now rather than after the streamer's timeout
 
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
@@ -125,6 +146,8 @@ class LocalBackend(LLMBackend):
                     if piece:
                         yield piece
                 await asyncio.to_thread(worker.join, 30)
+                if failed:
+                    raise failed[0]
                 if generated:
                     yield StreamEnd(self._finish(generated[0], params))
             finally:

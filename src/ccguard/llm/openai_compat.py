@@ -11,12 +11,25 @@ from typing import Any
 
 import httpx
 
-from ccguard.llm.base import Completion, GenerateParams, StreamEnd, Usage
+from ccguard.llm.base import Completion, GenerateParams, StreamEnd, ToolCallDelta, Usage
 from ccguard.llm.http import RETRY_STATUS, HTTPBackend, UpstreamError
 from ccguard.records import Message
 from ccguard.registry import register
 
 __all__ = ["OpenAIBackend", "UpstreamError"]
+
+
+def _wire(m: Message) -> dict[str, Any]:
+    """A message as the chat-completions API takes it, tool calls and tool results included."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+        out["content"] = m.content or None
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 class OpenAIBackend(HTTPBackend):
@@ -42,7 +55,7 @@ class OpenAIBackend(HTTPBackend):
     def _body(self, messages: Sequence[Message], params: GenerateParams, stream: bool, extra: dict[str, Any] | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_wire(m) for m in messages],
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -69,6 +82,7 @@ class OpenAIBackend(HTTPBackend):
             finish_reason=choice.get("finish_reason") or "stop",
             model=data.get("model", self.model),
             usage=Usage(prompt_tokens=u.get("prompt_tokens", 0), completion_tokens=u.get("completion_tokens", 0)),
+            tool_calls=choice["message"].get("tool_calls") or None,
         )
 
     async def stream(
@@ -101,6 +115,10 @@ class OpenAIBackend(HTTPBackend):
                             if piece:
                                 started = True
                                 yield piece
+                            for call in delta.get("tool_calls") or ():
+                                if isinstance(call, dict):
+                                    started = True
+                                    yield ToolCallDelta(call)
                         yield StreamEnd(finish)
                         return
                 except (httpx.TimeoutException, httpx.TransportError) as e:

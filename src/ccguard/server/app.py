@@ -1,39 +1,51 @@
 """FastAPI app factory: an OpenAI-compatible proxy that screens prompts and streams.
 
+- Every text the upstream will read (all messages, names, tool definitions, tool calls and results, the
+  response-format schema) is screened by the input classifier; other fields are forwarded only from an allowlist.
 - A flagged prompt gets a normal completion whose content is the refusal, ``finish_reason: "content_filter"``;
   the upstream is never called.
-- Streaming responses are buffered per chunk, scored, and only then forwarded. On a flag the stream ends with a
-  ``content_filter`` chunk and the upstream request is cancelled; nothing after the flagged chunk is sent.
-- Upstream timeouts, disconnects and 5xx become OpenAI-style errors. A classifier failure fails closed unless
-  ``fail_open`` is set.
+- Streaming responses (text and tool-call arguments) are scored per chunk and only then forwarded. On a flag the
+  stream ends with a ``content_filter`` chunk and the upstream request is cancelled; nothing after the flagged
+  chunk is sent.
+- Input screening runs in a worker pool under a per-request time budget; past it the request fails closed with a
+  503. Upstream slots are bounded: the wait for one is separate from the upstream timeout and ends in a 503.
+- A client that disconnects, or a timeout, cancels the upstream work (local generation stops within one step).
+- Every error is an OpenAI-style JSON error. A classifier failure fails closed unless ``fail_open`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ccguard.errors import CcguardError
 from ccguard.guard import Guard, Verdict
-from ccguard.llm.base import GenerateParams, LLMBackend, StreamEnd
-from ccguard.records import Message, render_prompt
+from ccguard.llm.base import GenerateParams, LLMBackend, StreamEnd, ToolCallDelta
+from ccguard.records import Message
 from ccguard.server.batcher import InputBatcher
 from ccguard.server.metrics import Metrics
+from ccguard.server.relay import Relay
+from ccguard.server.schema import ChatRequest, render_conversation, render_tool_calls, screen_texts
 
 log = logging.getLogger("ccguard.server")
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class ServerSettings(BaseModel):
@@ -44,24 +56,15 @@ class ServerSettings(BaseModel):
     fail_open: bool = Field(default=False, description="On a classifier error, let traffic through (default: block).")
     log_prompts: bool = Field(default=False, description="Include prompt text in logs (off by default).")
     max_request_bytes: int = Field(default=1_000_000, description="Largest request body accepted.")
-    max_prompt_chars: int = Field(default=200_000, description="Longest rendered prompt accepted.")
+    max_prompt_chars: int = Field(default=200_000, description="Most characters of screened text per request.")
     max_tokens_cap: int = Field(default=4096, description="Upper bound on max_tokens passed upstream.")
-    upstream_timeout: float = Field(default=60.0, description="Seconds to wait on the upstream per request.")
+    upstream_timeout: float = Field(default=60.0, description="Seconds to wait on the upstream (per stream event).")
+    screen_timeout: float = Field(default=15.0, description="Time budget for screening one request's input.")
+    slots: int = Field(default=8, ge=1, description="Upstream requests in flight at once.")
+    slot_timeout: float = Field(default=10.0, description="Longest wait for an upstream slot before a 503.")
+    max_moderation_inputs: int = Field(default=64, ge=1, description="Most texts in one /v1/moderations call.")
+    screen_workers: int = Field(default=2, ge=1, description="Threads that decode and window prompts.")
     model_name: str = Field(default="ccguard", description="Model id reported when the upstream has none.")
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int | None = None
 
 
 class ModerationRequest(BaseModel):
@@ -70,16 +73,21 @@ class ModerationRequest(BaseModel):
     model: str | None = None
 
 
+class ApiError(Exception):
+    """An error answered as OpenAI's JSON error shape."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
 def _error(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status)
-
-
-def _content(part: Any) -> str:
-    if isinstance(part, str):
-        return part
-    if isinstance(part, list):
-        return "".join(p.get("text", "") for p in part if isinstance(p, dict) and p.get("type") in (None, "text"))
-    return ""
+    return ApiError(status, message, type_, code).response()
 
 
 def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
@@ -88,16 +96,50 @@ def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: st
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes | None:
+def _sse_error(message: str, code: str) -> str:
+    return f"data: {json.dumps({'error': {'message': message, 'type': 'upstream_error', 'code': code}})}\n\n"
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        return None
+        raise ApiError(413, "request too large")
     buf = bytearray()
-    async for piece in request.stream():
-        buf += piece
-        if len(buf) > limit:
-            return None
+    try:
+        async for piece in request.stream():
+            buf += piece
+            if len(buf) > limit:
+                raise ApiError(413, "request too large")
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected", code="client_disconnected") from None
     return bytes(buf)
+
+
+def _invalid(e: ValidationError) -> ApiError:
+    err = e.errors()[0]
+    where = ".".join(map(str, err["loc"])) or "(body)"
+    return ApiError(400, f"invalid request: {where}: {err['msg']}")
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body has been read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Slot:
+    """One upstream slot, released exactly once (by the request, the stream's end, or the response's cleanup)."""
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self._sem, self._held = sem, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._sem.release()
+
+    async def arelease(self) -> None:
+        self.release()
 
 
 def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | None = None) -> FastAPI:
@@ -111,15 +153,40 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         batcher = InputBatcher(guard)
         batcher.start()
         state["batcher"] = batcher
+        state["slots"] = asyncio.Semaphore(settings.slots)
+        state["pool"] = ThreadPoolExecutor(settings.screen_workers, thread_name_prefix="ccguard-screen")
         try:
             yield
         finally:
             await batcher.stop()
+            state["pool"].shutdown(wait=False, cancel_futures=True)
             await upstream.aclose()
 
     app = FastAPI(title="ccguard proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
     app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return e.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error(e.status_code, str(e.detail), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        return _error(400, f"invalid request: {e.errors()[0].get('msg', 'malformed')}", "invalid_request_error")
+
+    @app.middleware("http")
+    async def internal_error(request: Request, call_next: Any) -> Response:
+        # A bug must not leak a traceback to the client or flood the log: one JSON error, one log line. (An
+        # exception handler for Exception would still re-raise into the server's own traceback logging.)
+        try:
+            return await call_next(request)
+        except Exception as e:  # noqa: BLE001
+            log.error(json.dumps({"event": "internal_error", "error": type(e).__name__, "path": request.url.path}))
+            return _error(500, "internal error", "server_error", "internal_error")
 
     def authorised(request: Request) -> bool:
         if not settings.api_keys:
@@ -132,10 +199,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             ok |= hmac.compare_digest(token.encode(), key.encode())
         return ok
 
-    def deny(request: Request) -> JSONResponse | None:
-        if authorised(request):
-            return None
-        return _error(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+    def require_auth(request: Request) -> None:
+        if not authorised(request):
+            raise ApiError(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
 
     def audit(event: str, prompt_text: str | None, verdict: Verdict | None, **extra: Any) -> None:
         rec: dict[str, Any] = {"event": event, **extra}
@@ -146,17 +212,30 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             rec["prompt"] = prompt_text
         log.info(json.dumps(rec, ensure_ascii=False))
 
-    async def check_input(messages: list[Message]) -> Verdict:
+    def failed_verdict(stage: str) -> Verdict:
+        thr = guard.policy.input_threshold if stage == "input" else (guard.policy.output_threshold or 0.0)
+        return Verdict(allowed=settings.fail_open, stage=stage, score=0.0 if settings.fail_open else 1.0, threshold=thr)
+
+    async def screen(texts: Sequence[str]) -> list[Verdict]:
+        """Input verdicts for texts: decoding and windowing in the worker pool, the model in the shared batcher,
+        all within the time budget. Past the budget: a 503, whatever ``fail_open`` says (nothing was screened)."""
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            v = await state["batcher"].check(messages)
-        except Exception:  # noqa: BLE001
+            async with asyncio.timeout(settings.screen_timeout):
+                prepared = await asyncio.gather(*(loop.run_in_executor(state["pool"], guard.prepare_input, t) for t in texts))
+                verdicts = list(await asyncio.gather(*(state["batcher"].check(p) for p in prepared)))
+        except TimeoutError:
+            metrics.classifier_errors.labels("input_timeout").inc()
+            log.warning(json.dumps({"event": "screen_timeout", "chars": sum(map(len, texts))}))
+            raise ApiError(503, f"input screening exceeded its {settings.screen_timeout:g} s budget", "server_error",
+                           "screening_timeout") from None
+        except Exception as e:  # noqa: BLE001 - the classifier failed: fail closed (or open, if configured)
             metrics.classifier_errors.labels("input").inc()
-            log.exception(json.dumps({"event": "classifier_error", "stage": "input"}))
-            thr = guard.policy.input_threshold
-            v = Verdict(allowed=settings.fail_open, stage="input", score=0.0 if settings.fail_open else 1.0, threshold=thr)
+            log.error(json.dumps({"event": "classifier_error", "stage": "input", "error": type(e).__name__}))
+            verdicts = [failed_verdict("input") for _ in texts]
         metrics.latency.labels("input").observe(time.perf_counter() - t0)
-        return v
+        return verdicts
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -164,89 +243,96 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     @app.get("/metrics")
     async def prom(request: Request) -> Response:
-        if (denied := deny(request)) is not None:
-            return denied
+        require_auth(request)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
-        if (denied := deny(request)) is not None:
-            return denied
+        require_auth(request)
         name = upstream.model or settings.model_name
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ccguard"}]}
 
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Any:
-        if (denied := deny(request)) is not None:
-            return denied
+        require_auth(request)
         raw = await _read_bounded(request, settings.max_request_bytes)
-        if raw is None:
-            return _error(413, "request too large", "invalid_request_error")
         try:
             req = ModerationRequest.model_validate_json(raw)
         except ValidationError as e:
-            return _error(400, f"invalid request: {e.errors()[0]['msg']}", "invalid_request_error")
+            raise _invalid(e) from None
         texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or len(texts) > settings.max_moderation_inputs:
+            raise ApiError(400, f"input: between 1 and {settings.max_moderation_inputs} texts per request")
         if any(len(t) > settings.max_prompt_chars for t in texts):
-            return _error(400, "input too long", "invalid_request_error")
-        scores = await asyncio.to_thread(guard.input_classifier.score, texts)
-        thr = guard.policy.input_threshold
+            raise ApiError(400, "input too long")
+        verdicts = await screen(texts)
         cats = guard.input_classifier.categories
         results = []
-        for s in scores:
-            flagged = s.score > thr
+        for v in verdicts:
             results.append({
-                "flagged": flagged,
-                "categories": {c: flagged and c == s.category for c in cats},
-                "category_scores": {c: round(s.score if c == s.category else 0.0, 6) for c in cats},
+                "flagged": not v.allowed,
+                "categories": {c: not v.allowed and c == v.category for c in cats},
+                "category_scores": {c: round(v.score if c == v.category else 0.0, 6) for c in cats},
             })
-            if flagged:
-                metrics.blocks.labels("input", s.category or "unknown").inc()
+            if not v.allowed:
+                metrics.blocks.labels("input", v.category or "unknown").inc()
         metrics.requests.labels("moderations", "ok").inc()
         return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": f"ccguard-{guard.manifest.constitution.get('name')}", "results": results}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
-        if (denied := deny(request)) is not None:
+        if not authorised(request):
             metrics.requests.labels("chat", "unauthorised").inc()
-            return denied
+        require_auth(request)
         raw = await _read_bounded(request, settings.max_request_bytes)
-        if raw is None:
-            return _error(413, "request too large", "invalid_request_error")
         try:
             req = ChatRequest.model_validate_json(raw)
-            messages = [Message(role=str(m.get("role", "user")), content=_content(m.get("content"))) for m in req.messages]
+            messages = req.to_messages()
+            stops = req.stops()
         except ValidationError as e:
-            err = e.errors()[0]
-            return _error(400, f"invalid request: {'.'.join(map(str, err['loc']))}: {err['msg']}", "invalid_request_error")
+            raise _invalid(e) from None
+        except ValueError as e:
+            raise ApiError(400, f"invalid request: {e}") from None
         if req.n not in (None, 1):
-            return _error(400, "only n=1 is supported", "invalid_request_error")
-        prompt_text = render_prompt(messages)
-        if len(prompt_text) > settings.max_prompt_chars:
-            return _error(400, f"prompt longer than {settings.max_prompt_chars} characters", "invalid_request_error")
+            raise ApiError(400, "only n=1 is supported")
+        texts = screen_texts(req, messages)
+        if sum(map(len, texts)) > settings.max_prompt_chars:
+            raise ApiError(400, f"prompt longer than {settings.max_prompt_chars} characters")
+        prompt_text = render_conversation(messages)
 
         model = req.model or upstream.model or settings.model_name
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        verdict = await check_input(messages)
+        verdict = max(await screen(texts), key=lambda v: (not v.allowed, v.score))
         if not verdict.allowed:
             metrics.blocks.labels("input", verdict.category or "unknown").inc()
             metrics.requests.labels("chat", "blocked_input").inc()
-            audit("blocked", prompt_text, verdict)
+            audit("blocked", prompt_text, verdict, dropped_fields=req.dropped() or None)
             return refusal(req.stream, cid, model, created)
 
         params = GenerateParams(
             max_tokens=min(req.max_completion_tokens or req.max_tokens or 512, settings.max_tokens_cap),
             temperature=0.7 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
-            stop=[req.stop] if isinstance(req.stop, str) else req.stop,
+            stop=stops,
             seed=req.seed,
         )
-        extra = {k: v for k, v in (req.model_extra or {}).items() if k not in {"stream_options", "user"}}
+        extra = req.forwarded()
         if req.model:
             extra["model"] = req.model
+        try:
+            await asyncio.wait_for(state["slots"].acquire(), settings.slot_timeout)
+        except TimeoutError:
+            metrics.requests.labels("chat", "busy").inc()
+            raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
+                           headers={"Retry-After": "1"}) from None
+        slot = _Slot(state["slots"])
         if req.stream:
-            return StreamingResponse(stream_chat(messages, prompt_text, params, extra, cid, model, created), media_type="text/event-stream")
-        return await complete_chat(messages, prompt_text, params, extra, cid, model, created)
+            gen = stream_chat(messages, prompt_text, params, extra, cid, model, created, slot)
+            return StreamingResponse(gen, media_type="text/event-stream", background=BackgroundTask(slot.arelease))
+        try:
+            return await complete_chat(request, messages, prompt_text, params, extra, cid, model, created)
+        finally:
+            slot.release()
 
     def refusal(stream: bool, cid: str, model: str, created: int) -> Any:
         text = guard.refusal
@@ -262,45 +348,62 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
 
-    async def complete_chat(messages, prompt_text, params, extra, cid, model, created) -> Any:
+    async def complete_chat(request: Request, messages: list[Message], prompt_text: str, params: GenerateParams,
+                            extra: dict[str, Any], cid: str, model: str, created: int) -> Any:
+        work = asyncio.ensure_future(asyncio.wait_for(upstream.generate(messages, params, extra), settings.upstream_timeout))
+        gone = asyncio.ensure_future(_until_disconnect(request))
         try:
-            comp = await asyncio.wait_for(upstream.generate(messages, params, extra), settings.upstream_timeout)
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client left: stop the upstream (a local model stops within one step)
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                metrics.requests.labels("chat", "client_gone").inc()
+        if work.cancelled():
+            return Response(status_code=499)
+        try:
+            comp = work.result()
         except TimeoutError:
             metrics.upstream_errors.labels("timeout").inc()
-            return _error(504, "upstream timed out", "upstream_error", "upstream_timeout")
+            raise ApiError(504, "upstream timed out", "upstream_error", "upstream_timeout") from None
         except (CcguardError, httpx.HTTPError) as e:
             metrics.upstream_errors.labels("error").inc()
-            return _error(502, f"upstream error: {e}", "upstream_error", "upstream_error")
-        text, finish = comp.text, comp.finish_reason
+            raise ApiError(502, f"upstream error: {e}", "upstream_error", "upstream_error") from None
+        text, finish, calls = comp.text, comp.finish_reason, comp.tool_calls
         if guard.output_classifier is not None:
+            screened = "\n".join(x for x in (text, render_tool_calls(calls)) if x)
             try:
-                ov = await asyncio.to_thread(guard.check_output, messages, text)
-            except Exception:  # noqa: BLE001
+                ov = await asyncio.to_thread(guard.check_output, messages, screened)
+            except Exception as e:  # noqa: BLE001
                 metrics.classifier_errors.labels("output").inc()
-                ov = None
-            if ov is None and not settings.fail_open:
-                text, finish = "", "content_filter"
-            elif ov is not None and not ov.allowed:
+                log.error(json.dumps({"event": "classifier_error", "stage": "output", "error": type(e).__name__}))
+                ov = failed_verdict("output")
+            if not ov.allowed:
                 metrics.blocks.labels("output", ov.category or "unknown").inc()
                 audit("blocked", prompt_text, ov)
-                text, finish = text[: ov.stop_char or 0], "content_filter"
+                text, finish, calls = text[: min(ov.stop_char or 0, len(text))], "content_filter", None
         metrics.requests.labels("chat", "ok" if finish != "content_filter" else "blocked_output").inc()
         u = comp.usage
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": comp.model or model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens},
         }
 
-    async def stream_chat(messages, prompt_text, params, extra, cid, model, created) -> AsyncIterator[str]:
-        yield _chunk(cid, model, created, {"role": "assistant", "content": ""}, None)
+    async def stream_chat(messages: list[Message], prompt_text: str, params: GenerateParams, extra: dict[str, Any],
+                          cid: str, model: str, created: int, slot: _Slot) -> AsyncIterator[str]:
         session = guard.start_stream(messages) if guard.output_classifier is not None else None
-        released = 0
+        relay = Relay(session)
         finish = "stop"
-        upstream_finish = "stop"  # 'length' when the upstream ran out of tokens, passed through unless the guard halts
+        upstream_finish = "stop"  # e.g. 'length' or 'tool_calls', passed through unless the guard halts
         agen = upstream.stream(messages, params, extra)
         t_start = time.perf_counter()
         try:
+            yield _chunk(cid, model, created, {"role": "assistant", "content": ""}, None)
             while True:
                 try:
                     piece = await asyncio.wait_for(agen.__anext__(), settings.upstream_timeout)
@@ -309,44 +412,46 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                 if isinstance(piece, StreamEnd):
                     upstream_finish = piece.reason
                     continue
-                if session is None:
-                    yield _chunk(cid, model, created, {"content": piece}, None)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    await asyncio.to_thread(session.feed, piece)
-                except Exception:  # noqa: BLE001
-                    metrics.classifier_errors.labels("output").inc()
-                    if not settings.fail_open:
-                        finish = "content_filter"
-                        break
-                    session = None
-                    continue
-                metrics.latency.labels("output").observe(time.perf_counter() - t0)
-                new = session.text[released : session.released_chars]
-                if new:
-                    released = session.released_chars
-                    yield _chunk(cid, model, created, {"content": new}, None)
-                if session.halted:
+                fed = relay.tool_call(piece.delta) if isinstance(piece, ToolCallDelta) else relay.text(piece)
+                if session is not None and fed:
+                    t0 = time.perf_counter()
+                    try:
+                        await asyncio.to_thread(session.feed, fed)
+                    except Exception as e:  # noqa: BLE001
+                        metrics.classifier_errors.labels("output").inc()
+                        log.error(json.dumps({"event": "classifier_error", "stage": "output", "error": type(e).__name__}))
+                        if not settings.fail_open:
+                            finish = "content_filter"
+                            break
+                        relay.session = session = None
+                    else:
+                        metrics.latency.labels("output").observe(time.perf_counter() - t0)
+                for delta in relay.deltas():
+                    yield _chunk(cid, model, created, delta, None)
+                if session is not None and session.halted:
                     finish = "content_filter"
                     break
             if session is not None and finish == "stop":
                 await asyncio.to_thread(session.finish)
-                new = session.text[released : session.released_chars]
-                if new:
-                    yield _chunk(cid, model, created, {"content": new}, None)
+                for delta in relay.deltas():
+                    yield _chunk(cid, model, created, delta, None)
                 if session.halted:
                     finish = "content_filter"
         except TimeoutError:
             metrics.upstream_errors.labels("timeout").inc()
-            yield f"data: {json.dumps({'error': {'message': 'upstream timed out', 'type': 'upstream_error', 'code': 'upstream_timeout'}})}\n\n"
+            yield _sse_error("upstream timed out", "upstream_timeout")
             return
         except (CcguardError, httpx.HTTPError) as e:
             metrics.upstream_errors.labels("error").inc()
-            yield f"data: {json.dumps({'error': {'message': f'upstream error: {e}', 'type': 'upstream_error', 'code': 'upstream_error'}})}\n\n"
+            yield _sse_error(f"upstream error: {e}", "upstream_error")
             return
         finally:
-            await agen.aclose()  # cancels the upstream request when we stop early
+            # Cancels the upstream request when we stop early or the client left (a local model stops within one
+            # step), then frees the slot.
+            try:
+                await agen.aclose()
+            finally:
+                slot.release()
         if finish == "content_filter":
             metrics.requests.labels("chat", "blocked_output").inc()
             if session is not None and session.halted:
@@ -362,7 +467,17 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is loopback, by parsing it (a name like '127.evil.example.com' is not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def require_key_if_exposed(host: str, api_keys: frozenset[str]) -> None:
     """Refuse to serve beyond loopback without API keys."""
-    if host not in LOOPBACK and not host.startswith("127.") and not api_keys:
+    if not is_loopback(host) and not api_keys:
         raise CcguardError(f"binding to {host} exposes the proxy beyond loopback: pass --api-keys FILE|ENV")

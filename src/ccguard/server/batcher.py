@@ -1,4 +1,6 @@
-"""Batches input checks from concurrent requests into one classifier call, off the event loop."""
+"""Batches the model half of input checks from concurrent requests into one classifier call, off the event loop.
+Requests arrive already prepared (decoded views and windows, see ``Guard.prepare_input``), so one slow-to-decode
+prompt never holds up a batch."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 
 
 class InputBatcher:
-    """Collects prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together in a worker
+    """Collects prepared prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together in a worker
     thread. One per app; created inside the running event loop."""
 
     def __init__(self, guard: Any, max_batch: int = 32, max_wait_ms: float = 4.0) -> None:
@@ -51,7 +53,7 @@ class InputBatcher:
             if not live:
                 continue
             try:
-                verdicts = await asyncio.to_thread(self.guard.check_inputs, [p for p, _ in live])
+                verdicts = await asyncio.to_thread(self.guard.check_prepared, [p for p, _ in live])
             except Exception as e:  # noqa: BLE001 - handed to each waiter; the app decides fail-open/closed
                 for _, f in live:
                     if not f.done():

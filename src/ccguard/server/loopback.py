@@ -42,24 +42,32 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 
 
 class FakeUpstream:
-    """An OpenAI-compatible upstream that streams a fixed text at a fixed rate; it can die mid-stream."""
+    """An OpenAI-compatible upstream that streams a fixed text at a fixed rate, optionally followed by tool calls
+    (their arguments streamed in pieces too); it can die mid-stream. It records the bodies it received."""
 
     def __init__(
-        self, text: str, piece: int = 6, delay: float = 0.0, die_after: int | None = None, finish: str = "stop"
+        self, text: str, piece: int = 6, delay: float = 0.0, die_after: int | None = None, finish: str = "stop",
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         self.text, self.piece, self.delay, self.die_after, self.finish = text, piece, delay, die_after, finish
+        self.tool_calls = tool_calls
         self.calls = 0
         self.sent_pieces = 0
         self.cancelled = False
+        self.bodies: list[dict[str, Any]] = []
         self.app = FastAPI()
 
         @self.app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
             body = await request.json()
             self.calls += 1
+            self.bodies.append(body)
             if not body.get("stream"):
+                message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+                if self.tool_calls:
+                    message["tool_calls"] = self.tool_calls
                 return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": self.finish}],
+                        "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
 
             async def gen():
@@ -71,6 +79,15 @@ class FakeUpstream:
                         self.sent_pieces += 1
                         yield f"data: {json.dumps(chunk)}\n\n"
                         await asyncio.sleep(self.delay)
+                    for k, call in enumerate(self.tool_calls or ()):
+                        fn = call["function"]
+                        head = {"index": k, "id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+                        yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'tool_calls': [head]}, 'finish_reason': None}]})}\n\n"
+                        for j in range(0, len(fn["arguments"]), self.piece):
+                            part = {"index": k, "function": {"arguments": fn["arguments"][j : j + self.piece]}}
+                            self.sent_pieces += 1
+                            yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'tool_calls': [part]}, 'finish_reason': None}]})}\n\n"
+                            await asyncio.sleep(self.delay)
                     yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {}, 'finish_reason': self.finish}]})}\n\n"
                     yield "data: [DONE]\n\n"
                 except asyncio.CancelledError:
