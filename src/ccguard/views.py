@@ -136,7 +136,8 @@ def _bytes_to_text(raw: bytes) -> str | None:
 
 
 _B64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2}")
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){8,}")
+# Contiguous pairs, or pairs with one separator each; a contiguous run never spills into the next word ('... 61 De').
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}){8,}(?![0-9a-fA-F])|(?:[0-9a-fA-F]{2}[ :]){7,}[0-9a-fA-F]{2}(?![0-9a-fA-F])")
 _BIN = re.compile(r"(?:[01]{8}\s?){4,}")
 _MORSE = re.compile(r"(?:[.\-]{1,7}[ /]+){6,}[.\-]{1,7}")
 
@@ -363,7 +364,7 @@ def leetspeak() -> Decoder:
 
     def dec(text: str) -> str | None:
         words: list[tuple[int, int]] = []
-        evidence = False
+        evidence: list[str] = []
         for tok in _TOKEN.finditer(text):
             t = tok.group(0)
             if len(t) > _MAX_TOKEN or _address(t) or _B64.fullmatch(t):
@@ -372,10 +373,14 @@ def leetspeak() -> Decoder:
                 w = m.group(0)
                 if len(w) > _MAX_WORD:
                     continue
-                evidence = evidence or _leet_evidence(w)
+                if _leet_evidence(w):
+                    evidence.append(w)
                 if _leet_word(w):
                     words.append((tok.start() + m.start(), tok.start() + m.end()))
-        if not evidence:
+        # One look-alike word alone is usually a code or a unit ('k8s', 'v8a', '1h30m', 'Products!A'): ask for two,
+        # or one word that starts with a letter and has two look-alikes ('s4r1n').
+        strong = any(w[0].isalpha() and sum(c in _INV_LEET for c in w) >= 2 for w in evidence)
+        if len(set(evidence)) < 2 and not strong:
             return None
         parts, last = [], 0
         for a, b in words:
