@@ -28,6 +28,7 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "ccguard.transforms.llm",
     ),
     "view": ("ccguard.views",),
+    "voice": ("ccguard.synth.voices",),
     "backend": ("ccguard.llm.local", "ccguard.llm.openai_compat", "ccguard.llm.anthropic"),
 }
 

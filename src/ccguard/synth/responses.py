@@ -6,6 +6,10 @@ augmentation.
   dangerous terms in a safe context and act as hard negatives.
 - Output-side augmentation: the answer written in the obfuscation the prompt asked for, code-word substitution,
   and answers embedded in a story.
+- Style balance: every exchange also gets re-voiced variants (``synth.voices``: compliance opener, numbered steps,
+  persona, historian, fiction, encyclopedic, Q&A, table, code block, disclaimer, terse, letter, process overview),
+  drawn at the same rates whatever the label, and the prompt side gets the same jailbreak framings the input side
+  uses. After the split, :func:`compose` adds answers stitched from two responses of the same category and kind.
 
 Responses are grouped by their seed text, so a response never appears in two splits.
 """
@@ -17,8 +21,9 @@ import re
 from dataclasses import dataclass
 
 from ccguard.constitution import Category, Constitution
-from ccguard.records import Example, Label, Step, stable_id
+from ccguard.records import Example, Label, Step, render_prompt, stable_id
 from ccguard.synth.pool import BenignPool
+from ccguard.synth.voices import sentences, voices
 from ccguard.transforms.encoding import HOMOGLYPHS, LEET
 from ccguard.transforms.keyword import CODE_WORDS
 
@@ -43,6 +48,9 @@ class ResponseConfig:
     queries_per_response: int = 2
     augment_rate: float = 0.35
     max_per_category: int | None = None
+    voice_variants: int = 0  # re-voiced variants per exchange (style balance)
+    frame_rate: float = 0.0  # chance that a re-voiced variant's prompt gets a jailbreak framing
+    compose_rate: float = 0.0  # stitched answers per exchange, added after the split (see compose)
 
 
 def _leet(text: str, rng: random.Random) -> str:
@@ -97,9 +105,70 @@ def _pairs(cat: Category, cfg: ResponseConfig, rng: random.Random) -> list[tuple
     return out
 
 
-def generate_responses(constitution: Constitution, pool: BenignPool | None, cfg: ResponseConfig) -> list[Example]:
-    """All output-side examples, deterministic under ``cfg.seed``."""
+def _framers(framings: object | None) -> list[tuple[str, object]]:
+    if framings is None:
+        return []
+    from ccguard.augment import transforms_by_family
+    from ccguard.transforms.base import build
+
+    return [(n, build(n)) for n in transforms_by_family().get("framing", [])]
+
+
+def _revoiced(base: Example, n: int, all_voices: dict, framers: list, framings: object | None, rate: float,
+              rng: random.Random) -> list[Example]:
+    """``n`` variants of one exchange, each in a voice drawn uniformly (the label plays no part in the draw)."""
+    from ccguard.transforms.base import TransformContext
+
+    out = []
+    names = sorted(all_voices)
+    for k in range(n):
+        name = rng.choice(names)
+        prompt, steps = base.prompt, [Step(name=f"voice_{name}", family="voice", args={})]
+        resp = all_voices[name](base.response or "", render_prompt(base.prompt), rng)
+        if framers and rng.random() < rate:
+            fname, t = rng.choice(framers)
+            prompt = t(prompt, TransformContext(rng=random.Random(rng.random()), framings=framings))  # type: ignore[operator]
+            steps.append(t.step)  # type: ignore[attr-defined]
+        if resp.strip() and resp != base.response:
+            out.append(base.model_copy(update={"id": stable_id(base.id, "voice", str(k), name), "prompt": prompt, "response": resp,
+                                               "parent_id": base.id, "lineage": [*base.lineage, *steps]}))
+    return out
+
+
+def compose(exchanges: list[Example], rate: float, seed: int) -> list[Example]:
+    """Answers stitched from the first part of one response and the last part of another of the same split,
+    category, label and source kind (so no text crosses a split). Each joins its first parent's group."""
+    if rate <= 0:
+        return []
+    buckets: dict[tuple, list[Example]] = {}
+    for e in exchanges:
+        if not e.lineage and e.response and len(sentences(e.response)) >= 2:
+            buckets.setdefault((e.split, e.category, e.label, e.source), []).append(e)
+    out = []
+    for key in sorted(buckets, key=str):
+        rows = buckets[key]
+        rng = random.Random(f"{seed}:compose:{key}")
+        for a in rows:
+            others = [r for r in rows if r.response != a.response]
+            if not others or rng.random() >= rate:
+                continue
+            b = rng.choice(others)
+            sa, sb = sentences(a.response or ""), sentences(b.response or "")
+            resp = " ".join(sa[: max(1, len(sa) // 2)] + sb[len(sb) // 2 :])
+            step = Step(name="compose", family="voice", args={"with": b.id})
+            out.append(a.model_copy(update={"id": stable_id(a.id, "compose", b.id), "response": resp, "parent_id": a.id,
+                                            "lineage": [step]}))
+    return out
+
+
+def generate_responses(
+    constitution: Constitution, pool: BenignPool | None, cfg: ResponseConfig, framings: object | None = None
+) -> list[Example]:
+    """All output-side examples, deterministic under ``cfg.seed``. ``framings`` (the bundled jailbreak framings)
+    lets re-voiced variants carry a framed prompt."""
     terms = constitution.harmful_terms()
+    all_voices = voices() if cfg.voice_variants else {}
+    framers = _framers(framings) if cfg.voice_variants and cfg.frame_rate > 0 else []
     out: list[Example] = []
     for cat in constitution.categories:
         rng = random.Random(f"{cfg.seed}:resp:{cat.id}")
@@ -109,6 +178,7 @@ def generate_responses(constitution: Constitution, pool: BenignPool | None, cfg:
                 id=stable_id(group, q, r), prompt=q, response=r, label=label, category=cat.id, source=f"seed_{kind}", group=group, base=q
             )
             out.append(base)
+            out += _revoiced(base, cfg.voice_variants, all_voices, framers, framings, cfg.frame_rate, rng)
             if rng.random() < cfg.augment_rate:
                 aug = _augment(q, r, terms, rng)
                 if aug is not None:
@@ -120,10 +190,10 @@ def generate_responses(constitution: Constitution, pool: BenignPool | None, cfg:
             for item in d.requests:
                 if item.response:
                     group = stable_id("pool", "response", item.response)
-                    out.append(
-                        Example(
-                            id=stable_id(group, item.text), prompt=item.text, response=item.response, label="harmless",
-                            category=f"pool:{d.id}", source="pool", group=group, base=item.text,
-                        )
+                    base = Example(
+                        id=stable_id(group, item.text), prompt=item.text, response=item.response, label="harmless",
+                        category=f"pool:{d.id}", source="pool", group=group, base=item.text,
                     )
+                    out.append(base)
+                    out += _revoiced(base, cfg.voice_variants, all_voices, framers, framings, cfg.frame_rate, rng)
     return out
