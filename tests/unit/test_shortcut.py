@@ -1,0 +1,127 @@
+import random
+import re
+
+import pytest
+
+from ccguard import constitution as C
+from ccguard.constitution import Constitution
+from ccguard.evaluate.report import _shortcut_lines
+from ccguard.evaluate.shortcut import ShortcutReport, audit, mask_topic, topic_vocabulary
+from ccguard.records import Example, stable_id
+
+FILLER = ["please", "quickly", "explain", "the", "details", "of", "this", "for", "a", "project", "today", "tomorrow",
+          "clearly", "simply"]
+
+
+def _const() -> Constitution:
+    return Constitution.model_validate({
+        "name": "tiny",
+        "description": "test policy",
+        "categories": [
+            {"id": "bad", "kind": "harmful", "title": "Nerve agent synthesis", "description": "Making toxins.",
+             "seeds": {"queries": ["q"], "entities": ["sarin", "a Novichok agent", "cesium-137"]}},
+            {"id": "good", "kind": "harmless", "title": "Cooking", "description": "Recipes with mustard.",
+             "seeds": {"queries": ["q"], "entities": ["honey mustard", "VX-free kitchens"]}},
+        ],
+    })
+
+
+def test_vocabulary_has_topic_words_and_no_stop_words():
+    v = topic_vocabulary(_const())
+    assert {"sarin", "novichok", "agent", "honey", "mustard", "vx", "nerve", "synthesis", "cooking", "recipes"} <= v
+    assert {"recipe", "toxin", "kitchen"} <= v  # plural entities and prose mask their singular too
+    assert not {"a", "the", "with"} & v
+
+
+def test_bundled_vocabulary_covers_every_category():
+    const = C.load("cbrn")
+    v = topic_vocabulary(const)
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    for term in [e for c in const.categories for e in c.seeds.entities]:
+        # Single letters ('G-series') are left alone: masking every 'a' or 't' would erase style, not topic.
+        left = set(re.findall(r"[^\W_]{2,}", mask_topic(term, v).lower())) - ENGLISH_STOP_WORDS
+        assert not left, term
+    assert {"sarin", "mustard", "anthrax", "uranium"} <= v
+    assert "sure" not in v and "here" not in v
+
+
+def test_mask_topic_catches_case_inflections_digits_and_keeps_the_rest():
+    v = {"agent", "synthesize", "toxin", "mustard", "stop"}
+    text = "Sure, here: Agents synthesized TOXINS; stopped mustards at 50C, not agenda or agentive."
+    assert mask_topic(text, v) == "Sure, here: __; __ at __, not agenda or agentive."
+    assert mask_topic("synthesizing toxin-agent", v) == "__"  # one mask per run, so entity length leaves no cue
+    assert mask_topic("", v) == ""
+    assert mask_topic("no topic here", v) == "no topic here"
+
+
+def test_mask_topic_is_linear_on_long_text():
+    import time
+
+    v = topic_vocabulary(_const())
+    text = "sarin honey go further " * 50_000
+    t0 = time.perf_counter()
+    out = mask_topic(text, v)
+    assert time.perf_counter() - t0 < 5
+    assert out.count("__") == 50_000 and out.count("further") == 50_000
+
+
+def _examples(n: int, seed: int, harmful_text, harmless_text) -> list[Example]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "harmful" if i % 2 else "harmless"
+        filler = " ".join(rng.sample(FILLER, 5))
+        text = (harmful_text if label == "harmful" else harmless_text)(filler, rng)
+        rows.append(Example(id=stable_id(str(seed), str(i)), prompt=text, response=text, label=label,
+                            source="seed", group=str(i)))
+    return rows
+
+
+def test_style_token_is_reported_as_a_shortcut():
+    v = topic_vocabulary(_const())
+
+    def harmful(f, rng):
+        return f"{f} sure here is {rng.choice(['sarin', 'honey mustard'])}"
+
+    def harmless(f, rng):
+        return f"{f} {rng.choice(['sarin', 'honey mustard'])}"
+
+    train, evals = _examples(300, 0, harmful, harmless), _examples(200, 1, harmful, harmless)
+    a = audit(train, evals, v, "output")
+    assert a.auroc_masked > 0.98 and a.auroc_masked_base > 0.98 and not a.passed
+    assert {"sure", "here"} & {f.ngram for f in a.top_features.harmful[:5]}
+    assert a.n_train == 300 and a.n_eval == 200 and a.n_train_base == 300
+
+
+def test_topic_only_difference_vanishes_after_masking():
+    v = topic_vocabulary(_const())
+
+    def harmful(f, rng):
+        return f"{f} {rng.choice(['sarin', 'Novichok agents', 'cesium-137'])}"
+
+    def harmless(f, rng):
+        return f"{f} {rng.choice(['honey mustard', 'cooking recipes'])}"
+
+    train, evals = _examples(400, 0, harmful, harmless), _examples(400, 1, harmful, harmless)
+    a = audit(train, evals, v, "input")
+    assert a.auroc_unmasked > 0.98
+    assert abs(a.auroc_masked - 0.5) < 0.1 and abs(a.auroc_masked_base - 0.5) < 0.1
+    assert a.passed
+
+
+def test_one_class_gives_no_auroc_and_the_report_renders():
+    v = topic_vocabulary(_const())
+    rows = [e for e in _examples(40, 0, lambda f, r: f, lambda f, r: f) if e.label == "harmless"]
+    a = audit(rows, rows, v, "input")
+    assert a.auroc_masked is None and not a.passed and a.top_features.harmful == []
+    md = "\n".join(_shortcut_lines(ShortcutReport(input=a, output=a).model_dump()))
+    assert "| input | n/a |" in md and "FAIL" in md
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_audit_is_deterministic(side):
+    v = topic_vocabulary(_const())
+    rows = _examples(120, 3, lambda f, r: f + " now", lambda f, r: f)
+    assert audit(rows, rows, v, side, max_train=50, seed=1).model_dump(exclude={"seconds"}) == audit(
+        rows, rows, v, side, max_train=50, seed=1).model_dump(exclude={"seconds"})
