@@ -1,8 +1,15 @@
-"""Turn scores on held-out data into a threshold at a target false-positive rate."""
+"""Turn scores on held-out data into a threshold at a target false-positive rate.
+
+Two-sided when an everyday benign set is given: the target FPR is the rate on *everyday* traffic (what users
+actually send), and the FPR on *hard neighbours* (harmless topics next to the harmful ones, benign text in
+ciphers and templates) is bounded by its own, looser cap. The threshold is the stricter of the two; the
+calibration records which one bound.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +27,13 @@ class Calibration(BaseModel):
     calibration_set: str = Field(description="Which data the threshold was set on.")
     family_fpr: float | None = Field(default=None, description="Per-family FPR bound, when one was applied.")
     by_family: dict[str, Rate] = Field(default_factory=dict, description="FPR achieved within each benign family.")
-    binding: str = Field(default="overall", description="Which constraint set the threshold: 'overall' or a family.")
+    binding: str = Field(
+        default="overall",
+        description="Which constraint set the threshold: 'overall' (one-sided), 'everyday', 'hard_neighbours' or a family.",
+    )
+    hard_fpr_cap: float | None = Field(default=None, description="Two-sided: the FPR cap on hard neighbours.")
+    hard: Rate | None = Field(default=None, description="Two-sided: FPR achieved on the hard neighbours.")
+    everyday_set: str | None = Field(default=None, description="Two-sided: the everyday benign set `fpr` is measured on.")
 
 
 def calibrate(
@@ -32,13 +45,23 @@ def calibrate(
     benign_families: Sequence[Sequence[str]] | None = None,
     family_fpr: float | None = None,
     min_family_size: int = 50,
+    everyday: Sequence[float] | None = None,
+    hard_fpr: float | None = None,
+    everyday_set: str | None = None,
 ) -> Calibration:
     """Choose the threshold that flags at most ``target_fpr`` of ``benign`` overall and, when ``family_fpr`` is
     given, at most ``family_fpr`` of the benign examples of each transform family (families smaller than
     ``min_family_size`` are reported but do not bind). A user who wraps a harmless request in role-play or a cipher
-    is still a harmless user: the FPR promise should hold for them too, not only on average."""
-    t = threshold_at_fpr(benign, target_fpr)
-    binding = "overall"
+    is still a harmless user: the FPR promise should hold for them too, not only on average.
+
+    With ``everyday`` scores, ``target_fpr`` applies to them instead, ``benign`` are the hard neighbours, bounded by
+    ``hard_fpr``, and the families bound as before."""
+    if everyday is not None:
+        t, binding = threshold_at_fpr(everyday, target_fpr), "everyday"
+        if hard_fpr is not None and (th := threshold_at_fpr(benign, hard_fpr)) > t:
+            t, binding = th, "hard_neighbours"
+    else:
+        t, binding = threshold_at_fpr(benign, target_fpr), "overall"
     groups: dict[str, list[float]] = {}
     if benign_families is not None:
         for s, fams in zip(benign, benign_families, strict=True):
@@ -53,10 +76,45 @@ def calibrate(
     return Calibration(
         threshold=t,
         target_fpr=target_fpr,
-        fpr=flagged_rate(benign, t),
+        fpr=flagged_rate(everyday if everyday is not None else benign, t),
+        hard_fpr_cap=hard_fpr if everyday is not None else None,
+        hard=flagged_rate(benign, t) if everyday is not None else None,
+        everyday_set=everyday_set if everyday is not None else None,
         tpr=flagged_rate(harmful, t),
         calibration_set=calibration_set,
         family_fpr=family_fpr,
         by_family={f: flagged_rate(v, t) for f, v in sorted(groups.items())},
         binding=binding,
+    )
+
+
+def is_everyday(example: Any) -> bool:
+    """An example of the everyday benign pool, as users write it: raw, or with only typos and casing changed."""
+    return (example.label == "harmless" and (example.category or "").startswith("pool:")
+            and all(step.family == "style" for step in example.lineage))
+
+
+def calibrate_input(
+    val: Sequence[Any], val_scores: Sequence[float], calib: Sequence[Any], calib_scores: Sequence[float], *,
+    target_fpr: float, family_fpr: float | None, hard_fpr: float | None,
+) -> Calibration:
+    """The input classifier's calibration, shared by the pipeline and red-team retraining: two-sided (everyday pool
+    traffic at ``target_fpr``, hard neighbours capped at ``hard_fpr``) when ``hard_fpr`` is set, else one-sided over
+    all harmless validation examples and the extra benign variants."""
+    benign = [(e, s) for e, s in zip(val, val_scores, strict=True) if e.label == "harmless"]
+    benign += list(zip(calib, calib_scores, strict=True))
+    harmful = [s for e, s in zip(val, val_scores, strict=True) if e.label == "harmful"]
+    if hard_fpr is None:
+        hard = benign
+        everyday = None
+    else:
+        hard = [(e, s) for e, s in benign if not is_everyday(e)]
+        everyday = [s for e, s in benign if is_everyday(e)]
+    return calibrate(
+        [s for _, s in hard], harmful, target_fpr=target_fpr,
+        calibration_set="val split harmless examples plus extra augmented variants of them (synthetic)"
+        if everyday is None else "hard neighbours: val split harmless constitution categories and benign variants (synthetic)",
+        benign_families=[[st.family for st in e.lineage] or ["none"] for e, _ in hard], family_fpr=family_fpr,
+        everyday=everyday, hard_fpr=hard_fpr,
+        everyday_set=None if everyday is None else "everyday pool requests in the val split, raw or with typos/casing",
     )

@@ -35,7 +35,7 @@ from ccguard.records import (
 )
 from ccguard.synth import offline
 from ccguard.synth.pool import load_pool
-from ccguard.synth.responses import generate_responses
+from ccguard.synth.responses import compose, generate_responses
 from ccguard.transforms.base import TransformContext, load_framings
 
 
@@ -155,8 +155,10 @@ def build_data(
     counts["calib"] = {"total": len(calib), "harmful": 0, "harmless": len(calib)}
     hashes["calib"] = file_sha(data_dir / "calib.jsonl")
     exchanges = assign_splits(
-        generate_responses(const, pool, replace(profile.responses, seed=seed)) + llm_exchanges, seed=seed, fractions=profile.split_fractions
+        generate_responses(const, pool, replace(profile.responses, seed=seed), framings) + llm_exchanges, seed=seed,
+        fractions=profile.split_fractions,
     )
+    exchanges += compose(exchanges, profile.responses.compose_rate, seed)
     for prefix, rows_all in (("", examples), ("output_", exchanges)):
         for split in ("train", "val", "test"):
             rows = [e for e in rows_all if e.split == split]
@@ -257,11 +259,13 @@ def run(
     client: Any = None,
     llm_cfg: Any = None,
     target_fpr: float | None = None,
+    hard_fpr: float | None = None,
 ) -> Path:
     """Run the whole pipeline; returns the run directory. ``client`` (an LLMClient) adds LLM stage I data and LLM
-    transforms; without one the run is offline. ``target_fpr`` overrides the profile's; it is not part of any stage's
+    transforms; without one the run is offline. ``target_fpr`` (on everyday traffic) and ``hard_fpr`` (the cap on hard
+    neighbours) override the profile's; they are not part of any stage's
     fingerprint, so a re-run with another value only recalibrates and re-evaluates."""
-    from ccguard.calibrate import calibrate
+    from ccguard.calibrate import calibrate, calibrate_input
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
 
@@ -275,6 +279,11 @@ def run(
         # The per-family bound is meant to be looser than the overall target; it never undercuts it.
         family = None if profile.family_fpr is None else max(profile.family_fpr, target_fpr)
         profile = replace(profile, target_fpr=target_fpr, family_fpr=family)
+    if hard_fpr is not None:
+        profile = replace(profile, hard_fpr=hard_fpr)
+    if profile.hard_fpr is not None and profile.hard_fpr < profile.target_fpr:
+        # Hard neighbours are never held to a stricter rate than everyday traffic.
+        profile = replace(profile, hard_fpr=profile.target_fpr)
     const = constitution_mod.load(constitution)
     run_dir = Path(out) if out else Path("runs") / const.name
     data_dir, guard_dir, report_dir = run_dir / "data", run_dir / "guard", run_dir / "report"
@@ -291,6 +300,13 @@ def run(
         llm_manifest = _llm_stage(const, client, llm_cfg or LLMSynthConfig(seed=seed), llm_dir, console)
     data_manifest = build_data(const, profile, data_dir, console, seed, client, llm_dir)
     sha = data_manifest["sha256"]
+    from ccguard.evaluate.shortcut import audit_data_dir
+
+    # Does the data give the label away by its style alone? Reported, never blocking.
+    shortcut_report = audit_data_dir(data_dir, const, seed=seed)
+    for audit in (shortcut_report.input, shortcut_report.output):
+        console.print(audit.summary(), markup=False)
+    shortcut = shortcut_report.model_dump()
     clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl", sha["train"], guard_dir, console)
     oclf, otraining = train_stage(
         "output", const, replace(profile.output_train, seed=seed), data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console
@@ -303,21 +319,16 @@ def run(
     console.print(f"calibrating the input classifier on {len(val)} validation examples and {len(calib)} extra benign variants ...")
     val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
     calib_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in calib])]
-    benign_val = [e for e in val if e.label == "harmless"] + calib
-    cal = calibrate(
-        [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmless"] + calib_scores,
-        [s for s, e in zip(val_scores, val, strict=True) if e.label == "harmful"],
-        target_fpr=profile.target_fpr,
-        calibration_set="val split harmless examples plus extra augmented variants of them (synthetic)",
-        benign_families=[[st.family for st in e.lineage] or ["none"] for e in benign_val],
-        family_fpr=profile.family_fpr,
-    )
+    cal = calibrate_input(val, val_scores, calib, calib_scores, target_fpr=profile.target_fpr,
+                          family_fpr=profile.family_fpr, hard_fpr=profile.hard_fpr)
     console.print(
-        f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}, val TPR {cal.tpr.fmt()}"
+        f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}"
+        + (f" everyday, {cal.hard.fmt()} hard neighbours" if cal.hard else "") + f"; val TPR {cal.tpr.fmt()}"
     )
     console.print(f"evaluating the input classifier on {len(test)} test examples ...")
     metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
     metrics["calibration"] = cal.model_dump()
+    metrics["shortcut_audit"] = shortcut
 
     oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_eval and 2 * n_eval, seed)
     otest = _subsample(read_examples(data_dir / "output_test.jsonl"), n_eval, seed)
@@ -342,8 +353,9 @@ def run(
         output=ClassifierInfo(path="output", backbone=otraining["args"]["backbone"], calibration=ocal, training=otraining),
         data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed,
               "llm": None if llm_manifest is None else {k: llm_manifest[k] for k in ("backend", "usage", "queries", "responses")}},
-        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
-        metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")}},
+        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "hard_fpr": profile.hard_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
+        metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")},
+                 "shortcut_audit": shortcut},
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -356,7 +368,23 @@ def run(
         card_metrics = {"calibration": met["calibration"], "test": met["test"], "val": met["val"]}
         write_card(guard_dir / kind, title=f"ccguard {kind} classifier ({const.name})", args=info["args"], data=info["data"], metrics=card_metrics)
     metrics["run_seconds"] = round(time.perf_counter() - t_start, 1)
-    write_report(report_dir, const, manifest, metrics)
+    images = {}
+    if cal.hard is not None:
+        import numpy as np
+
+        from ccguard.calibrate import is_everyday
+        from ccguard.evaluate.plots import calibration_tradeoff
+
+        pairs = list(zip(val, val_scores, strict=True)) + list(zip(calib, calib_scores, strict=True))
+        rates = {
+            "everyday FPR (val pool)": np.array([s for e, s in pairs if is_everyday(e)]),
+            "hard-neighbour FPR (val)": np.array([s for e, s in pairs if e.label == "harmless" and not is_everyday(e)]),
+            "TPR (val harmful)": np.array([s for e, s in pairs if e.label == "harmful"]),
+        }
+        report_dir.mkdir(parents=True, exist_ok=True)
+        images["Input threshold trade-off (logit axis)"] = calibration_tradeoff(
+            report_dir / "input_tradeoff.png", rates, cal.threshold, f"input classifier: binding {cal.binding}")
+    write_report(report_dir, const, manifest, metrics, images)
     console.print(
         f"[bold green]done[/] in {metrics['run_seconds']:.0f}s: input test AUROC {metrics['test']['auroc']:.4f} "
         f"(TPR {metrics['test']['tpr']['rate']:.3f} at FPR {metrics['test']['fpr']['rate']:.3f}); output test AUROC "

@@ -20,8 +20,9 @@ class Profile:
     input_train: TrainArgs
     responses: ResponseConfig
     output_train: OutputTrainArgs
-    target_fpr: float = 0.005
-    family_fpr: float | None = 0.02  # also bound the FPR within each transform family of benign val examples
+    target_fpr: float = 0.005  # on everyday traffic when hard_fpr is set (two-sided), else on all harmless val
+    hard_fpr: float | None = 0.02  # cap on the FPR of hard neighbours (harmless CBRN-adjacent, benign variants)
+    family_fpr: float | None = 0.05  # also bound the FPR within each transform family of the hard neighbours
     calib_variants: float = 3.0  # extra augmented variants of each harmless val base, for a denser benign tail
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
@@ -38,7 +39,7 @@ PROFILES: dict[str, Profile] = {
         synth=SynthConfig(queries_per_category=8, templates_per_category=3, fills_per_template=1, pool_size=80),
         augment=AugmentConfig(variants_per_example=0.7),
         input_train=TrainArgs(num_layers=3, max_len=64, stride=48, epochs=1.0, max_steps=60, batch_size=16),
-        responses=ResponseConfig(queries_per_response=1, max_per_category=16),
+        responses=ResponseConfig(queries_per_response=1, max_per_category=16, voice_variants=1, frame_rate=0.4, compose_rate=0.3),
         output_train=OutputTrainArgs(num_layers=2, prompt_tokens=32, response_tokens=64, max_steps=30, batch_size=8),
         target_fpr=0.02,
         calib_variants=0.5,
@@ -53,9 +54,11 @@ PROFILES: dict[str, Profile] = {
             variants_per_example=1.0,
             family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},
         ),
-        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16),
-        responses=ResponseConfig(queries_per_response=3),
-        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8),
+        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=620),
+        # Style balance: every exchange in five more voices, framed prompts, stitched answers (about 11k training
+        # exchanges, a fifth of the harmful ones verbatim seeds).
+        responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8),
+        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=640),
     ),
     # For a GPU or a long CPU run.
     "full": Profile(
@@ -63,7 +66,7 @@ PROFILES: dict[str, Profile] = {
         synth=SynthConfig(fills_per_template=4, phrasing_variants=0.5),
         augment=AugmentConfig(variants_per_example=3.0),
         input_train=TrainArgs(max_len=256, stride=192, epochs=3.0, batch_size=32),
-        responses=ResponseConfig(queries_per_response=4, augment_rate=0.5),
+        responses=ResponseConfig(queries_per_response=4, augment_rate=0.5, voice_variants=4, frame_rate=0.4, compose_rate=0.5),
         output_train=OutputTrainArgs(prompt_tokens=128, response_tokens=384, epochs=3.0, batch_size=16),
     ),
 }

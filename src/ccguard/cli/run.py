@@ -17,8 +17,13 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for data generation, splits and training.")] = 0,
     target_fpr: Annotated[
         float | None,
-        typer.Option(min=0.0001, max=0.5, help="Benign false-positive rate the thresholds aim for (default: the profile's, 0.005). "
-                     "Re-running with another value recalibrates without retraining."),
+        typer.Option(min=0.0001, max=0.5, help="False-positive rate on everyday benign traffic the thresholds aim for (default: "
+                     "the profile's, 0.005). Re-running with another value recalibrates without retraining."),
+    ] = None,
+    hard_fpr: Annotated[
+        float | None,
+        typer.Option(min=0.0001, max=0.5, help="Cap on the input false-positive rate on hard neighbours (harmless CBRN-adjacent "
+                     "topics, benign text in ciphers and templates); default: the profile's, 0.02."),
     ] = None,
     backend: o.Backend = None,
     model: o.Model = None,
@@ -45,4 +50,5 @@ def run(
 
         llm_cfg = LLMSynthConfig(seed=seed, batches_per_category=llm_batches, queries_per_batch=llm_per_batch,
                                  responses_per_category=llm_responses)
-    run_pipeline(constitution, out, profile, seed, client=client, llm_cfg=llm_cfg, target_fpr=target_fpr)
+    run_pipeline(constitution, out, profile, seed, client=client, llm_cfg=llm_cfg, target_fpr=target_fpr,
+                 hard_fpr=hard_fpr)

@@ -99,3 +99,29 @@ def threshold_tradeoff(path: Path, labels: np.ndarray, scores: np.ndarray, thres
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def calibration_tradeoff(path: Path, rates: dict[str, np.ndarray], threshold: float, title: str) -> Path:
+    """Flagged rate of each score set against the threshold, on a logit axis so the region near 1.0, where
+    thresholds live, is readable. ``rates`` maps a label ('everyday FPR', 'hard-neighbour FPR', 'TPR') to scores."""
+    plt = _plt()
+    eps = 1e-6
+    grid = 1.0 / (1.0 + np.exp(-np.linspace(-2, 12, 400)))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, scores), color in zip(rates.items(), ("tab:blue", "tab:orange", "tab:red", "tab:green"), strict=False):
+        if len(scores):
+            ax.plot(np.log(grid / (1 - grid)), [(scores > t).mean() for t in grid], label=name, color=color)
+    t = min(max(threshold, eps), 1 - eps)
+    ax.axvline(np.log(t / (1 - t)), color="black", ls="--", lw=1, label=f"threshold {threshold:.4f}")
+    ticks = np.array([0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999])
+    ax.set_xticks(np.log(ticks / (1 - ticks)), [f"{x:g}" for x in ticks])
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("threshold (logit scale)")
+    ax.set_ylabel("flagged rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,23 @@ import numpy as np
 from ccguard.constitution import Constitution
 from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, tpr_at_fpr
 from ccguard.records import Example, atomic_write_text, render_prompt
+
+_LANG_WORDS = {
+    "es": {"cómo", "qué", "para", "los", "las", "una", "por", "con", "puedo", "hacer", "quiero", "el", "es"},
+    "fr": {"comment", "pour", "les", "une", "des", "est", "que", "je", "faire", "avec", "dans", "le", "la"},
+    "de": {"wie", "ich", "und", "der", "die", "das", "ein", "eine", "kann", "mit", "für", "nicht", "ist"},
+    "en": {"how", "the", "and", "what", "can", "for", "with", "you", "is", "to", "of", "make", "do"},
+}
+
+
+def guess_language(text: str) -> str:
+    """A cheap guess among the seed languages (en, es, fr, de, zh), for per-language breakdowns."""
+    if sum("\u4e00" <= c <= "\u9fff" for c in text[:400]) >= 3:
+        return "zh"
+    words = re.findall(r"[a-zäöüßéèêàçñóíúá]+", text[:600].lower())
+    hits = {lang: sum(w in ws for w in words) for lang, ws in _LANG_WORDS.items()}
+    best = max(hits, key=lambda k: hits[k])
+    return best if hits[best] else "other"
 
 
 def split_metrics(examples: list[Example], scores: list[float], threshold: float) -> dict[str, Any]:
@@ -70,6 +88,7 @@ def evaluate_input(clf: Any, val: list[Example], val_scores: list[float], test: 
     metrics["by_family"] = _by_key(test, fam_scores, threshold, lambda e: [s.family for s in e.lineage] or ["none"])
     metrics["by_transform"] = _by_key(test, fam_scores, threshold, lambda e: [s.name for s in e.lineage] or ["none"])
     metrics["by_category"] = _by_key(test, {"views": s_views}, threshold, lambda e: [e.category or "?"])
+    metrics["by_language"] = _by_key(test, {"views": s_views}, threshold, lambda e: [guess_language(e.base or render_prompt(e.prompt))])
 
     # Long prompts: sliding windows (max) against head+tail truncation, on the same examples.
     long_idx = [i for i, s in enumerate(scored) if s.n_windows > 1]
@@ -137,10 +156,18 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
         "",
         "## Input classifier",
         "",
-        f"Threshold **{cal['threshold']:.4f}**, calibrated on {cal['calibration_set']} at target FPR "
-        f"{100 * cal['target_fpr']:.2f}%"
-        + (f" overall and {100 * cal['family_fpr']:.1f}% within each transform family" if cal.get("family_fpr") else "")
-        + f" (binding: {cal.get('binding', 'overall')}): achieved FPR {_pct(cal['fpr'])}, TPR {_pct(cal['tpr'])}.",
+        (
+            f"Threshold **{cal['threshold']:.4f}**, two-sided: target FPR {100 * cal['target_fpr']:.2f}% on "
+            f"{cal['everyday_set']}, capped at {100 * cal['hard_fpr_cap']:.1f}% on {cal['calibration_set']}"
+            + (f" and {100 * cal['family_fpr']:.1f}% within each transform family" if cal.get("family_fpr") else "")
+            + f". **Binding: {cal['binding']}.** Achieved: everyday FPR {_pct(cal['fpr'])}, hard-neighbour FPR "
+            f"{_pct(cal['hard'])}, TPR {_pct(cal['tpr'])}."
+        ) if cal.get("hard") else (
+            f"Threshold **{cal['threshold']:.4f}**, calibrated on {cal['calibration_set']} at target FPR "
+            f"{100 * cal['target_fpr']:.2f}%"
+            + (f" overall and {100 * cal['family_fpr']:.1f}% within each transform family" if cal.get("family_fpr") else "")
+            + f" (binding: {cal.get('binding', 'overall')}): achieved FPR {_pct(cal['fpr'])}, TPR {_pct(cal['tpr'])}."
+        ),
         "",
         "Validation FPR per benign family at this threshold: "
         + ", ".join(f"{k} {_pct(v)}" for k, v in (cal.get("by_family") or {}).items()) + ".",
@@ -176,6 +203,12 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
             f"| {name} | {_pct(row['views']['harmful_flagged'])} | {_pct(row['raw']['harmful_flagged'])} | "
             f"{_pct(row['views']['harmless_flagged'])} |"
         )
+    if m.get("by_language"):
+        lines += ["", "## Per language (test split, guessed from the base text)", "",
+                  "| language | harmful flagged | harmless flagged |", "|---|---|---|"]
+        for lang, row in m["by_language"].items():
+            r = row["views"]
+            lines.append(f"| {lang} | {_pct(r['harmful_flagged'])} | {_pct(r['harmless_flagged'])} |")
     lines += ["", "## Per category (test split)", "", "| category | flagged |", "|---|---|"]
     for cat, row in m["by_category"].items():
         r = row["views"]
@@ -228,17 +261,54 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
         for k, row in o["by_augmentation"].items():
             r = row["score"]
             lines.append(f"| {k} | {_pct(r['harmful_flagged'])} | {_pct(r['harmless_flagged'])} |")
+    if "shortcut_audit" in m:
+        lines += _shortcut_lines(m["shortcut_audit"])
     lines.append("")
     return "\n".join(lines)
 
 
-def write_report(report_dir: Path, const: Constitution, manifest: Any, metrics: dict[str, Any]) -> None:
-    """metrics.json, report.md and a self-contained report.html."""
+def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
+    """The shortcut audit: how well a bag of words on topic-masked training text predicts the label."""
+    lines = [
+        "",
+        "## Shortcut audit (training data)",
+        "",
+        "Topic words (the constitution's entities and its categories' policy vocabulary) and numbers are masked, then "
+        "TF-IDF + logistic regression is fitted on the train split and scored on val+test. A masked AUROC well above "
+        "0.5 means the data's style gives the label away, and the classifiers can learn that instead of the content.",
+        "",
+        "| side | masked AUROC | unmasked AUROC | masked AUROC, base only | target | result |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side in ("input", "output"):
+        a = sa[side]
+        lines.append(
+            f"| {side} | {_f(a['auroc_masked'])} | {_f(a['auroc_unmasked'])} | {_f(a['auroc_masked_base'])} | "
+            f"≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
+        )
+    for side in ("input", "output"):
+        for label in ("harmful", "harmless"):
+            feats = sa[side]["top_features"][label]
+            lines += ["", f"Most {label}-predictive masked n-grams ({side}): "
+                      + (", ".join(f"`{f['ngram']}` ({f['weight']:+.2f})" for f in feats) or "none") + "."]
+    return lines
+
+
+def write_report(report_dir: Path, const: Constitution, manifest: Any, metrics: dict[str, Any],
+                 images: dict[str, Path] | None = None) -> None:
+    """metrics.json, report.md and a self-contained report.html (``images`` are embedded under their captions)."""
+    import base64
+
     report_dir = Path(report_dir)
     atomic_write_text(report_dir / "metrics.json", json.dumps(metrics, indent=2))
     md = render_markdown(const, manifest, metrics)
+    for caption, path in (images or {}).items():
+        md += f"\n\n![{caption}]({Path(path).name})"
     atomic_write_text(report_dir / "report.md", md)
     body = "<pre style='white-space:pre-wrap;font:14px/1.4 ui-monospace,monospace'>" + html.escape(md) + "</pre>"
+    for caption, path in (images or {}).items():
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        body += f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
     atomic_write_text(
         report_dir / "report.html",
         f"<!doctype html><meta charset='utf-8'><title>ccguard report: {html.escape(const.name)}</title>{body}",

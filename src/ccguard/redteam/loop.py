@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ccguard.calibrate import calibrate
+from ccguard.calibrate import calibrate_input
 from ccguard.evaluate.metrics import flagged_rate
 from ccguard.records import atomic_write_text, read_examples, render_prompt, write_jsonl
 from ccguard.redteam.search import SearchConfig, redteam
@@ -105,18 +105,14 @@ def run_redteam(
     args = TrainArgs.from_dict(guard.manifest.input.training["args"])
     args = replace(args, max_steps=retrain_steps, lr=args.lr / 2, warmup_ratio=0.0, max_examples=None)
     clf2, stats = train_input(train + ev_a * 4, list(clf.categories), args, init=clf)
-    # Recalibrate exactly as the pipeline did: validation harmless plus the extra benign variants, same targets.
+    # Recalibrate exactly as the pipeline did, with the same targets.
     val = read_examples(run_dir / "data" / "val.jsonl")
     calib_file = run_dir / "data" / "calib.jsonl"
     extra = read_examples(calib_file) if calib_file.is_file() else []
-    benign = [e for e in val if e.label == "harmless"] + extra
     old = guard.manifest.input.calibration
-    cal = calibrate(
-        [s.score for s in clf2.score([render_prompt(e.prompt) for e in benign])],
-        [s.score for s in clf2.score([render_prompt(e.prompt) for e in val if e.label == "harmful"])],
-        target_fpr=old.target_fpr, calibration_set=old.calibration_set, family_fpr=old.family_fpr,
-        benign_families=[[st.family for st in e.lineage] or ["none"] for e in benign],
-    )
+    calib_scores = [s.score for s in clf2.score([render_prompt(e.prompt) for e in extra])]
+    cal = calibrate_input(val, [s.score for s in clf2.score([render_prompt(e.prompt) for e in val])], extra, calib_scores,
+                          target_fpr=old.target_fpr, family_fpr=old.family_fpr, hard_fpr=old.hard_fpr_cap)
 
     def block(evs: list[Any], c: Any, t: float) -> dict[str, Any]:
         return flagged_rate([s.score for s in c.score([render_prompt(e.prompt) for e in evs])], t).model_dump() if evs else {}
