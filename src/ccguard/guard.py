@@ -19,6 +19,7 @@ from ccguard.errors import CcguardError
 from ccguard.records import Prompt, render_prompt
 
 FORMAT_VERSION = 1
+DECODE_EVERY_CHARS = 256  # how often a stream that was asked for an encoded answer re-screens its decoded view
 Stage = Literal["input", "output"]
 
 
@@ -177,8 +178,15 @@ class Guard:
         )
 
     def start_stream(self, prompt: Prompt) -> Any:
-        """A fresh ``StreamSession`` for one response to ``prompt`` (one per stream; never shared)."""
-        return self._require_output().session(render_prompt(prompt), self.policy.output_threshold)
+        """A fresh ``StreamSession`` for one response to ``prompt`` (one per stream; never shared). When the prompt
+        asks for an encoded answer, the session also screens the answer's decoded view."""
+        from ccguard.views import asks_for_encoding
+
+        text = render_prompt(prompt)
+        session = self._require_output().session(text, self.policy.output_threshold)
+        if asks_for_encoding(text):
+            session.decode_every = DECODE_EVERY_CHARS
+        return session
 
     def check_output(self, prompt: Prompt, response: str) -> Verdict:
         """Screen a complete response as if it had been streamed; ``stop_char`` says where it would have halted."""

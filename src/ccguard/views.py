@@ -434,3 +434,17 @@ def decoded_views(
             break
     deepest = max(range(len(views)), key=lambda i: (views[i].name.count("+") + (views[i].name != "raw"), i))
     return views[:deepest] + views[deepest + 1 :] + [views[deepest]]
+
+
+_ASKS_ENCODING = re.compile(
+    r"\b(base ?64|hex(?:adecimal)?|rot ?-?13|rot-?n|caesar|atbash|cipher|ciphered|morse|binary|backwards|reversed?|"
+    r"leet ?speak|l33t|1337|encod(?:e|ed|ing)|encrypt(?:ed)?|substitution|code ?words?|lookalike|homoglyphs?|"
+    r"zero[- ]width|spell(?:ed)? (?:it )?out letter by letter)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_encoding(prompt_text: str) -> bool:
+    """Whether a prompt asks for (or mentions) an encoded or disguised answer, so the answer's decoded view should
+    be screened too."""
+    return _ASKS_ENCODING.search(prompt_text) is not None

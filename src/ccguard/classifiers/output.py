@@ -214,6 +214,10 @@ class StreamSession:
     halted: bool = False
     stop_char: int | None = None
     released_chars: int = 0
+    # When the prompt asked for an encoded answer: every this many released characters, the decoded view of the
+    # response so far (base64, hex, ciphers, leetspeak ...) is scored too, before the new text is released.
+    decode_every: int = 0
+    _decoded_at: int = 0
     _committed: int = 0  # tokens committed (tokenised for good), scored or pending
     _pending: TokenSpan = field(default_factory=lambda: TokenSpan([], [], []))
     _cache: Any = None
@@ -274,22 +278,44 @@ class StreamSession:
             out.append(ChunkResult(starts[0], ends[-1], self.max_score, flagged))
         return out
 
+    def _check_decoded(self, before: int, final: bool) -> None:
+        """Score the decoded view of the text about to be released; on a flag, release nothing new."""
+        if not self.decode_every or self.halted or self.released_chars <= before:
+            return
+        if not final and self.released_chars - self._decoded_at < self.decode_every:
+            return
+        from ccguard.views import decoded_views
+
+        self._decoded_at = self.released_chars
+        views = decoded_views(self.text[: self.released_chars])
+        if len(views) < 2:
+            return
+        s = self.clf.score([self.prompt_text], [views[-1].text])[0].score
+        self.max_score = max(self.max_score, s)
+        if s > self.threshold:
+            self.halted, self.stop_char, self.released_chars = True, before, before
+
     def feed(self, text: str) -> list[ChunkResult]:
         """Add response text; score every complete chunk it makes available."""
         if self.halted:
             return []
+        before = self.released_chars
         self.text += text
         self._commit(final=False)
-        return self._drain(final=False)
+        out = self._drain(final=False)
+        self._check_decoded(before, final=False)
+        return out
 
     def finish(self) -> list[ChunkResult]:
         """The stream ended: score what is left. Unflagged, the whole response may be released."""
         if self.halted:
             return []
+        before = self.released_chars
         self._commit(final=True)
         out = self._drain(final=True)
         if not self.halted:
             self.released_chars = len(self.text)
+            self._check_decoded(before, final=True)
         return out
 
     def releasable(self) -> str:
