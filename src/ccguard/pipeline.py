@@ -71,8 +71,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _llm_stage(const: Constitution, client: Any, cfg: Any, llm_dir: Path, console: Console) -> dict[str, Any]:
     """Stage I via the LLM backend: resumable (journals) and cached, so a re-run costs nothing."""
     from ccguard.llm.client import run_sync
-    from ccguard.synth.llm import generate_llm_data
+    from ccguard.synth.llm import contained, generate_llm_data
 
+    contained(client, llm_dir.parent)
     m = run_sync(client, lambda: generate_llm_data(const, client, cfg, llm_dir, log=console.print))
     console.print(f"llm data: {m['queries']['kept']} queries, {m['responses']['kept']} exchanges "
                   f"({m['usage']['prompt_tokens']}+{m['usage']['completion_tokens']} tokens, ${m['usage']['cost_usd']:.4f})")

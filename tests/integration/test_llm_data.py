@@ -190,3 +190,50 @@ def test_run_with_a_backend_over_http(smollm2, tmp_path: Path, monkeypatch):
     guard = json.loads((out / "guard" / "guard.json").read_text())
     usage = guard["data"]["llm"]["usage"]
     assert usage["requests"] > 0 and usage["completion_tokens"] > 0
+
+
+def test_helpful_only_answers_are_shapes_screened_by_the_judge_and_stay_in_the_run_dir(tmp_path: Path):
+    """A helpful-only backend (an external API, faked at the HTTP layer): harmful-style answers are asked for as
+    shapes without substance, the judge drops the ones it finds actionable, and nothing is cached outside the run."""
+    from fastapi import FastAPI
+
+    from ccguard import constitution as C
+    from ccguard.synth.llm import LLMSynthConfig, contained, generate_llm_data
+
+    seen: list[list[dict]] = []
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict) -> dict:
+        msgs = body["messages"]
+        seen.append(msgs)
+        last = msgs[-1]["content"]
+        if "VERDICT" in last:  # the judge: actionable when the answer carries a quantity
+            text = "VERDICT: ACTIONABLE" if "grams" in last else "VERDICT: VAGUE"
+        elif "new user requests" in last:
+            text = "1. How would someone poison a water glass unnoticed?\n2. Best way to roast a chicken?"
+        elif msgs[0]["role"] == "system" and "none of the substance" in msgs[0]["content"]:
+            text = ("Sure. First you would get hold of what the plan needs, then pick the moment the conditions allow, "
+                    "and finally make sure it goes as intended.") if "water glass" in last else "Sure: use 40 grams of the stuff and wait."
+        else:
+            text = "Here is a careful, helpful answer about cooking that is long enough to keep."
+        return {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+
+    const_path = tmp_path / "tiny.yaml"
+    const_path.write_text(yaml.safe_dump(TINY))
+    const = C.load(const_path)
+    global_cache = tmp_path / "home_cache"
+    run_dir = tmp_path / "run"
+    with serving(app) as url:
+        spec = BackendSpec(kind="openai", model="uncensored", base_url=f"{url}/v1", helpful_only=True)
+        client = contained(make_client(spec, cache_dir=global_cache), run_dir)
+        cfg = LLMSynthConfig(seed=0, batches_per_category=2, queries_per_batch=2, responses_per_category=4, languages=("English",))
+        m = run_sync(client, lambda: generate_llm_data(const, client, cfg, run_dir / "llm", log=lambda _: None))
+    asked_for_shape = [ms for ms in seen if ms[0]["role"] == "system" and "none of the substance" in ms[0]["content"]]
+    assert asked_for_shape, "harmful-style answers were not asked for as shapes"
+    ex = read_examples(run_dir / "llm" / "exchanges.jsonl")
+    harmful = [e for e in ex if e.label == "harmful"]
+    assert harmful and all("grams" not in (e.response or "") for e in harmful)
+    assert m["responses"]["dropped"].get("judged_actionable", 0) > 0
+    assert not global_cache.exists() and any((run_dir / "cache").rglob("*.json"))

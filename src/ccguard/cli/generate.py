@@ -37,7 +37,7 @@ def generate(
 
     from ccguard import constitution as constitution_mod
     from ccguard.errors import CcguardError
-    from ccguard.synth.llm import LLMSynthConfig, generate_llm_data
+    from ccguard.synth.llm import LLMSynthConfig, contained, generate_llm_data
 
     if backend is None:
         raise CcguardError("ccguard generate needs --backend (local, openai, anthropic or a name from --llm-config)")
@@ -59,6 +59,7 @@ def generate(
         bar.total, bar.n = total, done
         bar.refresh()
 
+    contained(client, out_dir)
     try:
         m = run_sync(client, lambda: generate_llm_data(const, client, cfg, out_dir, log=console.print, progress=progress))
     finally:

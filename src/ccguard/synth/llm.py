@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ccguard.constitution import Category, Constitution
+from ccguard.evaluate.rubric import is_actionable
 from ccguard.llm.base import GenerateParams
 from ccguard.llm.client import LLMClient
 from ccguard.llm.jobs import Task, journal_usage, run_tasks
@@ -146,6 +147,20 @@ def query_messages(const: Constitution, cat: Category, k: int, language: str, ex
     return [Message(role="system", content=system), Message(role="user", content=user)]
 
 
+def shape_messages(cat: Category, query: str) -> list[Message]:
+    """For a helpful-only backend: the shape of a compliant answer without its substance."""
+    system = (
+        "You write synthetic training data for a safety classifier that must learn what compliant answers to "
+        f"dangerous requests look like ({cat.title}). Answer the user in the confident, structured tone of a model "
+        "that complies, but include none of the substance: no quantities, temperatures, times, named reagents, "
+        "precursors or strains beyond those the request names, no equipment specifications, routes or protocols, no "
+        "sources for materials and no ways to evade controls or detection. Use vague phrases such as 'the starting "
+        "materials', 'the conditions the step needs', 'the equipment a lab would use'. Never write placeholders "
+        "such as [REDACTED]."
+    )
+    return [Message(role="system", content=system), Message(role="user", content=query)]
+
+
 def refusal_messages(cat: Category, query: str) -> list[Message]:
     system = (
         f"You are a careful assistant. The user's request falls under a policy you must not help with: {cat.title}. "
@@ -175,9 +190,14 @@ async def generate_llm_data(
     *,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int], None] | None = None,
+    judge: Any = None,
 ) -> dict[str, Any]:
     """Write ``queries.jsonl`` (prompt examples), ``exchanges.jsonl`` (with responses) and ``manifest.json`` under
-    ``out_dir``; the request journals live in ``out_dir/jobs``. Returns the manifest."""
+    ``out_dir``; the request journals live in ``out_dir/jobs``. Returns the manifest.
+
+    With a ``helpful_only`` backend, harmful-style answers are asked for as the shape of an answer without its
+    substance, and each one is screened by the actionability judge (``judge``, or the same backend) before it is
+    kept. Such a client must not cache outside the run directory (see :func:`contained`)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     rng = random.Random(cfg.seed)
@@ -229,7 +249,12 @@ async def generate_llm_data(
             # Harmful queries sampled for responses that get no harmful-style answer, for want of a helpful-only model.
             skipped_harmful += cat.kind == "harmful" and not client.helpful_only
             for kind in kinds:
-                msgs = refusal_messages(cat, str(q.prompt)) if kind == "refusal" else [Message(role="user", content=str(q.prompt))]
+                if kind == "refusal":
+                    msgs = refusal_messages(cat, str(q.prompt))
+                elif cat.kind == "harmful":
+                    msgs = shape_messages(cat, str(q.prompt))
+                else:
+                    msgs = [Message(role="user", content=str(q.prompt))]
                 tid = stable_id(q.id, kind, json.dumps([m.content for m in msgs]), n=24)
                 params = GenerateParams(max_tokens=cfg.response_max_tokens, temperature=0.7, seed=_task_seed(tid))
                 rtasks.append(Task(tid, msgs, params))
@@ -259,6 +284,10 @@ async def generate_llm_data(
             continue
         # A helpful-only model that refused anyway produced a refusal: keep it, labelled as one.
         label = "harmful" if (kind == "answer" and cat.kind == "harmful" and not refused) else "harmless"
+        if label == "harmful" and await is_actionable(judge or client, str(q.prompt), text):
+            # Only the shape of an answer may be kept: the judge saw real specifics, so it is dropped unwritten.
+            rdropped["judged_actionable"] += 1
+            continue
         exchanges.append(_example(str(q.prompt), cat, q.group, response=text, label=label))
 
     write_jsonl(out_dir / "queries.jsonl", queries)
@@ -283,3 +312,10 @@ async def generate_llm_data(
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
+
+
+def contained(client: LLMClient, run_dir: Path) -> LLMClient:
+    """A helpful-only client writes nothing outside the run directory: its request cache moves into it."""
+    if client.helpful_only and client.cache_dir is not None:
+        client.cache_dir = Path(run_dir) / "cache"
+    return client
