@@ -64,7 +64,6 @@ def test_reversible_transforms_are_undone_by_decoded_views(name):
 
 def test_views_leave_ordinary_text_alone():
     from ccguard.synth.pool import load_pool
-
     from ccguard.views import _B64, _BIN, _HEX
 
     # Requests that carry an encoded blob (a base64 config value, a hex dump) are decoded on purpose.
