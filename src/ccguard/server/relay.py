@@ -18,6 +18,7 @@ class _Segment:
     kind: str  # 'text' | 'call_head' | 'call_args'
     index: int = 0  # tool-call index
     head: dict[str, Any] = field(default_factory=dict)  # id/type/name of a call, sent with its head
+    text: str = ""
 
 
 @dataclass
@@ -28,13 +29,11 @@ class Relay:
     segments: list[_Segment] = field(default_factory=list)
     fed: int = 0  # characters fed to the session
     sent: int = 0  # characters whose deltas the client has been sent
-    _text: list[str] = field(default_factory=list)  # what was fed, for slicing
 
     def _add(self, text: str, seg: _Segment) -> str:
-        seg.start, seg.end = self.fed, self.fed + len(text)
+        seg.start, seg.end, seg.text = self.fed, self.fed + len(text), text
         self.fed = seg.end
         self.segments.append(seg)
-        self._text.append(text)
         return text
 
     def text(self, piece: str) -> str:
@@ -64,15 +63,14 @@ class Relay:
         upto = self.released()
         if upto <= self.sent:
             return []
-        full = "".join(self._text)
-        self._text = [full]
         out: list[dict[str, Any]] = []
         for seg in self.segments:
             if seg.end <= self.sent or seg.start >= upto:
                 continue
             a, b = max(seg.start, self.sent), min(seg.end, upto)
+            piece = seg.text[a - seg.start : b - seg.start]
             if seg.kind == "text":
-                _merge(out, {"content": full[a:b]})
+                _merge(out, {"content": piece})
             elif seg.kind == "call_head":
                 if b == seg.end:  # a call's head goes out whole, once its marker text is released
                     out.append({"tool_calls": [seg.head]})
@@ -80,7 +78,7 @@ class Relay:
                     upto = seg.start  # hold everything after an unreleased head
                     break
             else:
-                out.append({"tool_calls": [{"index": seg.index, "function": {"arguments": full[a:b]}}]})
+                out.append({"tool_calls": [{"index": seg.index, "function": {"arguments": piece}}]})
         self.sent = max(self.sent, upto)
         self.segments = [s for s in self.segments if s.end > self.sent]
         return out
