@@ -131,6 +131,10 @@ def main() -> int:
             fpr = flagged_rate([x for x, t in zip(sc, y, strict=True) if not t], thr)
             out[name] = {"n": len(sub), "auroc": au, "tpr": tpr.model_dump(), "fpr": fpr.model_dump()}
             print(f"  {name:5s} n={len(sub):5d}  AUROC {au if au is None else round(au, 4)}  TPR {tpr.fmt()}  FPR {fpr.fmt()}")
+        # Harmful but not CBRN (a compliant answer about fraud, insults, ...): a CBRN guard should let it through.
+        non = flagged_rate([s.score for r, s in zip(rows, scores, strict=True) if r["label"] == "harmful" and not r["cbrn"]], thr)
+        out["harmful_not_cbrn_flagged"] = non.model_dump()
+        print(f"  harmful but not CBRN, flagged (should be low): {non.fmt()}")
         results["output_ood"] = out
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
