@@ -331,8 +331,9 @@ def run(
     metrics["calibration"] = cal.model_dump()
     metrics["shortcut_audit"] = shortcut
 
-    oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_eval and 2 * n_eval, seed)
-    otest = _subsample(read_examples(data_dir / "output_test.jsonl"), n_eval, seed)
+    n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
+    oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_out, seed)
+    otest = _subsample(read_examples(data_dir / "output_test.jsonl"), profile.output_eval_max or n_eval, seed)
     console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
     oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
     ocal = calibrate(

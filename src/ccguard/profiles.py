@@ -26,6 +26,7 @@ class Profile:
     calib_variants: float = 3.0  # extra augmented variants of each harmless val base, for a denser benign tail
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
+    output_eval_max: int | None = None  # cap on output val and test exchanges scored for calibration and the report
     # With a backend (ccguard run --backend ...): one LLM-transformed variant for this fraction of base examples.
     llm_transforms: tuple[str, ...] = ("paraphrase", "translate", "persona_rewrite", "decompose")
     llm_transform_rate: float = 0.15
@@ -59,6 +60,7 @@ PROFILES: dict[str, Profile] = {
         # exchanges, a fifth of the harmful ones verbatim seeds).
         responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8),
         output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=640),
+        output_eval_max=1500,
     ),
     # For a GPU or a long CPU run.
     "full": Profile(
