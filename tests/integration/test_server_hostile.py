@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -122,8 +123,8 @@ def test_tool_call_arguments_are_screened_as_a_stream(smoke_guard):
     s.feed(rendered)
     s.finish()
     k = smoke_guard.output_classifier.spec.chunk_tokens
-    thr = max(s.token_scores[: 2 * k]) + 1e-7  # flags somewhere after the first two chunks
-    assert max(s.token_scores) > thr
+    assert len(s.token_scores) > 4 * k
+    thr = float(np.maximum.accumulate(s.token_scores)[3 * k - 1]) - 1e-7  # flags by the third chunk at the latest
     g = _guard(smoke_guard, inp=1.0, out=thr)
     call = {"id": "c9", "type": "function", "function": {"name": "notes", "arguments": harmful_args}}
     up = FakeUpstream("", piece=6, delay=0.005, tool_calls=[call])
