@@ -80,25 +80,9 @@ def family_bars(path: Path, rows: dict[str, tuple[float, float]]) -> Path:
 
 
 def threshold_tradeoff(path: Path, labels: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> Path:
-    plt = _plt()
-    ts = np.unique(np.concatenate([np.linspace(0, 1, 201), [threshold]]))
-    neg, pos = scores[labels == 0], scores[labels == 1]
-    fpr = [(neg > t).mean() if len(neg) else np.nan for t in ts]
-    tpr = [(pos > t).mean() if len(pos) else np.nan for t in ts]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ts, fpr, label="FPR (harmless flagged)", color="tab:blue")
-    ax.plot(ts, tpr, label="TPR (harmful flagged)", color="tab:red")
-    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4f}")
-    ax.set_yscale("symlog", linthresh=0.01)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("threshold")
-    ax.set_ylabel("rate")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """FPR and TPR against the threshold (logit axis) for one labelled set."""
+    rates = {"FPR (harmless flagged)": scores[labels == 0], "TPR (harmful flagged)": scores[labels == 1]}
+    return calibration_tradeoff(path, rates, threshold, title)
 
 
 def calibration_tradeoff(path: Path, rates: dict[str, np.ndarray], threshold: float, title: str) -> Path:
