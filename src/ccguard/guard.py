@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -15,8 +17,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ccguard.calibrate import Calibration
+from ccguard.classifiers.backbone import resolve_precision
 from ccguard.errors import CcguardError
 from ccguard.records import Prompt, render_prompt
+
+log = logging.getLogger("ccguard.guard")
 
 FORMAT_VERSION = 1
 DECODE_EVERY_CHARS = 256  # how often a stream that was asked for an encoded answer re-screens its decoded view
@@ -118,6 +123,14 @@ class Guard:
             raise CcguardError(f"guard format {manifest.format_version} is newer than this ccguard supports", where=str(guard_dir))
         torch_setup()
         inp = InputClassifier.load(guard_dir / manifest.input.path)
+        # Run in the precision the threshold was calibrated in (guards before this field: fp32), unless
+        # CCGUARD_PRECISION says otherwise or the hardware lacks bf16.
+        calibrated = manifest.config.get("input_precision", "no")
+        if "CCGUARD_PRECISION" not in os.environ:
+            inp.precision = "no" if calibrated == "no" else resolve_precision("auto")
+        if calibrated != inp.precision:
+            log.warning("input classifier calibrated in precision %s, running in %s: scores may differ slightly from "
+                        "calibration", calibrated, inp.precision)
         out = None
         if manifest.output is not None:
             from ccguard.classifiers.output import OutputClassifier

@@ -6,12 +6,14 @@ fingerprint matches, so a crashed run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -245,6 +247,16 @@ def train_stage(
     return clf, {"args": args.to_dict(), "data": data_info}
 
 
+@contextlib.contextmanager
+def _timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of a pipeline stage in ``stages`` (reported as metrics['stage_seconds'])."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = round(time.perf_counter() - t0, 1)
+
+
 def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
     if n is None or len(rows) <= n:
         return rows
@@ -299,35 +311,42 @@ def run(
 
         llm_dir = run_dir / "llm"
         llm_manifest = _llm_stage(const, client, llm_cfg or LLMSynthConfig(seed=seed), llm_dir, console)
-    data_manifest = build_data(const, profile, data_dir, console, seed, client, llm_dir)
+    stages: dict[str, float] = {}
+    with _timed(stages, "data"):
+        data_manifest = build_data(const, profile, data_dir, console, seed, client, llm_dir)
     sha = data_manifest["sha256"]
     from ccguard.evaluate.shortcut import audit_data_dir
 
     # Does the data give the label away by its style alone? Reported, never blocking.
-    shortcut_report = audit_data_dir(data_dir, const, seed=seed)
+    with _timed(stages, "shortcut_audit"):
+        shortcut_report = audit_data_dir(data_dir, const, seed=seed)
     for audit in (shortcut_report.input, shortcut_report.output):
         console.print(audit.summary(), markup=False)
     shortcut = shortcut_report.model_dump()
-    clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl", sha["train"], guard_dir, console)
-    oclf, otraining = train_stage(
-        "output", const, replace(profile.output_train, seed=seed), data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console
-    )
+    with _timed(stages, "train_input"):
+        clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl", sha["train"], guard_dir, console)
+    with _timed(stages, "train_output"):
+        oclf, otraining = train_stage(
+            "output", const, replace(profile.output_train, seed=seed), data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console
+        )
 
     n_eval = profile.eval_max_examples
     val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
     test = _subsample(read_examples(data_dir / "test.jsonl"), n_eval, seed)
     calib = _subsample(read_examples(data_dir / "calib.jsonl"), n_eval and 2 * n_eval, seed)
     console.print(f"calibrating the input classifier on {len(val)} validation examples and {len(calib)} extra benign variants ...")
-    val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
-    calib_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in calib])]
-    cal = calibrate_input(val, val_scores, calib, calib_scores, target_fpr=profile.target_fpr,
-                          family_fpr=profile.family_fpr, hard_fpr=profile.hard_fpr)
+    with _timed(stages, "calibrate_input"):
+        val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
+        calib_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in calib])]
+        cal = calibrate_input(val, val_scores, calib, calib_scores, target_fpr=profile.target_fpr,
+                              family_fpr=profile.family_fpr, hard_fpr=profile.hard_fpr)
     console.print(
         f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}"
         + (f" everyday, {cal.hard.fmt()} hard neighbours" if cal.hard else "") + f"; val TPR {cal.tpr.fmt()}"
     )
     console.print(f"evaluating the input classifier on {len(test)} test examples ...")
-    metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
+    with _timed(stages, "evaluate_input"):
+        metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
     metrics["calibration"] = cal.model_dump()
     metrics["shortcut_audit"] = shortcut
 
@@ -335,15 +354,17 @@ def run(
     oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_out, seed)
     otest = _subsample(read_examples(data_dir / "output_test.jsonl"), profile.output_eval_max or n_eval, seed)
     console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
-    oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
-    ocal = calibrate(
-        [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmless"],
-        [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmful"],
-        target_fpr=profile.target_fpr,
-        calibration_set="output val split, harmless responses (helpful answers, refusals, pool)",
-    )
+    with _timed(stages, "calibrate_output"):
+        oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
+        ocal = calibrate(
+            [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmless"],
+            [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmful"],
+            target_fpr=profile.target_fpr,
+            calibration_set="output val split, harmless responses (helpful answers, refusals, pool)",
+        )
     console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()}, val TPR {ocal.tpr.fmt()}")
-    omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold)
+    with _timed(stages, "evaluate_output"):
+        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold)
     omet["calibration"] = ocal.model_dump()
     metrics["output"] = omet
 
@@ -355,7 +376,8 @@ def run(
         output=ClassifierInfo(path="output", backbone=otraining["args"]["backbone"], calibration=ocal, training=otraining),
         data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed,
               "llm": None if llm_manifest is None else {k: llm_manifest[k] for k in ("backend", "usage", "queries", "responses")}},
-        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "hard_fpr": profile.hard_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec)},
+        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "hard_fpr": profile.hard_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec),
+                "input_precision": clf.precision},
         metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")},
                  "shortcut_audit": shortcut},
         versions=versions(),
@@ -369,6 +391,7 @@ def run(
     for kind, info, met in (("input", training, metrics), ("output", otraining, omet)):
         card_metrics = {"calibration": met["calibration"], "test": met["test"], "val": met["val"]}
         write_card(guard_dir / kind, title=f"ccguard {kind} classifier ({const.name})", args=info["args"], data=info["data"], metrics=card_metrics)
+    metrics["stage_seconds"] = stages
     metrics["run_seconds"] = round(time.perf_counter() - t_start, 1)
     images = {}
     if cal.hard is not None:
@@ -393,4 +416,5 @@ def run(
         f"{omet['test']['auroc']:.4f} (TPR {omet['test']['tpr']['rate']:.3f} at FPR {omet['test']['fpr']['rate']:.3f}); "
         f"report in {report_dir}"
     )
+    console.print("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()), markup=False)
     return run_dir

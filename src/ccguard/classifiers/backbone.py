@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,34 @@ def resolve_backbone(name: str) -> str:
     if name in {"smollm2", "smollm2-135m"}:
         return smollm2_path()
     return name
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without it, bf16 autocast is emulated and
+    slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """'auto' -> 'bf16' where the hardware runs it natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX),
+    else 'no'. 'bf16' and 'no' pass through; None reads CCGUARD_PRECISION (default 'auto'). Weights and optimizer
+    state stay fp32 either way: bf16 means autocast of the forward pass only."""
+    where = "precision" if precision else "CCGUARD_PRECISION"
+    precision = precision or os.environ.get("CCGUARD_PRECISION", "auto")
+    if precision not in ("auto", "bf16", "no"):
+        raise CcguardError(f"must be 'auto', 'bf16' or 'no', not {precision!r}", where=where)
+    if precision != "auto":
+        return precision
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if _cpu_has_bf16() else "no"
 
 
 def torch_setup() -> None:

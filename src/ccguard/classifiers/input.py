@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ccguard.classifiers.backbone import load_tokenizer
+from ccguard.classifiers.backbone import load_tokenizer, resolve_precision
 from ccguard.errors import CcguardError
 from ccguard.views import Decoder, decoded_views, decoders
 
@@ -148,6 +148,8 @@ class InputClassifier:
         self.tokenizer = tokenizer
         self.spec = spec
         self.categories = categories
+        # bf16 autocast where the hardware has it (about 2x on this CPU); calibration and serving run the same path.
+        self.precision = resolve_precision()
         self._decoders: list[tuple[str, Decoder]] = decoders() if spec.views else []
         self._prefix, self._suffix = _special_affixes(tokenizer)
 
@@ -185,7 +187,8 @@ class InputClassifier:
         out = np.zeros((len(seqs), 1 + len(self.categories)), dtype=np.float32)
         for chunk in length_batches([len(s) for s in seqs], token_budget):
             ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
-            out[chunk] = self.model(ids, mask).float().numpy()
+            with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                out[chunk] = self.model(ids, mask).float().numpy()
         return out
 
     def prepare(self, text: str, spec: WindowSpec | None = None) -> Prepared:

@@ -135,6 +135,7 @@ def run_redteam(
     clf2.save(tmp / "input")
     m = guard.manifest.model_dump()
     m["input"]["calibration"] = cal.model_dump()
+    m["config"]["input_precision"] = clf2.precision  # the precision the new threshold was calibrated in
     m["input"]["training"] = {**m["input"]["training"], "redteam_retrain": {"args": args.to_dict(), **stats, "evasions": len(ev_a)}}
     m.setdefault("metrics", {})["redteam"] = {"before": {k: v for k, v in before.items() if "rate" in k},
                                               "after": {k: after[k] for k in ("block_rate_train_evasions", "block_rate_heldout_evasions")}}

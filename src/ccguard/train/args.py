@@ -37,6 +37,8 @@ class TrainArgs(_Serialisable):
     category_loss_weight: float = 0.3
     seed: int = 0
     max_examples: int | None = None
+    # Mixed precision of the forward pass: 'auto' uses bf16 autocast where the hardware has it natively.
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class OutputTrainArgs(_Serialisable):
     ntp_lambda: float = 0.0  # next-token-prediction regulariser; only for backbones with an LM head
     seed: int = 0
     max_examples: int | None = None
+    # Mixed precision of the forward pass: 'auto' uses bf16 autocast where the hardware has it natively.
+    precision: str = "auto"
 
     def cummax_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cummax_ramp * total)

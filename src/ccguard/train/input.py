@@ -21,7 +21,7 @@ from ccguard.classifiers.backbone import load_encoder, load_tokenizer, resolve_b
 from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, pad_batch
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import TrainArgs
-from ccguard.train.loop import optimizer_step
+from ccguard.train.loop import make_accelerator, optimizer_step, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,14 @@ def train_input(
     init: InputClassifier | None = None,
 ) -> tuple[InputClassifier, dict[str, float]]:
     """Fine-tune an input classifier (from the backbone, or further from ``init``); returns it and stats."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    t_prep = time.perf_counter()
     torch_setup()
     set_seed(args.seed)
     rng = random.Random(args.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator, autocast = make_accelerator(args.precision)
     if init is not None:
         model, tokenizer, spec = init.model, init.tokenizer, init.spec
     else:
@@ -151,7 +151,8 @@ def train_input(
             ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
             y = torch.tensor([b.label for b in batch], device=accelerator.device)
             cats = torch.tensor([b.category for b in batch], device=accelerator.device)
-            logits = model(ids, mask)
+            with autocast():
+                logits = model(ids, mask).float()
             loss = bce(logits[:, 0], y)
             has_cat = cats >= 0
             if has_cat.any() and logits.shape[1] > 1:
@@ -169,5 +170,7 @@ def train_input(
         "steps": step,
         "final_loss_ema": round(float(ema or 0.0), 4),
         "seconds": round(time.perf_counter() - t0, 1),
+        "prepare_seconds": round(t0 - t_prep, 1),
+        "precision": resolve_precision(args.precision),
     }
     return clf, stats

@@ -22,7 +22,7 @@ from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import OutputTrainArgs
-from ccguard.train.loop import optimizer_step
+from ccguard.train.loop import make_accelerator, optimizer_step, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,14 @@ def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, 
 def train_output(
     train: list[Example], args: OutputTrainArgs, *, progress: Callable[[int, int, float], None] | None = None
 ) -> tuple[OutputClassifier, dict[str, float]]:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    t_prep = time.perf_counter()
     torch_setup()
     set_seed(args.seed)
     rng = random.Random(args.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator, autocast = make_accelerator(args.precision)
     backbone, causal = load_output_backbone(args.backbone, num_layers=args.num_layers)
     tokenizer = load_tokenizer(resolve_backbone(args.backbone))
     max_pos = int(getattr(backbone.config, "max_position_embeddings", 512) or 512)
@@ -105,7 +105,8 @@ def train_output(
             resp_mask = ((pos >= starts) & (mask > 0)).float()
             y = torch.tensor([b.label for b in batch])
             ids, mask, resp_mask, y = (t.to(accelerator.device) for t in (ids, mask, resp_mask, y))
-            values, lm, _ = model(ids, mask)
+            with autocast():
+                values, lm, _ = model(ids, mask)
             w = args.cummax_weight(step, total)
             loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight)
             if args.ntp_lambda > 0 and lm is not None:
@@ -123,6 +124,8 @@ def train_output(
         "steps": step,
         "final_loss_ema": round(float(ema or 0.0), 4),
         "seconds": round(time.perf_counter() - t0, 1),
+        "prepare_seconds": round(t0 - t_prep, 1),
+        "precision": resolve_precision(args.precision),
         "causal_lm": causal,
     }
     return OutputClassifier(model, tokenizer, spec), stats
