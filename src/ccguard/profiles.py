@@ -55,12 +55,13 @@ PROFILES: dict[str, Profile] = {
             variants_per_example=1.0,
             family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},
         ),
-        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=620),
+        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=500),
         # Style balance: every exchange in five more voices, framed prompts, stitched answers (about 11k training
         # exchanges, a fifth of the harmful ones verbatim seeds).
         responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8),
-        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=640),
-        output_eval_max=1500,
+        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=480),
+        calib_variants=2.0,
+        output_eval_max=1200,
     ),
     # For a GPU or a long CPU run.
     "full": Profile(
