@@ -90,6 +90,7 @@ def test_style_token_is_reported_as_a_shortcut():
     train, evals = _examples(300, 0, harmful, harmless), _examples(200, 1, harmful, harmless)
     a = audit(train, evals, v, "output")
     assert a.auroc_masked > 0.98 and a.auroc_masked_base > 0.98 and not a.passed
+    assert a.auroc_topic_deleted > 0.98  # style words survive deleting the topic words
     assert {"sure", "here"} & {f.ngram for f in a.top_features.harmful[:5]}
     assert a.n_train == 300 and a.n_eval == 200 and a.n_train_base == 300
 
@@ -107,7 +108,23 @@ def test_topic_only_difference_vanishes_after_masking():
     a = audit(train, evals, v, "input")
     assert a.auroc_unmasked > 0.98
     assert abs(a.auroc_masked - 0.5) < 0.1 and abs(a.auroc_masked_base - 0.5) < 0.1
+    assert abs(a.auroc_topic_deleted - 0.5) < 0.1
     assert a.passed
+
+
+def test_topic_word_density_shows_when_masked_not_when_deleted():
+    v = topic_vocabulary(_const())
+
+    def harmful(f, rng):
+        return f"{f} sarin, VX, sarin"  # three separate masks
+
+    def harmless(f, rng):
+        return f"{f} sarin"  # one
+
+    train, evals = _examples(300, 0, harmful, harmless), _examples(200, 1, harmful, harmless)
+    a = audit(train, evals, v, "output")
+    assert a.auroc_masked > 0.9
+    assert abs(a.auroc_topic_deleted - 0.5) < 0.1
 
 
 def test_one_class_gives_no_auroc_and_the_report_renders():

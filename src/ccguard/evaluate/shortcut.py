@@ -26,6 +26,7 @@ TARGET = 0.65
 # Two characters, so TfidfVectorizer's default token pattern (2+ word characters) keeps it and the bigrams around it.
 MASK = "__"
 _WORD = re.compile(r"[^\W_]+")
+_MASKED_RUN = re.compile(r"\s*" + re.escape(MASK) + r"\s*")
 
 
 class Feature(BaseModel):
@@ -62,6 +63,11 @@ class ShortcutAudit(BaseModel):
         description="Masked-text AUROC with train and eval restricted to base rows (no lineage): the seed banks' own "
         "style, before augmentation dilutes or adds to it."
     )
+    auroc_topic_deleted: float | None = Field(
+        default=None,
+        description="The same with topic words deleted instead of masked, so neither their count nor their place "
+        "shows: function words and phrasing alone. The gap to auroc_masked is what topic-word density gives away.",
+    )
     top_features: TopFeatures = Field(description="The masked-text n-grams that most predict each label.")
     target: float = Field(default=TARGET, description="Highest acceptable masked AUROC.")
     passed: bool = Field(description="Whether auroc_masked, and auroc_masked_base where defined, are at most target.")
@@ -72,7 +78,7 @@ class ShortcutAudit(BaseModel):
         top = ", ".join(repr(f.ngram) for f in self.top_features.harmful[:k])
         return (
             f"shortcut audit ({self.side}): masked AUROC {_f(self.auroc_masked)} (unmasked {_f(self.auroc_unmasked)}, "
-            f"base {_f(self.auroc_masked_base)}), target <= {self.target:.2f}: {'pass' if self.passed else 'FAIL'}; "
+            f"base {_f(self.auroc_masked_base)}, topic words deleted {_f(self.auroc_topic_deleted)}), target <= {self.target:.2f}: {'pass' if self.passed else 'FAIL'}; "
             f"top harmful n-grams: {top}"
         )
 
@@ -152,6 +158,10 @@ def mask_topic(text: str, vocab: set[str], memo: dict[str, bool] | None = None) 
     return "".join(out)
 
 
+def _deleted(masked: str) -> str:
+    return _MASKED_RUN.sub(" ", masked)
+
+
 def _cap(rows: list[Example], n: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(rows, n) if len(rows) > n else rows
 
@@ -218,6 +228,8 @@ def audit(
     m_base = _fit(texts(base_train, True), labels(base_train))
 
     a_masked = _eval(m_masked, texts(evals, True), labels(evals))
+    m_deleted = _fit([_deleted(t) for t in texts(train, True)], labels(train))
+    a_deleted = _eval(m_deleted, [_deleted(t) for t in texts(evals, True)], labels(evals))
     a_base = _eval(m_base, texts(base_eval, True), labels(base_eval))
     harmful: list[Feature] = []
     harmless: list[Feature] = []
@@ -236,6 +248,7 @@ def audit(
         auroc_masked=a_masked,
         auroc_unmasked=_eval(m_raw, texts(evals, False), labels(evals)),
         auroc_masked_base=a_base,
+        auroc_topic_deleted=a_deleted,
         top_features=TopFeatures(harmful=harmful, harmless=harmless),
         target=target,
         passed=a_masked is not None and a_masked <= target and (a_base is None or a_base <= target),
