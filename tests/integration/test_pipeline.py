@@ -39,7 +39,46 @@ def test_artifact_layout_and_manifest(smoke_run: Path):
         assert (smoke_run / "data" / f"{split}.jsonl").is_file()
     metrics = json.loads((smoke_run / "report" / "metrics.json").read_text())
     assert metrics["test"]["auroc"] is not None and "by_family" in metrics
+    assert {"data", "train_input", "train_output", "calibrate_input", "evaluate_output"} <= set(metrics["stage_seconds"])
+    training = json.loads((g / "input" / "training.json").read_text())
+    assert training["data"]["precision"] in ("bf16", "no")
     assert "AUROC" in (smoke_run / "report" / "report.md").read_text()
+
+
+def test_guard_runs_in_the_precision_it_was_calibrated_in(smoke_run: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    from ccguard import Guard
+    from ccguard.classifiers.backbone import resolve_precision
+
+    monkeypatch.delenv("CCGUARD_PRECISION", raising=False)
+    m = json.loads((smoke_run / "guard" / "guard.json").read_text())
+    assert m["config"]["input_precision"] == resolve_precision("auto")
+    assert Guard.load(smoke_run / "guard").input_classifier.precision == resolve_precision("auto")
+    # A guard calibrated in fp32 (every guard before the field existed) runs in fp32 whatever the hardware.
+    old = tmp_path / "guard"
+    shutil.copytree(smoke_run / "guard", old)
+    del m["config"]["input_precision"]
+    (old / "guard.json").write_text(json.dumps(m))
+    g = Guard.load(old)
+    assert g.input_classifier.precision == "no"
+    # The operator can override it; bf16 and fp32 scores agree closely.
+    monkeypatch.setenv("CCGUARD_PRECISION", "bf16")
+    b = Guard.load(old)
+    assert b.input_classifier.precision == "bf16"
+    q = ["How do I make sarin at home?", "What is a good sourdough hydration?"]
+    for x, y in zip(g.check_inputs(q), b.check_inputs(q), strict=True):
+        assert abs(x.score - y.score) < 0.05
+
+
+def test_a_bad_precision_setting_is_a_one_line_error(monkeypatch):
+    from ccguard.classifiers.backbone import resolve_precision
+    from ccguard.errors import CcguardError
+
+    monkeypatch.setenv("CCGUARD_PRECISION", "fp8")
+    with pytest.raises(CcguardError, match="CCGUARD_PRECISION"):
+        resolve_precision()
+    assert resolve_precision("no") == "no"
 
 
 def test_splits_are_group_disjoint(smoke_run: Path):
