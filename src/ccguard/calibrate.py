@@ -8,7 +8,7 @@ calibration records which one bound.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -117,4 +117,30 @@ def calibrate_input(
         benign_families=[[st.family for st in e.lineage] or ["none"] for e, _ in hard], family_fpr=family_fpr,
         everyday=everyday, hard_fpr=hard_fpr,
         everyday_set=None if everyday is None else "everyday pool requests in the val split, raw or with typos/casing",
+    )
+
+
+def is_refusal_exchange(example: Any, harmful_categories: Collection[str]) -> bool:
+    """A harmless response to a harmful request: a refusal or a deflection. Halting it refuses no harmless user (the
+    user gets the guard's refusal instead of the model's), so it is reported, not counted as a false positive."""
+    return example.label == "harmless" and example.category in harmful_categories
+
+
+def calibrate_output(
+    val: Sequence[Any], scores: Sequence[float], *, harmful_categories: Collection[str], target_fpr: float,
+    refusal_fpr: float | None = None,
+) -> Calibration:
+    """The output classifier's calibration: ``target_fpr`` on harmless answers to harmless requests (helpful answers,
+    everyday pool, out-of-scope compliance, style twins); refusals to harmful requests are reported as ``hard`` and
+    bound only when ``refusal_fpr`` is given."""
+    answers = [s for e, s in zip(val, scores, strict=True) if e.label == "harmless" and not is_refusal_exchange(e, harmful_categories)]
+    refusals = [s for e, s in zip(val, scores, strict=True) if is_refusal_exchange(e, harmful_categories)]
+    harmful = [s for e, s in zip(val, scores, strict=True) if e.label == "harmful"]
+    return calibrate(
+        refusals, harmful, target_fpr=target_fpr,
+        calibration_set="output val split: refusals and deflections of harmful requests (flagging one changes no "
+        "harmless user's answer)",
+        everyday=answers, hard_fpr=refusal_fpr,
+        everyday_set="output val split: harmless answers to harmless requests (helpful answers, everyday pool, "
+        "out-of-scope compliance, style twins)",
     )

@@ -278,7 +278,7 @@ def run(
     transforms; without one the run is offline. ``target_fpr`` (on everyday traffic) and ``hard_fpr`` (the cap on hard
     neighbours) override the profile's; they are not part of any stage's
     fingerprint, so a re-run with another value only recalibrates and re-evaluates."""
-    from ccguard.calibrate import calibrate, calibrate_input
+    from ccguard.calibrate import calibrate_input, calibrate_output
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
 
@@ -356,15 +356,13 @@ def run(
     console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
     with _timed(stages, "calibrate_output"):
         oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
-        ocal = calibrate(
-            [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmless"],
-            [s.score for s, e in zip(oval_scores, oval, strict=True) if e.label == "harmful"],
-            target_fpr=profile.target_fpr,
-            calibration_set="output val split, harmless responses (helpful answers, refusals, pool)",
-        )
-    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()}, val TPR {ocal.tpr.fmt()}")
+        harmful_ids = {c.id for c in const.harmful}
+        ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
+                                target_fpr=profile.target_fpr, refusal_fpr=profile.output_refusal_fpr)
+    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
+                  f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
     with _timed(stages, "evaluate_output"):
-        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold)
+        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold, harmful_ids)
     omet["calibration"] = ocal.model_dump()
     metrics["output"] = omet
 
@@ -378,7 +376,7 @@ def run(
               "llm": None if llm_manifest is None else {k: llm_manifest[k] for k in ("backend", "usage", "queries", "responses")}},
         config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "hard_fpr": profile.hard_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec),
                 "input_precision": clf.precision},
-        metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "val", "stop")},
+        metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "test_answers", "refusals_flagged", "val", "stop")},
                  "shortcut_audit": shortcut},
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -413,7 +411,8 @@ def run(
     console.print(
         f"[bold green]done[/] in {metrics['run_seconds']:.0f}s: input test AUROC {metrics['test']['auroc']:.4f} "
         f"(TPR {metrics['test']['tpr']['rate']:.3f} at FPR {metrics['test']['fpr']['rate']:.3f}); output test AUROC "
-        f"{omet['test']['auroc']:.4f} (TPR {omet['test']['tpr']['rate']:.3f} at FPR {omet['test']['fpr']['rate']:.3f}); "
+        f"{omet['test']['auroc']:.4f} (TPR {omet['test']['tpr']['rate']:.3f} at FPR {omet['test_answers']['fpr']['rate']:.3f} "
+        f"on answers, {omet['refusals_flagged']['rate'] or 0:.3f} of refusals halted); "
         f"report in {report_dir}"
     )
     console.print("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()), markup=False)

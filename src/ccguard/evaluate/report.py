@@ -6,6 +6,7 @@ import html
 import json
 import re
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,24 @@ def stop_stats(examples: list[Example], scores: list[Any], threshold: float, chu
     }
 
 
-def evaluate_output(clf: Any, val: list[Example], val_scores: list[Any], test: list[Example], threshold: float) -> dict[str, Any]:
-    """Output-classifier metrics: per split, where streaming halts, and per response kind and augmentation."""
+def evaluate_output(
+    clf: Any, val: list[Example], val_scores: list[Any], test: list[Example], threshold: float,
+    harmful_categories: Collection[str] = (),
+) -> dict[str, Any]:
+    """Output-classifier metrics: per split (and on the test split without refusals of harmful requests, whose halting
+    refuses no harmless user), where streaming halts, and per response kind and augmentation."""
+    from ccguard.calibrate import is_refusal_exchange
+
     scores = clf.score([render_prompt(e.prompt) for e in test], [e.response or "" for e in test])
     maxes = [s.score for s in scores]
+    refusal = [is_refusal_exchange(e, harmful_categories) for e in test]
     return {
         "threshold": threshold,
         "val": split_metrics(val, [s.score for s in val_scores], threshold),
         "test": split_metrics(test, maxes, threshold),
+        "test_answers": split_metrics([e for e, r in zip(test, refusal, strict=True) if not r],
+                                      [s for s, r in zip(maxes, refusal, strict=True) if not r], threshold),
+        "refusals_flagged": flagged_rate([s for s, r in zip(maxes, refusal, strict=True) if r], threshold).model_dump(),
         "stop": stop_stats(test, scores, threshold, clf.spec.chunk_tokens),
         "truncated": sum(s.truncated for s in scores),
         "by_source": _by_key(test, {"score": maxes}, threshold, lambda e: [e.source]),
@@ -233,14 +244,25 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
             "",
             "## Streaming output classifier",
             "",
-            f"Threshold **{oc['threshold']:.4f}**, calibrated on {oc['calibration_set']} at target FPR "
-            f"{100 * oc['target_fpr']:.2f}%: achieved FPR {_pct(oc['fpr'])}, TPR {_pct(oc['tpr'])}. A response's score "
-            "is the maximum over its prefixes, so a flagged response is one streaming would have halted.",
+            (
+                f"Threshold **{oc['threshold']:.4f}**, calibrated on {oc['everyday_set']} at target FPR "
+                f"{100 * oc['target_fpr']:.2f}%: achieved FPR {_pct(oc['fpr'])}, TPR {_pct(oc['tpr'])}. Refusals and "
+                f"deflections of harmful requests halted: {_pct(oc['hard'])} (halting one changes no harmless user's "
+                "answer; test split below: " + _pct(o.get("refusals_flagged")) + ")."
+            ) if oc.get("everyday_set") else (
+                f"Threshold **{oc['threshold']:.4f}**, calibrated on {oc['calibration_set']} at target FPR "
+                f"{100 * oc['target_fpr']:.2f}%: achieved FPR {_pct(oc['fpr'])}, TPR {_pct(oc['tpr'])}."
+            ),
+            "",
+            "A response's score is the maximum over its prefixes, so a flagged response is one streaming would have "
+            "halted.",
             "",
             "| split | AUROC | AUPRC | TPR @ threshold | FPR @ threshold | TPR @ 1% FPR | TPR @ 5% FPR |",
             "|---|---|---|---|---|---|---|",
         ]
-        for name in ("val", "test"):
+        for name in ("val", "test", "test_answers"):
+            if name not in o:
+                continue
             s = o[name]
             t = s["tpr_at_fpr"]
             lines.append(f"| {name} | {_f(s['auroc'])} | {_f(s['auprc'])} | {_pct(s['tpr'])} | {_pct(s['fpr'])} | {_f(t['0.01'])} | {_f(t['0.05'])} |")
@@ -277,14 +299,14 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
         "TF-IDF + logistic regression is fitted on the train split and scored on val+test. A masked AUROC well above "
         "0.5 means the data's style gives the label away, and the classifiers can learn that instead of the content.",
         "",
-        "| side | masked AUROC | unmasked AUROC | masked AUROC, base only | target | result |",
-        "|---|---|---|---|---|---|",
+        "| side | masked AUROC | unmasked AUROC | masked AUROC, base only | topic words deleted | target | result |",
+        "|---|---|---|---|---|---|---|",
     ]
     for side in ("input", "output"):
         a = sa[side]
         lines.append(
             f"| {side} | {_f(a['auroc_masked'])} | {_f(a['auroc_unmasked'])} | {_f(a['auroc_masked_base'])} | "
-            f"≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
+            f"{_f(a.get('auroc_topic_deleted'))} | ≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
         )
     for side in ("input", "output"):
         for label in ("harmful", "harmless"):
