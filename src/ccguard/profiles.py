@@ -27,6 +27,8 @@ class Profile:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
     output_eval_max: int | None = None  # cap on output val and test exchanges scored for calibration and the report
+    # Cap on halted refusals of harmful requests (None: reported, not bound; halting one refuses no harmless user).
+    output_refusal_fpr: float | None = None
     # With a backend (ccguard run --backend ...): one LLM-transformed variant for this fraction of base examples.
     llm_transforms: tuple[str, ...] = ("paraphrase", "translate", "persona_rewrite", "decompose")
     llm_transform_rate: float = 0.15
@@ -55,13 +57,13 @@ PROFILES: dict[str, Profile] = {
             variants_per_example=1.0,
             family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},
         ),
-        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=500),
-        # Style balance: every exchange in five more voices, framed prompts, stitched answers (about 11k training
-        # exchanges, a fifth of the harmful ones verbatim seeds).
+        input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=480),
+        # Style balance: every exchange in five more voices, framed prompts, stitched answers, and a harmless style
+        # twin of every harmful seed answer (about 13.7k training exchanges, 14% of the harmful ones verbatim seeds).
         responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8),
         output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=480),
-        calib_variants=2.0,
-        output_eval_max=1200,
+        calib_variants=1.5,
+        output_eval_max=1000,
     ),
     # For a GPU or a long CPU run.
     "full": Profile(
