@@ -4,6 +4,7 @@ property-based fuzz of both POST endpoints. Real server on loopback, real models
 from __future__ import annotations
 
 import json
+import math
 import logging
 import threading
 import time
@@ -40,7 +41,9 @@ def _client(url: str) -> openai.OpenAI:
 @pytest.fixture
 def strict_on_harmful(smoke_guard) -> Guard:
     """Blocks the harmful sentence (and anything scoring as high) wherever it appears; the output side is open."""
-    return _guard(smoke_guard, inp=smoke_guard.check_input(HARMFUL).score - 1e-6, out=1.0)
+    # A margin in logit space: under bf16 a score moves by up to ~0.03 logits with the batch it is scored in.
+    p = smoke_guard.check_input(HARMFUL).score
+    return _guard(smoke_guard, inp=1 / (1 + math.exp(-(math.log(p / (1 - p)) - 0.1))), out=1.0)
 
 
 @pytest.mark.parametrize(
