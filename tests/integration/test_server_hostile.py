@@ -4,8 +4,8 @@ property-based fuzz of both POST endpoints. Real server on loopback, real models
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import threading
 import time
 
