@@ -192,10 +192,10 @@ def build_data(
     return manifest
 
 
-def _progress_bar(desc: str):
+def _progress_bar(desc: str, disable: bool = False):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=1, desc=desc, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=1, desc=desc, unit="step", dynamic_ncols=True, disable=disable)
 
     def progress(step: int, total: int, loss: float) -> None:
         bar.total = total
@@ -207,9 +207,12 @@ def _progress_bar(desc: str):
 
 
 def train_stage(
-    kind: str, const: Constitution, args: Any, train_file: Path, train_sha: str, guard_dir: Path, console: Console
+    kind: str, const: Constitution, args: Any, train_file: Path, train_sha: str, guard_dir: Path, console: Console,
+    state: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train the ``kind`` ('input' or 'output') classifier unless an identical one is already saved."""
+    """Train the ``kind`` ('input' or 'output') classifier unless an identical one is already saved. Under
+    ``accelerate launch``, every process (``state``, an accelerate ``PartialState``) trains its shard and only the
+    main process writes."""
     from ccguard.train.card import write_card
 
     if kind == "input":
@@ -233,9 +236,13 @@ def train_stage(
     if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
         console.print(f"[dim]{kind} classifier: up to date, skipping training[/]")
         return Cls.load(out_dir), old
-    bar, progress = _progress_bar(f"train {kind} classifier")
+    main = state is None or state.is_main_process
+    bar, progress = _progress_bar(f"train {kind} classifier", disable=not main)
     clf, stats = fit(read_examples(train_file), progress)
     bar.close()
+    if not main:
+        state.wait_for_everyone()
+        return clf, {"args": args.to_dict(), "data": {"fingerprint": fingerprint, **stats}}
     tmp = guard_dir / f"{kind}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     clf.save(tmp)
@@ -243,6 +250,8 @@ def train_stage(
     write_card(tmp, title=f"ccguard {kind} classifier ({const.name})", args=args.to_dict(), data=data_info, metrics={})
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+    if state is not None:
+        state.wait_for_everyone()
     console.print(f"{kind} classifier: {stats['steps']} steps in {stats['seconds']}s")
     return clf, {"args": args.to_dict(), "data": data_info}
 
@@ -281,8 +290,13 @@ def run(
     from ccguard.calibrate import calibrate_input, calibrate_output
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
+    from ccguard.train.loop import process_state
 
+    # Under `accelerate launch`, every process trains its shard; only the main one writes, calibrates and reports.
+    state = process_state()
     console = console or Console(stderr=True)
+    if not state.is_main_process:
+        console = Console(stderr=True, quiet=True)
     if profile_name not in PROFILES:
         from ccguard.errors import CcguardError
 
@@ -310,25 +324,30 @@ def run(
         from ccguard.synth.llm import LLMSynthConfig
 
         llm_dir = run_dir / "llm"
-        llm_manifest = _llm_stage(const, client, llm_cfg or LLMSynthConfig(seed=seed), llm_dir, console)
+        with state.main_process_first():  # the others then find it up to date
+            llm_manifest = _llm_stage(const, client, llm_cfg or LLMSynthConfig(seed=seed), llm_dir, console)
     stages: dict[str, float] = {}
-    with _timed(stages, "data"):
+    with _timed(stages, "data"), state.main_process_first():
         data_manifest = build_data(const, profile, data_dir, console, seed, client, llm_dir)
     sha = data_manifest["sha256"]
     from ccguard.evaluate.shortcut import audit_data_dir
 
     # Does the data give the label away by its style alone? Reported, never blocking.
-    with _timed(stages, "shortcut_audit"):
-        shortcut_report = audit_data_dir(data_dir, const, seed=seed)
-    for audit in (shortcut_report.input, shortcut_report.output):
-        console.print(audit.summary(), markup=False)
-    shortcut = shortcut_report.model_dump()
+    shortcut: dict[str, Any] = {}
+    if state.is_main_process:
+        with _timed(stages, "shortcut_audit"):
+            shortcut_report = audit_data_dir(data_dir, const, seed=seed)
+        for audit in (shortcut_report.input, shortcut_report.output):
+            console.print(audit.summary(), markup=False)
+        shortcut = shortcut_report.model_dump()
     with _timed(stages, "train_input"):
-        clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl", sha["train"], guard_dir, console)
+        clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl",
+                                    sha["train"], guard_dir, console, state)
     with _timed(stages, "train_output"):
-        oclf, otraining = train_stage(
-            "output", const, replace(profile.output_train, seed=seed), data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console
-        )
+        oclf, otraining = train_stage("output", const, replace(profile.output_train, seed=seed),
+                                      data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state)
+    if not state.is_main_process:
+        return run_dir
 
     n_eval = profile.eval_max_examples
     val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)

@@ -13,15 +13,22 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from ccguard.classifiers.backbone import load_encoder, load_tokenizer, resolve_backbone, torch_setup
+from ccguard.classifiers.backbone import (
+    load_encoder,
+    load_tokenizer,
+    resolve_backbone,
+    resolve_precision,
+    torch_setup,
+)
 from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, pad_batch
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import TrainArgs
-from ccguard.train.loop import make_accelerator, optimizer_step, resolve_precision
+from ccguard.train.loop import BucketBatchSampler, make_accelerator, make_loader, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -78,17 +85,9 @@ def instances_for(clf: InputClassifier, ex: Example, cat_index: dict[str, int], 
     return out
 
 
-def _batches(items: list[Instance], bs: int, rng: random.Random) -> list[list[Instance]]:
-    # Length-bucketed batches: sort within shuffled mega-batches, then shuffle the batches.
-    items = items[:]
-    rng.shuffle(items)
-    batches = []
-    mega = bs * 32
-    for i in range(0, len(items), mega):
-        chunk = sorted(items[i : i + mega], key=lambda x: len(x.ids))
-        batches += [chunk[j : j + bs] for j in range(0, len(chunk), bs)]
-    rng.shuffle(batches)
-    return batches
+def _collate(batch: list[Instance], pad: int) -> tuple[torch.Tensor, ...]:
+    ids, mask = pad_batch([b.ids for b in batch], pad)
+    return ids, mask, torch.tensor([b.label for b in batch]), torch.tensor([b.category for b in batch])
 
 
 def train_input(
@@ -135,6 +134,9 @@ def train_input(
     )
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
     model, opt, sched = accelerator.prepare(model, opt, sched)
+    pad = tokenizer.pad_token_id
+    sampler = BucketBatchSampler([len(i.ids) for i in items], args.batch_size, 32, rng)
+    loader = make_loader(accelerator, items, sampler, partial(_collate, pad=pad), args.seed)
     # Balance the classes so the calibrated threshold is not fighting a skewed prior.
     pos_weight = torch.tensor((len(items) - n_pos) / max(1.0, n_pos))
     bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -142,15 +144,10 @@ def train_input(
 
     model.train()
     step, t0, ema = 0, time.perf_counter(), None
-    pad = tokenizer.pad_token_id
     while step < total:
-        for batch in _batches(items, args.batch_size, rng):
+        for ids, mask, y, cats in loader:
             if step >= total:
                 break
-            ids, mask = pad_batch([b.ids for b in batch], pad)
-            ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
-            y = torch.tensor([b.label for b in batch], device=accelerator.device)
-            cats = torch.tensor([b.category for b in batch], device=accelerator.device)
             with autocast():
                 logits = model(ids, mask).float()
             loss = bce(logits[:, 0], y)

@@ -13,16 +13,17 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from ccguard.classifiers.backbone import load_tokenizer, resolve_backbone, torch_setup
+from ccguard.classifiers.backbone import load_tokenizer, resolve_backbone, resolve_precision, torch_setup
 from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import OutputTrainArgs
-from ccguard.train.loop import make_accelerator, optimizer_step, resolve_precision
+from ccguard.train.loop import BucketBatchSampler, make_accelerator, make_loader, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, 
     weight = torch.where(target > 0.5, torch.full_like(pred, pos_weight), torch.ones_like(pred)) * resp_mask
     loss = F.binary_cross_entropy(pred, target, weight=weight, reduction="sum")
     return loss / resp_mask.sum().clamp(min=1.0)
+
+
+def _collate(batch: list[Exchange], pad: int) -> tuple[torch.Tensor, ...]:
+    ids, mask = pad_batch([b.ids for b in batch], pad)
+    pos = torch.arange(ids.shape[1])[None, :]
+    starts = torch.tensor([b.start for b in batch])[:, None]
+    resp_mask = ((pos >= starts) & (mask > 0)).float()
+    return ids, mask, resp_mask, torch.tensor([b.label for b in batch])
 
 
 def train_output(
@@ -84,27 +93,14 @@ def train_output(
     )
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
     model, opt, sched = accelerator.prepare(model, opt, sched)
+    sampler = BucketBatchSampler([len(x.ids) for x in items], args.batch_size, 16, rng)
+    loader = make_loader(accelerator, items, sampler, partial(_collate, pad=tokenizer.pad_token_id), args.seed)
     model.train()
-    pad = tokenizer.pad_token_id
     step, t0, ema = 0, time.perf_counter(), None
     while step < total:
-        order = items[:]
-        rng.shuffle(order)
-        mega = args.batch_size * 16
-        batches = []
-        for i in range(0, len(order), mega):
-            chunk = sorted(order[i : i + mega], key=lambda x: len(x.ids))
-            batches += [chunk[j : j + args.batch_size] for j in range(0, len(chunk), args.batch_size)]
-        rng.shuffle(batches)
-        for batch in batches:
+        for ids, mask, resp_mask, y in loader:
             if step >= total:
                 break
-            ids, mask = pad_batch([b.ids for b in batch], pad)
-            pos = torch.arange(ids.shape[1])[None, :]
-            starts = torch.tensor([b.start for b in batch])[:, None]
-            resp_mask = ((pos >= starts) & (mask > 0)).float()
-            y = torch.tensor([b.label for b in batch])
-            ids, mask, resp_mask, y = (t.to(accelerator.device) for t in (ids, mask, resp_mask, y))
             with autocast():
                 values, lm, _ = model(ids, mask)
             w = args.cummax_weight(step, total)
