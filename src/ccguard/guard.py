@@ -102,6 +102,18 @@ def read_manifest(guard_dir: Path) -> GuardManifest:
         raise CcguardError(f"invalid guard manifest: {str(e).splitlines()[0]}", where=str(path)) from None
 
 
+def _device(name: str) -> Any:
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CcguardError(f"not a torch device: {name!r}", where="device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CcguardError(f"{name!r} requested but no CUDA device is available", where="device")
+    return dev
+
+
 class Guard:
     """Input (and, when trained, output) screening with calibrated thresholds. Safe to share across requests."""
 
@@ -110,14 +122,21 @@ class Guard:
         self.input_classifier = input_classifier
         self.output_classifier = output_classifier
         self.policy = policy
+        self.runtime = "torch"
 
     @classmethod
-    def load(cls, guard_dir: str | Path) -> Guard:
-        """Load an artifact directory. Only safetensors weights are read; nothing is unpickled."""
+    def load(cls, guard_dir: str | Path, *, device: str | None = None, runtime: str = "torch") -> Guard:
+        """Load an artifact directory. Only safetensors weights are read; nothing is unpickled.
+
+        ``device``: where the models run (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default CPU). ``runtime``:
+        ``"torch"``, or ``"fast"``: int8 on the CPU (ONNX Runtime for the input classifier), with anything that
+        scores near a threshold re-scored in full precision (see ``ccguard.classifiers.fast``)."""
         from ccguard.classifiers.backbone import torch_setup
+        from ccguard.classifiers.fast import check_runtime
         from ccguard.classifiers.input import InputClassifier
 
         guard_dir = Path(guard_dir)
+        runtime = check_runtime(runtime, device)
         manifest = read_manifest(guard_dir)
         if manifest.format_version > FORMAT_VERSION:
             raise CcguardError(f"guard format {manifest.format_version} is newer than this ccguard supports", where=str(guard_dir))
@@ -128,7 +147,7 @@ class Guard:
         calibrated = manifest.config.get("input_precision", "no")
         if "CCGUARD_PRECISION" not in os.environ:
             inp.precision = "no" if calibrated == "no" else resolve_precision("auto")
-        if calibrated != inp.precision:
+        if calibrated != inp.precision and runtime == "torch":
             log.warning("input classifier calibrated in precision %s, running in %s: scores may differ slightly from "
                         "calibration", calibrated, inp.precision)
         out = None
@@ -136,11 +155,21 @@ class Guard:
             from ccguard.classifiers.output import OutputClassifier
 
             out = OutputClassifier.load(guard_dir / manifest.output.path)
+        if device is not None:
+            inp.model.to(_device(device))
+            if out is not None:
+                out.model.to(_device(device))
         policy = Policy(
             input_threshold=manifest.input.calibration.threshold,
             output_threshold=manifest.output.calibration.threshold if manifest.output else None,
         )
-        return cls(manifest, inp, policy, out)
+        if runtime == "fast":
+            from ccguard.classifiers.fast import use_fast_runtime
+
+            use_fast_runtime(inp, out, policy.input_threshold, policy.output_threshold)
+        guard = cls(manifest, inp, policy, out)
+        guard.runtime = runtime
+        return guard
 
     @property
     def refusal(self) -> str:

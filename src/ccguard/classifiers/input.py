@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -150,6 +150,10 @@ class InputClassifier:
         self.categories = categories
         # bf16 autocast where the hardware has it (about 2x on this CPU); calibration and serving run the same path.
         self.precision = resolve_precision()
+        # Set by the fast runtime: an int8 ONNX model, (ids, mask) -> logits, used instead of ``model``; windows it
+        # scores at ``exact_from`` or above are scored again by ``model``, so scores near a threshold stay exact.
+        self.runner: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+        self.exact_from: float | None = None
         self._decoders: list[tuple[str, Decoder]] = decoders() if spec.views else []
         self._prefix, self._suffix = _special_affixes(tokenizer)
 
@@ -181,14 +185,33 @@ class InputClassifier:
         return [(v.name, v.text) for v in decoded_views(text, self._decoders)]
 
     # --- inference ----------------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def logits(self, seqs: Sequence[Sequence[int]], token_budget: int = 8192) -> np.ndarray:
         """Head logits for model-ready sequences, batched by length to limit padding."""
+        if self.runner is None:
+            return self._model_logits(seqs, token_budget)
         out = np.zeros((len(seqs), 1 + len(self.categories)), dtype=np.float32)
         for chunk in length_batches([len(s) for s in seqs], token_budget):
             ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
-            with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                out[chunk] = self.model(ids, mask).float().numpy()
+            out[chunk] = self.runner(ids.numpy(), mask.numpy())
+        if self.exact_from is not None:
+            redo = np.flatnonzero(out[:, 0] >= np.log(self.exact_from / (1.0 - self.exact_from)))
+            if redo.size:
+                out[redo] = self._model_logits([seqs[i] for i in redo], token_budget)
+        return out
+
+    @torch.inference_mode()
+    def _model_logits(self, seqs: Sequence[Sequence[int]], token_budget: int) -> np.ndarray:
+        out = np.zeros((len(seqs), 1 + len(self.categories)), dtype=np.float32)
+        device = self.device
+        for chunk in length_batches([len(s) for s in seqs], token_budget):
+            ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
+            ids, mask = ids.to(device), mask.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                out[chunk] = self.model(ids, mask).float().cpu().numpy()
         return out
 
     def prepare(self, text: str, spec: WindowSpec | None = None) -> Prepared:

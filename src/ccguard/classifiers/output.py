@@ -119,6 +119,19 @@ class OutputClassifier:
         self.spec = spec
         self._prefix, self._suffix = _special_affixes(tokenizer)
         self._sep = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
+        # Set by the fast runtime: ``model`` is then int8 and ``exact_model`` the full-precision original. An
+        # exchange (or a stream, from that chunk on) that scores ``exact_from`` or above is scored by
+        # ``exact_model``, so scores near a threshold stay exact.
+        self.exact_model: OutputModel | None = None
+        self.exact_from: float | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tensor(self, ids: Sequence[int]) -> torch.Tensor:
+        """One sequence as a [1, T] batch on the model's device."""
+        return torch.tensor([list(ids)], device=self.device)
 
     # --- tokenisation -------------------------------------------------------------------------------------
     def context_ids(self, prompt_text: str) -> list[int]:
@@ -131,10 +144,22 @@ class OutputClassifier:
         return TokenSpan(list(enc["input_ids"]), [start + a for a, _ in offs], [start + b for _, b in offs])
 
     # --- batch scoring (full causal pass) -----------------------------------------------------------------
-    @torch.inference_mode()
     def score(self, prompts: Sequence[str], responses: Sequence[str], token_budget: int = 8192) -> list[ExchangeScore]:
         """Per-token scores for each exchange with one full causal pass. Responses longer than the backbone's
         position budget are scored up to it (``truncated``); streaming sessions have no such limit."""
+        out = self._score_with(self.model, prompts, responses, token_budget)
+        if self.exact_model is not None and self.exact_from is not None:
+            redo = [i for i, r in enumerate(out) if r.score >= self.exact_from]
+            if redo:
+                exact = self._score_with(self.exact_model, [prompts[i] for i in redo], [responses[i] for i in redo],
+                                         token_budget)
+                for i, r in zip(redo, exact, strict=True):
+                    out[i] = r
+        return out
+
+    @torch.inference_mode()
+    def _score_with(self, model: OutputModel, prompts: Sequence[str], responses: Sequence[str],
+                    token_budget: int) -> list[ExchangeScore]:
         items = []
         for p, r in zip(prompts, responses, strict=True):
             ctx = self.context_ids(p)
@@ -145,8 +170,8 @@ class OutputClassifier:
         results: list[ExchangeScore | None] = [None] * len(items)
         for chunk in length_batches([len(s) for s in seqs], token_budget):
             ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
-            values, _, _ = self.model(ids, mask)
-            probs = torch.sigmoid(values.float()).numpy()
+            values, _, _ = model(ids.to(self.device), mask.to(self.device))
+            probs = torch.sigmoid(values.float()).cpu().numpy()
             for row, j in enumerate(chunk):
                 ctx, span, cap = items[j]
                 n = min(len(span.ids), cap)
@@ -222,25 +247,41 @@ class StreamSession:
     _pending: TokenSpan = field(default_factory=lambda: TokenSpan([], [], []))
     _cache: Any = None
     _cache_len: int = 0
+    _exact: bool = False  # fast runtime: switched to the full-precision model
 
     def __post_init__(self) -> None:
         self._ctx = self.clf.context_ids(self.prompt_text)
         self._seed(self._ctx)
 
+    @property
+    def _model(self) -> OutputModel:
+        return self.clf.exact_model if self._exact and self.clf.exact_model is not None else self.clf.model
+
     @torch.inference_mode()
     def _seed(self, ids: list[int]) -> None:
-        _, _, cache = self.clf.model(torch.tensor([ids]), use_cache=True)
+        _, _, cache = self._model(self.clf.tensor(ids), use_cache=True)
         self._cache, self._cache_len = cache, len(ids)
+
+    def _reseed(self) -> None:
+        """Restart the cache from the prompt and the most recent response tokens."""
+        keep = self.token_ids[-self.clf.spec.reseed_tokens :] if self.clf.spec.reseed_tokens else []
+        self._seed(self._ctx + keep)
 
     @torch.inference_mode()
     def _score_chunk(self, ids: list[int]) -> list[float]:
         if self._cache_len + len(ids) > self.clf.spec.max_positions:
-            # Position budget exhausted: restart from the prompt and the most recent response tokens.
-            keep = self.token_ids[-self.clf.spec.reseed_tokens :] if self.clf.spec.reseed_tokens else []
-            self._seed(self._ctx + keep)
-        values, _, cache = self.clf.model(torch.tensor([ids]), past=self._cache, use_cache=True)
+            self._reseed()  # position budget exhausted
+        values, _, cache = self._model(self.clf.tensor(ids), past=self._cache, use_cache=True)
         self._cache, self._cache_len = cache, self._cache_len + len(ids)
-        return torch.sigmoid(values[0].float()).tolist()
+        scores = torch.sigmoid(values[0].float()).cpu().tolist()
+        if not self._exact and self.clf.exact_from is not None and max(scores) >= self.clf.exact_from:
+            # Near the threshold: from this chunk on, score with the full-precision model. Its cache is rebuilt
+            # over what the int8 cache held, so positions match what they would have been.
+            self._exact = True
+            held = self._cache_len - len(ids) - len(self._ctx)
+            self._seed(self._ctx + (self.token_ids[-held:] if held > 0 else []))
+            return self._score_chunk(ids)
+        return scores
 
     def _commit(self, final: bool) -> None:
         start = self.token_ends[-1] if self.token_ends else 0
@@ -325,5 +366,5 @@ class StreamSession:
     def full_pass_scores(self) -> np.ndarray:
         """Scores of the same tokens from one uncached causal pass (for exactness checks)."""
         with torch.inference_mode():
-            values, _, _ = self.clf.model(torch.tensor([self._ctx + self.token_ids]))
-        return torch.sigmoid(values[0, len(self._ctx) :].float()).numpy()
+            values, _, _ = self.clf.model(self.clf.tensor(self._ctx + self.token_ids))
+        return torch.sigmoid(values[0, len(self._ctx) :].float()).cpu().numpy()

@@ -54,6 +54,8 @@ def serve(
     slots: Annotated[int | None, typer.Option(min=1, help="Upstream requests in flight at once (default: 1 for local, 8 for a URL).")] = None,
     slot_timeout: Annotated[float, typer.Option(help="Longest wait for a free upstream slot before a 503.")] = 10.0,
     screen_timeout: Annotated[float, typer.Option(help="Time budget for screening one request's input (then a 503).")] = 15.0,
+    runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard[fast]').")] = "torch",
+    device: Annotated[str | None, typer.Option(help="Torch device for the classifiers (cpu, cuda, cuda:1 ...).")] = None,
 ) -> None:
     """Serve /v1/chat/completions, /v1/models, /v1/moderations, /healthz and /metrics in front of an LLM."""
     keys = load_api_keys(api_keys)
@@ -71,7 +73,7 @@ def serve(
     logging.getLogger("ccguard").handlers[:] = [handler]
     logging.getLogger("ccguard").setLevel(logging.INFO)
 
-    g = Guard.load(guard)
+    g = Guard.load(guard, device=device, runtime=runtime)
     local = upstream == "local" or upstream.startswith("local:")
     n_slots = slots or (1 if local else 8)  # a CPU runs one local generation at a time
     if local:
