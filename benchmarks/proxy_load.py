@@ -1,11 +1,13 @@
 """Proxy load test, loopback only and bounded: N concurrent streaming clients for D seconds against a loopback
 upstream that streams a fixed text at a fixed rate, through `ccguard serve`'s app.
 
-Prints the p50 and p99 latency the proxy adds per released chunk (arrival through the proxy minus the time the
-upstream emitted that text), and checks every stream: it either completed with exactly the upstream text, or was
-cut with `content_filter` having released only a prefix that ends before the guard's stop character.
+Prints, per client count, the p50 and p99 latency the proxy adds per released chunk of an admitted stream (arrival
+through the proxy minus the time the upstream emitted that text, counted from the request, so waiting for a slot
+counts), throughput (streams completed per second), and requests shed with a 503. It checks every admitted stream:
+it either completed with exactly the upstream text, or was cut with `content_filter` having released only a prefix
+that ends before the guard's stop character. A shed client waits one second (its Retry-After) and tries again.
 
-Usage: python benchmarks/proxy_load.py --guard runs/cbrn/guard [--clients 32] [--seconds 60]
+Usage: python benchmarks/proxy_load.py --guard runs/cbrn/guard [--clients 8 16 32] [--seconds 60] [--runtime fast]
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ async def one_stream(
     t0 = time.perf_counter()
     got, finish, added, error = "", None, [], None
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        if r.status_code == 503:
+            await r.aread()
+            return {"kind": kind, "shed": True, "retry_after": float(r.headers.get("retry-after", "1"))}
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -53,16 +58,14 @@ async def one_stream(
                 emitted = first_byte + ((len(got) - 1) // piece) * delay  # when the upstream sent that character
                 added.append(time.perf_counter() - t0 - emitted)
             finish = ch.get("finish_reason") or finish
-    return {"kind": kind, "text": got, "finish": finish, "added": added, "error": error}
+    return {"kind": kind, "text": got, "finish": finish, "added": added, "error": error, "shed": False}
 
 
-async def run(args: argparse.Namespace) -> int:
-    from ccguard import Guard
+async def run(args: argparse.Namespace, guard, clients: int) -> int:
     from ccguard.llm.base import create_backend
     from ccguard.server import create_app
     from ccguard.server.loopback import FakeUpstream, serving
 
-    guard = Guard.load(args.guard)
     expected = {k: guard.check_output(PROMPTS[k], TEXTS[k]) for k in TEXTS}
     inp = {k: guard.check_input(PROMPTS[k]) for k in TEXTS}
     ups = {k: FakeUpstream(TEXTS[k], piece=args.piece, delay=args.delay) for k in TEXTS}
@@ -71,11 +74,11 @@ async def run(args: argparse.Namespace) -> int:
         proxies = {}
         stack = []
         for k, u in (("benign", u1), ("turns_harmful", u2)):
-            cm = serving(create_app(guard, create_backend("openai", model="fake", base_url=f"{u}/v1", concurrency=args.clients)))
+            cm = serving(create_app(guard, create_backend("openai", model="fake", base_url=f"{u}/v1", concurrency=clients)))
             stack.append(cm)
             proxies[k] = cm.__enter__()
         try:
-            limits = httpx.Limits(max_connections=args.clients * 2)
+            limits = httpx.Limits(max_connections=clients * 2)
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
                 # Upstream time to first byte, measured directly, is the baseline the proxy adds to.
                 t0 = time.perf_counter()
@@ -88,15 +91,20 @@ async def run(args: argparse.Namespace) -> int:
                 async def worker(i: int) -> None:
                     kind = "benign" if i % 2 == 0 else "turns_harmful"
                     while time.perf_counter() < deadline:
-                        results.append(
-                            await one_stream(client, proxies[kind], kind, args.piece, args.delay, first_byte, inp[kind].allowed)
-                        )
+                        r = await one_stream(client, proxies[kind], kind, args.piece, args.delay, first_byte, inp[kind].allowed)
+                        results.append(r)
+                        if r["shed"]:
+                            await asyncio.sleep(r["retry_after"])
 
-                await asyncio.gather(*(worker(i) for i in range(args.clients)))
+                t_run = time.perf_counter()
+                await asyncio.gather(*(worker(i) for i in range(clients)))
+                t_run = time.perf_counter() - t_run
         finally:
             for cm in stack:
                 cm.__exit__(None, None, None)
 
+    shed = sum(r["shed"] for r in results)
+    results = [r for r in results if not r["shed"]]
     bad = []
     for r in results:
         k = r["kind"]
@@ -115,23 +123,34 @@ async def run(args: argparse.Namespace) -> int:
     p99 = 1000 * added[min(len(added) - 1, int(0.99 * len(added)))] if added else float("nan")
     counts = {k: sum(r["kind"] == k for r in results) for k in TEXTS}
     cut = sum(r["finish"] == "content_filter" for r in results)
-    print(f"{args.clients} clients x {args.seconds:.0f}s, upstream {args.piece} chars every {1000 * args.delay:.0f} ms")
-    print(f"streams: {len(results)} ({counts}), cut with content_filter: {cut}, chunks measured: {len(added)}")
+    print(f"\n{clients} clients x {args.seconds:.0f}s, upstream {args.piece} chars every {1000 * args.delay:.0f} ms")
+    print(f"streams: {len(results)} ({counts}), cut with content_filter: {cut}, chunks measured: {len(added)}; "
+          f"shed with a 503: {shed}")
     print(f"expected: input allowed {inp['benign'].allowed}/{inp['turns_harmful'].allowed}; output: benign allowed="
           f"{expected['benign'].allowed}, turns_harmful stop_char={expected['turns_harmful'].stop_char} of {len(TEXTS['turns_harmful'])}")
-    print(f"added latency per chunk: p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    print(f"added latency per chunk: p50 {p50:.1f} ms  p99 {p99:.1f} ms; throughput {len(results) / t_run:.2f} streams/s")
     print(f"problems: {len(bad)}" + ("" if not bad else f" e.g. {bad[:3]}"))
+    args.table.append(f"| {clients} | {p50:.0f} | {p99:.0f} | {len(results) / t_run:.2f} | {shed} | {len(bad)} |")
     return 1 if bad else 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
-    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--clients", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--runtime", default="torch", help="guard runtime: torch or fast")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--piece", type=int, default=12, help="characters per upstream event")
     ap.add_argument("--delay", type=float, default=0.03, help="seconds between upstream events")
-    return asyncio.run(run(ap.parse_args()))
+    args = ap.parse_args()
+    args.table = []
+    from ccguard import Guard
+
+    guard = Guard.load(args.guard) if args.runtime == "torch" else Guard.load(args.guard, runtime=args.runtime)
+    rc = max(asyncio.run(run(args, guard, n)) for n in args.clients)
+    print("\n| clients | added p50 ms | added p99 ms | streams/s | shed (503) | problems |\n|---|---|---|---|---|---|")
+    print("\n".join(args.table))
+    return rc
 
 
 if __name__ == "__main__":

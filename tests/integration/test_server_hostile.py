@@ -183,7 +183,7 @@ def test_slots_are_bounded_with_a_503_and_the_wait_is_not_upstream_time(smoke_gu
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy" and r.headers["retry-after"]
         t.join()
     # A longer slot wait than the upstream timeout still succeeds: waiting for a slot is not upstream time.
-    settings_ = ServerSettings(slots=1, slot_timeout=10.0, upstream_timeout=0.9)
+    settings_ = ServerSettings(slots=1, slot_timeout=10.0, upstream_timeout=0.9, max_waiting=2)
     with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), settings_)) as url:
         out: list[str] = []
 
@@ -344,3 +344,47 @@ def test_fuzz_moderations_never_500s(fuzz_server, body):
     r = httpx.post(f"{fuzz_server}/v1/moderations", json=body, timeout=60)
     assert r.status_code in (200, 400), (r.status_code, r.text[:300])
     assert httpx.get(f"{fuzz_server}/healthz", timeout=5).status_code == 200
+
+
+def test_waiting_for_a_slot_is_bounded_with_an_immediate_503(smoke_guard):
+    g = _guard(smoke_guard, inp=1.0, out=1.0)
+    up = FakeUpstream(BENIGN, piece=10, delay=0.05)
+    settings_ = ServerSettings(slots=1, slot_timeout=10.0, max_waiting=0)
+    with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), settings_)) as url:
+        def hold() -> None:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
+                for _ in r.iter_lines():
+                    pass
+
+        t = threading.Thread(target=hold)
+        t.start()
+        time.sleep(0.25)
+        t0 = time.perf_counter()
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+        assert time.perf_counter() - t0 < 2.0  # not the 10 s slot timeout: nobody may wait
+        t.join()
+
+
+def test_requests_are_shed_while_the_classifiers_are_behind(smoke_guard):
+    g = _guard(smoke_guard, inp=1.0, out=1.0)
+    up = FakeUpstream(BENIGN, piece=50, delay=0.01)
+    with serving(up.app) as up_url:
+        app = create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), ServerSettings(max_queue_delay=0.1))
+        with serving(app) as url:
+            release = threading.Event()
+            app.state.worker._pool.submit(release.wait, 30)  # the model thread is busy
+            first: list[httpx.Response] = []
+            body = {"messages": [{"role": "user", "content": "hi"}]}
+            t = threading.Thread(target=lambda: first.append(httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)))
+            t.start()
+            time.sleep(0.4)  # its input check has now queued longer than max_queue_delay
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_overloaded" and r.headers["retry-after"]
+            m = httpx.post(f"{url}/v1/moderations", json={"input": "hello"}, timeout=30)
+            assert m.status_code == 503
+            release.set()
+            t.join()
+            assert first[0].status_code == 200 and first[0].json()["choices"][0]["message"]["content"] == BENIGN
+            # Caught up: admitted again.
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200

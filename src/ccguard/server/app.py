@@ -9,6 +9,9 @@
   chunk is sent.
 - Input screening runs in a worker pool under a per-request time budget; past it the request fails closed with a
   503. Upstream slots are bounded: the wait for one is separate from the upstream timeout and ends in a 503.
+- All classifier model work runs on one worker thread, in arrival order. While it is behind by more than
+  ``max_queue_delay``, or when more requests wait for a slot than ``max_waiting``, new requests get an immediate 503
+  with ``Retry-After``: the streams already admitted keep a bounded latency.
 - A client that disconnects, or a timeout, cancels the upstream work (local generation stops within one step).
 - Every error is an OpenAI-style JSON error. A classifier failure fails closed unless ``fail_open`` is set.
 """
@@ -44,6 +47,7 @@ from ccguard.server.batcher import InputBatcher
 from ccguard.server.metrics import Metrics
 from ccguard.server.relay import Relay
 from ccguard.server.schema import ChatRequest, render_conversation, render_tool_calls, screen_texts
+from ccguard.server.worker import ModelWorker
 
 log = logging.getLogger("ccguard.server")
 
@@ -62,6 +66,10 @@ class ServerSettings(BaseModel):
     screen_timeout: float = Field(default=15.0, description="Time budget for screening one request's input.")
     slots: int = Field(default=8, ge=1, description="Upstream requests in flight at once.")
     slot_timeout: float = Field(default=10.0, description="Longest wait for an upstream slot before a 503.")
+    max_waiting: int | None = Field(default=None, ge=0, description="Requests that may wait for an upstream slot at "
+                                    "once (default: as many as there are slots); beyond that, an immediate 503.")
+    max_queue_delay: float = Field(default=0.5, gt=0, description="Shed new requests with a 503 while classifier "
+                                   "work has been queued longer than this many seconds.")
     max_moderation_inputs: int = Field(default=64, ge=1, description="Most texts in one /v1/moderations call.")
     screen_workers: int = Field(default=2, ge=1, description="Threads that decode and window prompts.")
     model_name: str = Field(default="ccguard", description="Model id reported when the upstream has none.")
@@ -150,16 +158,20 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher = InputBatcher(guard)
+        worker = ModelWorker(settings.max_queue_delay)
+        batcher = InputBatcher(guard, worker)
         batcher.start()
+        state["worker"] = app.state.worker = worker
         state["batcher"] = batcher
         state["slots"] = asyncio.Semaphore(settings.slots)
+        state["waiting"] = 0
         state["pool"] = ThreadPoolExecutor(settings.screen_workers, thread_name_prefix="ccguard-screen")
         try:
             yield
         finally:
             await batcher.stop()
             state["pool"].shutdown(wait=False, cancel_futures=True)
+            worker.shutdown()
             await upstream.aclose()
 
     app = FastAPI(title="ccguard proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -211,6 +223,13 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         if settings.log_prompts and prompt_text is not None:
             rec["prompt"] = prompt_text
         log.info(json.dumps(rec, ensure_ascii=False))
+
+    def shed_if_overloaded(endpoint: str) -> None:
+        """Refuse new work while the classifiers are behind, before spending anything on it."""
+        if state["worker"].overloaded():
+            metrics.requests.labels(endpoint, "shed").inc()
+            raise ApiError(503, "the guard is overloaded; retry shortly", "server_error", "server_overloaded",
+                           headers={"Retry-After": "1"})
 
     def failed_verdict(stage: str) -> Verdict:
         thr = guard.policy.input_threshold if stage == "input" else (guard.policy.output_threshold or 0.0)
@@ -265,6 +284,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             raise ApiError(400, f"input: between 1 and {settings.max_moderation_inputs} texts per request")
         if any(len(t) > settings.max_prompt_chars for t in texts):
             raise ApiError(400, "input too long")
+        shed_if_overloaded("moderations")
         verdicts = await screen(texts)
         cats = guard.input_classifier.categories
         results = []
@@ -299,6 +319,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         if sum(map(len, texts)) > settings.max_prompt_chars:
             raise ApiError(400, f"prompt longer than {settings.max_prompt_chars} characters")
         prompt_text = render_conversation(messages)
+        shed_if_overloaded("chat")
 
         model = req.model or upstream.model or settings.model_name
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -319,12 +340,20 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         extra = req.forwarded()
         if req.model:
             extra["model"] = req.model
+        max_waiting = settings.slots if settings.max_waiting is None else settings.max_waiting
+        if state["slots"].locked() and state["waiting"] >= max_waiting:
+            metrics.requests.labels("chat", "busy").inc()
+            raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
+                           headers={"Retry-After": "1"})
+        state["waiting"] += 1
         try:
             await asyncio.wait_for(state["slots"].acquire(), settings.slot_timeout)
         except TimeoutError:
             metrics.requests.labels("chat", "busy").inc()
             raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
                            headers={"Retry-After": "1"}) from None
+        finally:
+            state["waiting"] -= 1
         slot = _Slot(state["slots"])
         if req.stream:
             gen = stream_chat(messages, prompt_text, params, extra, cid, model, created, slot)
@@ -374,7 +403,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         if guard.output_classifier is not None:
             screened = "\n".join(x for x in (text, render_tool_calls(calls)) if x)
             try:
-                ov = await asyncio.to_thread(guard.check_output, messages, screened)
+                ov = await state["worker"].run(guard.check_output, messages, screened)
             except Exception as e:  # noqa: BLE001
                 metrics.classifier_errors.labels("output").inc()
                 log.error(json.dumps({"event": "classifier_error", "stage": "output", "error": type(e).__name__}))
@@ -396,7 +425,8 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     async def stream_chat(messages: list[Message], prompt_text: str, params: GenerateParams, extra: dict[str, Any],
                           cid: str, model: str, created: int, slot: _Slot) -> AsyncIterator[str]:
-        session = guard.start_stream(messages) if guard.output_classifier is not None else None
+        # The session's first model call (the prompt's cache) runs on the model worker too, off the event loop.
+        session = await state["worker"].run(guard.start_stream, messages) if guard.output_classifier is not None else None
         relay = Relay(session)
         finish = "stop"
         upstream_finish = "stop"  # e.g. 'length' or 'tool_calls', passed through unless the guard halts
@@ -416,7 +446,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                 if session is not None and fed:
                     t0 = time.perf_counter()
                     try:
-                        await asyncio.to_thread(session.feed, fed)
+                        await state["worker"].run(session.feed, fed)
                     except Exception as e:  # noqa: BLE001
                         metrics.classifier_errors.labels("output").inc()
                         log.error(json.dumps({"event": "classifier_error", "stage": "output", "error": type(e).__name__}))
@@ -432,7 +462,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     finish = "content_filter"
                     break
             if session is not None and finish == "stop":
-                await asyncio.to_thread(session.finish)
+                await state["worker"].run(session.finish)
                 for delta in relay.deltas():
                     yield _chunk(cid, model, created, delta, None)
                 if session.halted:

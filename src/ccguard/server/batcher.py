@@ -9,11 +9,12 @@ from typing import Any
 
 
 class InputBatcher:
-    """Collects prepared prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together in a worker
-    thread. One per app; created inside the running event loop."""
+    """Collects prepared prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together on the
+    app's model worker. One per app; created inside the running event loop."""
 
-    def __init__(self, guard: Any, max_batch: int = 32, max_wait_ms: float = 4.0) -> None:
+    def __init__(self, guard: Any, worker: Any, max_batch: int = 32, max_wait_ms: float = 4.0) -> None:
         self.guard = guard
+        self.worker = worker
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
@@ -53,7 +54,7 @@ class InputBatcher:
             if not live:
                 continue
             try:
-                verdicts = await asyncio.to_thread(self.guard.check_prepared, [p for p, _ in live])
+                verdicts = await self.worker.run(self.guard.check_prepared, [p for p, _ in live])
             except Exception as e:  # noqa: BLE001 - handed to each waiter; the app decides fail-open/closed
                 for _, f in live:
                     if not f.done():
