@@ -2,7 +2,7 @@
 plus batched throughput on distinct prompts. Run on the machine you deploy on (the README's numbers are from 2 CPU
 cores).
 
-Usage: python benchmarks/input_latency.py --guard runs/cbrn/guard [--n 100] [--tokens 200]
+Usage: python benchmarks/input_latency.py --guard runs/cbrn/guard [--n 100] [--tokens 200] [--runtime fast]
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def main() -> int:
     ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=200, help="prompt length in tokens (cut from a fixed text)")
+    ap.add_argument("--runtime", default="torch", help="torch, or fast (int8; see benchmarks/fast_path.py)")
     a = ap.parse_args()
 
     import torch
 
     from ccguard import Guard
 
-    guard = Guard.load(a.guard)
+    guard = Guard.load(a.guard, runtime=a.runtime)
     clf = guard.input_classifier
     text = clf.tokenizer.decode(clf.token_ids(TEXT)[: a.tokens])
     n_tok = len(clf.token_ids(text))

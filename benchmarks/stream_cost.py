@@ -54,10 +54,11 @@ def main() -> int:
     ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runtime", default="torch", help="torch, or fast (int8; see benchmarks/fast_path.py)")
     a = ap.parse_args()
     from ccguard import Guard
 
-    clf = Guard.load(a.guard).output_classifier
+    clf = Guard.load(a.guard, runtime=a.runtime).output_classifier
     prompt = "Can you explain how this process works, step by step, in detail?"
     cached(clf, prompt, response_of(clf, 32))  # warm up
     print(f"chunk {clf.spec.chunk_tokens} tokens, position budget {clf.spec.max_positions}, torch threads {torch.get_num_threads()}")
