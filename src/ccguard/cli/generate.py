@@ -27,20 +27,29 @@ def generate(
     response_max_tokens: Annotated[int, typer.Option(min=16, max=32768, help="Most tokens per response.")] = 400,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at once.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed for prompt sampling and per-request sampling seeds.")] = 0,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (requests spread over Ray actors, each with its "
+                                             "own copy of the backend; RAY_ADDRESS, or a local Ray).")] = "local",
+    workers: Annotated[int, typer.Option(min=1, max=1024, help="With --engine ray: actors. --concurrency still caps the "
+                                                                "requests in flight across all of them.")] = 2,
 ) -> None:
     """Ask an LLM for diverse queries and responses per constitution category; dedupe and filter them.
 
     Writes queries.jsonl, exchanges.jsonl and manifest.json (tokens and cost included). Every request is journalled
-    under jobs/, so a killed run continues where it stopped when re-run with the same arguments.
+    under jobs/, so a killed run continues where it stopped when re-run with the same arguments. With --engine ray
+    the journal, the request cache and the records stay in this process; only the requests fan out.
     """
+    from contextlib import ExitStack
+
     from rich.console import Console
 
     from ccguard import constitution as constitution_mod
     from ccguard.errors import CcguardError
+    from ccguard.scale import check_engine
     from ccguard.synth.llm import LLMSynthConfig, contained, generate_llm_data
 
     if backend is None:
         raise CcguardError("ccguard generate needs --backend (local, openai, anthropic or a name from --llm-config)")
+    check_engine(engine, workers)
     console = Console(stderr=True)
     const = constitution_mod.load(constitution)
     client = o.client_from_options(backend, model, base_url, api_key_env, helpful_only, llm_config, no_cache)
@@ -60,10 +69,15 @@ def generate(
         bar.refresh()
 
     contained(client, out_dir)
-    try:
+    with ExitStack() as stack:
+        stack.callback(bar.close)
+        if engine == "ray":
+            from ccguard.scale import RayFanout, ray_session
+
+            stack.enter_context(ray_session())
+            client.backend = RayFanout(client.spec, workers)
+            console.print(f"requests fan out over {workers} Ray workers, each with its own {client.spec.kind} backend")
         m = run_sync(client, lambda: generate_llm_data(const, client, cfg, out_dir, log=console.print, progress=progress))
-    finally:
-        bar.close()
     u = m["usage"]
     console.print(
         f"[bold green]done[/]: {m['queries']['kept']} queries ({m['queries']['raw_items']} generated, dropped "
