@@ -147,7 +147,7 @@ class Guard:
         calibrated = manifest.config.get("input_precision", "no")
         if "CCGUARD_PRECISION" not in os.environ:
             inp.precision = "no" if calibrated == "no" else resolve_precision("auto")
-        if calibrated != inp.precision and runtime == "torch":
+        if calibrated != inp.precision:
             log.warning("input classifier calibrated in precision %s, running in %s: scores may differ slightly from "
                         "calibration", calibrated, inp.precision)
         out = None

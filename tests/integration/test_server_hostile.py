@@ -163,21 +163,26 @@ def test_bad_requests_get_json_400s(strict_on_harmful, patch, fragment):
     assert up.calls == 0
 
 
+def _hold_a_stream(url: str) -> threading.Thread:
+    """A thread streaming one chat completion to its end, started a moment ago (so it holds a slot now)."""
+    def hold() -> None:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
+            for _ in r.iter_lines():
+                pass
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.25)
+    return t
+
+
 def test_slots_are_bounded_with_a_503_and_the_wait_is_not_upstream_time(smoke_guard):
     g = _guard(smoke_guard, inp=1.0, out=1.0)
     up = FakeUpstream(BENIGN, piece=10, delay=0.05)  # about 0.5 s per stream
     settings_ = ServerSettings(slots=1, slot_timeout=0.1, upstream_timeout=2.0)
     with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), settings_)) as url:
         busy: list[int] = []
-
-        def hold() -> None:
-            with httpx.stream("POST", f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
-                for _ in r.iter_lines():
-                    pass
-
-        t = threading.Thread(target=hold)
-        t.start()
-        time.sleep(0.25)
+        t = _hold_a_stream(url)
         r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
         busy.append(r.status_code)
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy" and r.headers["retry-after"]
@@ -351,14 +356,7 @@ def test_waiting_for_a_slot_is_bounded_with_an_immediate_503(smoke_guard):
     up = FakeUpstream(BENIGN, piece=10, delay=0.05)
     settings_ = ServerSettings(slots=1, slot_timeout=10.0, max_waiting=0)
     with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), settings_)) as url:
-        def hold() -> None:
-            with httpx.stream("POST", f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=30) as r:
-                for _ in r.iter_lines():
-                    pass
-
-        t = threading.Thread(target=hold)
-        t.start()
-        time.sleep(0.25)
+        t = _hold_a_stream(url)
         t0 = time.perf_counter()
         r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
