@@ -122,7 +122,6 @@ class Guard:
         self.input_classifier = input_classifier
         self.output_classifier = output_classifier
         self.policy = policy
-        self.runtime = "torch"
 
     @classmethod
     def load(cls, guard_dir: str | Path, *, device: str | None = None, runtime: str = "torch") -> Guard:
@@ -167,9 +166,7 @@ class Guard:
             from ccguard.classifiers.fast import use_fast_runtime
 
             use_fast_runtime(inp, out, policy.input_threshold, policy.output_threshold)
-        guard = cls(manifest, inp, policy, out)
-        guard.runtime = runtime
-        return guard
+        return cls(manifest, inp, policy, out)
 
     @property
     def refusal(self) -> str:

@@ -45,7 +45,7 @@ def main() -> None:
     from ccguard.records import read_examples
     from ccguard.train.args import OutputTrainArgs, TrainArgs
     from ccguard.train.input import train_input
-    from ccguard.train.loop import BucketBatchSampler, make_accelerator, make_loader, process_state
+    from ccguard.train.loop import make_accelerator, make_loader, process_state
     from ccguard.train.output import train_output
 
     state = process_state()
@@ -56,7 +56,7 @@ def main() -> None:
     # The loader training uses, on indices: which rows of each global batch this process gets.
     accelerator, _ = make_accelerator("no")
     lengths = [random.Random(i).randint(5, 40) for i in range(100)]
-    loader = make_loader(accelerator, list(range(100)), BucketBatchSampler(lengths, 8, 4, random.Random(0)),
+    loader = make_loader(accelerator, list(range(100)), lengths, 8, 4, random.Random(0),
                          lambda rows: torch.tensor(rows), seed=0)
     shard = [batch.tolist() for batch in loader]
     (a.out / f"shard-{state.process_index}.json").write_text(json.dumps(shard))

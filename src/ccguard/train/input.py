@@ -28,7 +28,7 @@ from ccguard.classifiers.backbone import (
 from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, pad_batch
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import TrainArgs
-from ccguard.train.loop import BucketBatchSampler, make_accelerator, make_loader, optimizer_step
+from ccguard.train.loop import make_accelerator, make_loader, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ def train_input(
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     pad = tokenizer.pad_token_id
-    sampler = BucketBatchSampler([len(i.ids) for i in items], args.batch_size, 32, rng)
-    loader = make_loader(accelerator, items, sampler, partial(_collate, pad=pad), args.seed)
+    loader = make_loader(accelerator, items, [len(i.ids) for i in items], args.batch_size, 32, rng,
+                         partial(_collate, pad=pad), args.seed)
     # Balance the classes so the calibrated threshold is not fighting a skewed prior.
     pos_weight = torch.tensor((len(items) - n_pos) / max(1.0, n_pos))
     bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)

@@ -69,12 +69,13 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     drop_last = False
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, bucket: int, rng: random.Random) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, bucket: int, rng: random.Random,
+                 full_batches: bool = False) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.mega = batch_size * bucket
         self.rng = rng
-        self.full_batches = False
+        self.full_batches = full_batches
 
     def __len__(self) -> int:
         n, mega = len(self.lengths), self.mega
@@ -96,11 +97,11 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return iter(batches)
 
 
-def make_loader(accelerator: Any, items: Sequence[Any], sampler: BucketBatchSampler, collate: Callable[[list[Any]], Any],
-                seed: int) -> Any:
-    """A DataLoader over ``items`` prepared by ``accelerator``: on N processes, each gets its slice of every batch,
-    already on its device."""
-    sampler.full_batches = accelerator.num_processes > 1
+def make_loader(accelerator: Any, items: Sequence[Any], lengths: Sequence[int], batch_size: int, bucket: int,
+                rng: random.Random, collate: Callable[[list[Any]], Any], seed: int) -> Any:
+    """A length-bucketed DataLoader over ``items`` (see :class:`BucketBatchSampler`) prepared by ``accelerator``: on
+    N processes, each gets its slice of every batch, already on its device."""
+    sampler = BucketBatchSampler(lengths, batch_size, bucket, rng, full_batches=accelerator.num_processes > 1)
     loader = torch.utils.data.DataLoader(
         items, batch_sampler=sampler, collate_fn=collate,
         # Its own generator, so iterating does not draw from the global RNG that dropout uses.

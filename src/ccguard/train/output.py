@@ -23,7 +23,7 @@ from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import OutputTrainArgs
-from ccguard.train.loop import BucketBatchSampler, make_accelerator, make_loader, optimizer_step
+from ccguard.train.loop import make_accelerator, make_loader, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ def train_output(
     )
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
     model, opt, sched = accelerator.prepare(model, opt, sched)
-    sampler = BucketBatchSampler([len(x.ids) for x in items], args.batch_size, 16, rng)
-    loader = make_loader(accelerator, items, sampler, partial(_collate, pad=tokenizer.pad_token_id), args.seed)
+    loader = make_loader(accelerator, items, [len(x.ids) for x in items], args.batch_size, 16, rng,
+                         partial(_collate, pad=tokenizer.pad_token_id), args.seed)
     model.train()
     step, t0, ema = 0, time.perf_counter(), None
     while step < total:
