@@ -49,7 +49,7 @@ def main() -> int:
     from stream_cost import cached, response_of
 
     from ccguard import Guard
-    from ccguard.calibrate import is_everyday
+    from ccguard.policy import is_everyday
     from ccguard.records import read_examples, render_prompt
 
     t0 = time.perf_counter()

@@ -49,13 +49,15 @@ def score_items(guard, rows: list[dict], stream: bool) -> list[tuple[float, int 
             v = guard.check_output(r["prompt"], r["response"])
             out.append((v.score, v.stop_char))
         return out
+    from ccguard.policy import stop_char
+
     clf = guard.output_classifier
     thr = guard.policy.output_threshold
     scores = clf.score([r["prompt"] for r in rows], [r["response"] for r in rows])
     n_trunc = sum(s.truncated for s in scores)
     if n_trunc:
         print(f"note: {n_trunc} exchange(s) longer than the backbone's positions were scored up to them", file=sys.stderr)
-    return [(s.score, s.stop(thr, clf.spec.chunk_tokens)) for s in scores]
+    return [(s.score, stop_char(s.token_scores, s.token_starts, thr, clf.spec.chunk_tokens)) for s in scores]
 
 
 def summarise(rows: list[dict], thr: float) -> dict:

@@ -29,7 +29,7 @@ def response_of(clf, n_tokens: int) -> str:
 
 
 def cached(clf, prompt: str, text: str) -> float:
-    s = clf.session(prompt, threshold=2.0)
+    s = clf.session(prompt)
     t0 = time.perf_counter()
     s.feed(text)
     s.finish()

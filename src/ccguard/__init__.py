@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Constitution", "Guard", "Policy", "Verdict", "load_constitution"]
+__all__ = ["Constitution", "Guard", "OutputGate", "Policy", "Verdict", "load_constitution"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from ccguard.constitution import Constitution
     from ccguard.constitution import load as load_constitution
-    from ccguard.guard import Guard, Policy, Verdict
+    from ccguard.guard import Guard
+    from ccguard.policy import OutputGate, Policy, Verdict
 
 _LAZY = {
     "Guard": ("ccguard.guard", "Guard"),
-    "Policy": ("ccguard.guard", "Policy"),
-    "Verdict": ("ccguard.guard", "Verdict"),
+    "OutputGate": ("ccguard.policy", "OutputGate"),
+    "Policy": ("ccguard.policy", "Policy"),
+    "Verdict": ("ccguard.policy", "Verdict"),
     "Constitution": ("ccguard.constitution", "Constitution"),
     "load_constitution": ("ccguard.constitution", "load"),
 }

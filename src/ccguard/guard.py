@@ -1,6 +1,7 @@
 """The deployable guard: load an artifact, score prompts and responses, and decide.
 
-Classifiers produce scores; ``Policy`` is the only place a score becomes a decision.
+Classifiers produce scores; ``ccguard.policy`` is the only place a score becomes a decision. Output screening has
+one core, the async session loop ``_screen``; the sync and one-shot methods are thin wrappers over it.
 """
 
 from __future__ import annotations
@@ -10,35 +11,24 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ccguard.calibrate import Calibration
 from ccguard.classifiers.backbone import resolve_precision
 from ccguard.errors import CcguardError
+from ccguard.policy import Calibration, OutputGate, Policy, Verdict
 from ccguard.records import Prompt, render_prompt
+
+__all__ = ["FORMAT_VERSION", "ClassifierInfo", "Guard", "GuardManifest", "Policy", "Verdict", "read_manifest"]
 
 log = logging.getLogger("ccguard.guard")
 
 FORMAT_VERSION = 1
 DECODE_EVERY_CHARS = 256  # how often a stream that was asked for an encoded answer re-screens its decoded view
-Stage = Literal["input", "output"]
-
-
-class Verdict(BaseModel):
-    """The guard's decision about one prompt or response."""
-
-    model_config = ConfigDict(frozen=True)
-    allowed: bool = Field(description="False when the guard blocks.")
-    stage: Stage = Field(description="Which classifier decided: 'input' or 'output'.")
-    score: float = Field(description="Classifier score in [0, 1]; higher is more likely harmful.")
-    threshold: float = Field(description="The calibrated threshold; blocked when score > threshold.")
-    category: str | None = Field(default=None, description="Best-guess harmful category when blocked.")
-    stop_char: int | None = Field(default=None, description="Output stage: character offset where release stopped.")
-    latency_ms: float = Field(default=0.0, description="Time the check took.")
 
 
 class ClassifierInfo(BaseModel):
@@ -65,31 +55,6 @@ class GuardManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Headline metrics.")
     versions: dict[str, str] = Field(default_factory=dict, description="Library versions used to build it.")
     created: str = Field(default="", description="UTC creation time.")
-
-
-class Policy(BaseModel):
-    """Thresholds per stage; turns scores into verdicts."""
-
-    model_config = ConfigDict(frozen=True)
-    input_threshold: float = Field(description="Input stage threshold.")
-    output_threshold: float | None = Field(default=None, description="Output stage threshold.")
-
-    def decide(
-        self, stage: Stage, score: float, *, category: str | None = None, stop_char: int | None = None, latency_ms: float = 0.0
-    ) -> Verdict:
-        threshold = self.input_threshold if stage == "input" else self.output_threshold
-        if threshold is None:
-            raise CcguardError(f"this guard has no {stage} threshold")
-        blocked = score > threshold
-        return Verdict(
-            allowed=not blocked,
-            stage=stage,
-            score=score,
-            threshold=threshold,
-            category=category if blocked else None,
-            stop_char=stop_char if blocked else None,
-            latency_ms=latency_ms,
-        )
 
 
 def read_manifest(guard_dir: Path) -> GuardManifest:
@@ -209,75 +174,106 @@ class Guard:
         # The output head is binary; the input head's category guess on the exchange names the likely harm.
         return self.input_classifier.score([f"{render_prompt(prompt)}\n{response[:2000]}"])[0].category
 
-    def _output_verdict(self, session: Any, prompt: Prompt, t0: float) -> Verdict:
-        category = self._category(prompt, session.text) if session.halted else None
-        return self.policy.decide(
-            "output", session.max_score, category=category, stop_char=session.stop_char,
-            latency_ms=1000 * (time.perf_counter() - t0),
-        )
-
-    def start_stream(self, prompt: Prompt) -> Any:
-        """A fresh ``StreamSession`` for one response to ``prompt`` (one per stream; never shared). When the prompt
-        asks for an encoded answer, the session also screens the answer's decoded view."""
+    def start_stream(self, prompt: Prompt) -> OutputGate:
+        """A fresh ``OutputGate`` for one response to ``prompt`` (one per stream; never shared): feed it text and it
+        releases what the policy allows. When the prompt asks for an encoded answer, the gate also screens the
+        answer's decoded view."""
         from ccguard.views import asks_for_encoding
 
         text = render_prompt(prompt)
-        session = self._require_output().session(text, self.policy.output_threshold)
+        gate = OutputGate(self._require_output().session(text), self.policy)
         if asks_for_encoding(text):
-            session.decode_every = DECODE_EVERY_CHARS
-        return session
+            gate.decode_every = DECODE_EVERY_CHARS
+        return gate
+
+    def _output_verdict(self, gate: OutputGate, prompt: Prompt, t0: float) -> Verdict:
+        category = self._category(prompt, gate.text) if gate.halted else None
+        return gate.verdict(category=category, latency_ms=1000 * (time.perf_counter() - t0))
+
+    async def _screen(self, prompt: Prompt, chunks: AsyncIterable[str], run: _Runner) -> AsyncIterator[str | Verdict]:
+        """The session loop: score each chunk through the gate, yield only released text, stop at the first flag,
+        and end with the ``Verdict``. ``run`` executes the model work (inline, or off the event loop)."""
+        t0 = time.perf_counter()
+        gate = await run(self.start_stream, prompt)
+        released = 0
+        async for chunk in chunks:
+            await run(gate.feed, chunk)
+            if gate.released_chars > released:
+                yield gate.text[released : gate.released_chars]
+                released = gate.released_chars
+            if gate.halted:
+                break
+        if not gate.halted:
+            await run(gate.finish)
+            if gate.released_chars > released:
+                yield gate.text[released : gate.released_chars]
+        yield await run(self._output_verdict, gate, prompt, t0)
+
+    async def ascreen_stream(self, prompt: Prompt, chunks: AsyncIterable[str]) -> AsyncIterator[str | Verdict]:
+        """Yield response text only after its chunk has been scored; stop at the first flagged chunk. The last
+        item is the final ``Verdict``. Nothing from the flagged chunk's first character on is ever yielded. Model
+        work runs off the event loop."""
+        async for item in self._screen(prompt, chunks, _threaded):
+            yield item
+
+    def screen_stream(self, prompt: Prompt, chunks: Iterable[str]) -> Iterator[str | Verdict]:
+        """Sync twin of ``ascreen_stream`` (the same loop, driven here)."""
+        return _drive(self._screen(prompt, _aiter(chunks), _inline))
 
     def check_output(self, prompt: Prompt, response: str) -> Verdict:
         """Screen a complete response as if it had been streamed; ``stop_char`` says where it would have halted."""
-        t0 = time.perf_counter()
-        session = self.start_stream(prompt)
-        session.feed(response)
-        session.finish()
-        return self._output_verdict(session, prompt, t0)
+        *_, verdict = self.screen_stream(prompt, [response])
+        return verdict
 
     async def acheck_output(self, prompt: Prompt, response: str) -> Verdict:
         """Async twin of ``check_output``."""
-        return await asyncio.to_thread(self.check_output, prompt, response)
+        items = [item async for item in self.ascreen_stream(prompt, _aiter([response]))]
+        return items[-1]
 
-    @staticmethod
-    def _newly_released(session: Any, released: int) -> tuple[str, int]:
-        return session.text[released : session.released_chars], session.released_chars
 
-    def screen_stream(self, prompt: Prompt, chunks: Iterable[str]) -> Iterator[str | Verdict]:
-        """Yield response text only after its chunk has been scored; stop at the first flagged chunk. The last
-        item is the final ``Verdict``. Nothing from the flagged chunk's first character on is ever yielded."""
-        t0 = time.perf_counter()
-        session = self.start_stream(prompt)
-        released = 0
-        for chunk in chunks:
-            session.feed(chunk)
-            text, released = self._newly_released(session, released)
-            if text:
-                yield text
-            if session.halted:
-                break
-        if not session.halted:
-            session.finish()
-            text, released = self._newly_released(session, released)
-            if text:
-                yield text
-        yield self._output_verdict(session, prompt, t0)
+_Runner = Callable[..., Awaitable[Any]]
 
-    async def ascreen_stream(self, prompt: Prompt, chunks: AsyncIterable[str]) -> AsyncIterator[str | Verdict]:
-        """Async twin of ``screen_stream``: the same session logic, scoring off the event loop."""
-        t0 = time.perf_counter()
-        session = self.start_stream(prompt)
-        released = 0
-        async for chunk in chunks:
-            await asyncio.to_thread(session.feed, chunk)
-            text, released = self._newly_released(session, released)
-            if text:
-                yield text
-            if session.halted:
-                break
-        if not session.halted:
-            await asyncio.to_thread(session.finish)
-            text, released = self._newly_released(session, released)
-            if text:
-                yield text
-        yield await asyncio.to_thread(self._output_verdict, session, prompt, t0)
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+async def _threaded(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+async def _aiter(items: Iterable[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+def _drive(agen: AsyncIterator[Any]) -> Iterator[Any]:
+    """Run an async generator to completion from sync code, one item at a time, on a private event loop. Inside a
+    thread whose event loop is already running (a notebook, an async server), the private loop runs on a helper
+    thread instead."""
+    try:
+        asyncio.get_running_loop()
+        busy = True
+    except RuntimeError:
+        busy = False
+    loop = asyncio.new_event_loop()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ccguard-sync") if busy else None
+
+    def step(aw: Awaitable[Any]) -> Any:
+        if pool is None:
+            return loop.run_until_complete(aw)
+        return pool.submit(loop.run_until_complete, aw).result()
+
+    try:
+        while True:
+            try:
+                yield step(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        try:
+            step(agen.aclose())
+        finally:
+            loop.close()
+            if pool is not None:
+                pool.shutdown()

@@ -287,9 +287,9 @@ def run(
     transforms; without one the run is offline. ``target_fpr`` (on everyday traffic) and ``hard_fpr`` (the cap on hard
     neighbours) override the profile's; they are not part of any stage's
     fingerprint, so a re-run with another value only recalibrates and re-evaluates."""
-    from ccguard.calibrate import calibrate_input, calibrate_output
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
+    from ccguard.policy import calibrate_input, calibrate_output
     from ccguard.train.loop import process_state
 
     # Under `accelerate launch`, every process trains its shard; only the main one writes, calibrates and reports.
@@ -414,8 +414,8 @@ def run(
     if cal.hard is not None:
         import numpy as np
 
-        from ccguard.calibrate import is_everyday
         from ccguard.evaluate.plots import calibration_tradeoff
+        from ccguard.policy import is_everyday
 
         pairs = list(zip(val, val_scores, strict=True)) + list(zip(calib, calib_scores, strict=True))
         rates = {

@@ -66,21 +66,23 @@ def test_fast_stream_switches_to_full_precision_near_the_threshold(smoke_guard, 
     # A threshold just above the torch guard's peak on this response: the fast stream must not halt early.
     peak = smoke_guard.output_classifier.score([prompt], [INTRO + RESPONSE])[0].score
     from ccguard.classifiers.fast import OUTPUT_MARGIN, exact_from
+    from ccguard.policy import OutputGate, Policy
 
     old = clf.exact_from
     clf.exact_from = exact_from(min(peak + 1e-4, 0.999999), OUTPUT_MARGIN)
     try:
         for threshold in (peak - 1e-4, min(peak + 1e-4, 0.999999)):
-            ref_s = smoke_guard.output_classifier.session(prompt, threshold)
-            fast_s = clf.session(prompt, threshold)
-            for s in (ref_s, fast_s):
+            policy = Policy(input_threshold=0.5, output_threshold=threshold)
+            ref = OutputGate(smoke_guard.output_classifier.session(prompt), policy)
+            fast = OutputGate(clf.session(prompt), policy)
+            for g in (ref, fast):
                 for i in range(0, len(INTRO + RESPONSE), 9):
-                    s.feed((INTRO + RESPONSE)[i : i + 9])
-                s.finish()
-            assert fast_s.halted == ref_s.halted and fast_s.stop_char == ref_s.stop_char
-            assert fast_s._exact  # it came near the threshold and switched
+                    g.feed((INTRO + RESPONSE)[i : i + 9])
+                g.finish()
+            assert fast.halted == ref.halted and fast.stop_char == ref.stop_char
+            assert fast.session._exact  # it came near the threshold and switched
             # From the switch on, scores are the full-precision model's.
-            assert np.isclose(fast_s.max_score, ref_s.max_score, atol=1e-5)
+            assert np.isclose(fast.max_score, ref.max_score, atol=1e-5)
     finally:
         clf.exact_from = old
 
@@ -89,13 +91,13 @@ def test_stream_far_below_the_threshold_stays_int8(fast_guard):
     clf = fast_guard.output_classifier
     old, clf.exact_from = clf.exact_from, 0.999999
     try:
-        s = clf.session("How do I bake bread?", 0.9999999)
+        s = clf.session("How do I bake bread?")
         text = "Mix flour, water, salt and yeast, knead for ten minutes, let it rise, shape it and bake it hot. " * 3
         s.feed(text)
         s.finish()
     finally:
         clf.exact_from = old
-    assert not s._exact and s.releasable() == text
+    assert not s._exact and s.token_ends[-1] == len(text.rstrip())  # every token scored
     exact = clf._score_with(clf.exact_model, ["How do I bake bread?"], [text], 8192)[0].token_scores
     assert not np.allclose(s.token_scores, exact, atol=1e-6)  # scored by the int8 model
 

@@ -29,7 +29,7 @@ def _with_thresholds(g: Guard, inp: float | None = None, out: float | None = Non
 
 
 def _midway_threshold(g: Guard, prompt: str, text: str) -> float:
-    s = g.output_classifier.session(prompt, threshold=2.0)
+    s = g.output_classifier.session(prompt)
     s.feed(text)
     s.finish()
     cm = np.maximum.accumulate(s.token_scores)

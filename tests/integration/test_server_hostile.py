@@ -122,7 +122,7 @@ def test_tool_call_arguments_are_screened_as_a_stream(smoke_guard):
                                         "process under the conditions it needs, then you purify the product and scale it up, "
                                         "and then you keep it away from inspectors. " * 3})
     rendered = f"\n[call notes] {harmful_args}"
-    s = smoke_guard.output_classifier.session("Tell me about it.", threshold=2.0)
+    s = smoke_guard.output_classifier.session("Tell me about it.")
     s.feed(rendered)
     s.finish()
     k = smoke_guard.output_classifier.spec.chunk_tokens

@@ -29,13 +29,13 @@ def _feed(session, text: str, step: int) -> None:
 @pytest.mark.parametrize("step", [1, 7, 50, 10_000])
 def test_kv_cached_session_equals_full_causal_pass(smoke_guard, step):
     clf = smoke_guard.output_classifier
-    s = clf.session("How do I make it?", threshold=2.0)  # never halts
+    s = clf.session("How do I make it?")
     _feed(s, RESPONSE, step)
     assert s.token_ids == clf.response_tokens(RESPONSE).ids, "incremental tokenisation differs from one-shot"
     np.testing.assert_allclose(s.token_scores, s.full_pass_scores(), atol=1e-5)
     batch = clf.score(["How do I make it?"], [RESPONSE])[0]
     np.testing.assert_allclose(s.token_scores, batch.token_scores, atol=1e-5)
-    assert s.releasable() == RESPONSE
+    assert s.text == RESPONSE and s.token_ends[-1] == len(RESPONSE)
 
 
 def test_offsets_map_tokens_to_exact_characters(smoke_guard):
@@ -60,7 +60,7 @@ def test_causal_attention_does_not_see_the_future(smoke_guard):
 
 
 def _threshold_that_halts_midway(clf, prompt: str, text: str) -> float:
-    s = clf.session(prompt, threshold=2.0)
+    s = clf.session(prompt)
     _feed(s, text, 10_000)
     cm = np.maximum.accumulate(s.token_scores)
     k = clf.spec.chunk_tokens
@@ -99,19 +99,32 @@ def test_nothing_is_released_from_the_flagged_chunk_on(smoke_guard):
     aout = asyncio.run(collect())
     assert "".join(aout[:-1]) == released and aout[-1].stop_char == verdict.stop_char
 
+    # The sync wrappers also work where an event loop is already running (a notebook, an async app).
+    async def sync_inside_a_loop():
+        return guard.check_output(prompt, text), list(guard.screen_stream(prompt, chunks))
+
+    v_in_loop, out_in_loop = asyncio.run(sync_inside_a_loop())
+    assert v_in_loop.stop_char == verdict.stop_char and out_in_loop[:-1] == out[:-1]
+
 
 def test_halting_is_monotone_in_the_threshold(smoke_guard):
+    from ccguard.policy import OutputGate, Policy, stop_char
+
     clf = smoke_guard.output_classifier
-    s = clf.session("q", threshold=2.0)
+    s = clf.session("q")
     _feed(s, RESPONSE, 10_000)
     cm = np.maximum.accumulate(s.token_scores)
     assert np.all(np.diff(cm) >= 0)
     stops = []
     for t in np.linspace(float(cm.min()) - 1e-3, float(cm.max()) + 1e-3, 12):
-        s2 = clf.session("q", threshold=float(t))
-        _feed(s2, RESPONSE, 13)
-        stops.append(len(RESPONSE) + 1 if s2.stop_char is None else s2.stop_char)
+        gate = OutputGate(clf.session("q"), Policy(input_threshold=0.5, output_threshold=float(t)))
+        _feed(gate, RESPONSE, 13)
+        # The gate, deciding chunk by chunk as text arrives, halts where the policy says a whole scored response does.
+        assert gate.stop_char == stop_char(s.token_scores, s.token_starts, float(t), clf.spec.chunk_tokens)
+        assert gate.halted == (gate.stop_char is not None) and len(gate.releasable()) <= (gate.stop_char or len(RESPONSE))
+        stops.append(len(RESPONSE) + 1 if gate.stop_char is None else gate.stop_char)
     assert stops == sorted(stops), "a higher threshold must never halt earlier"
+    assert stops[0] == s.token_starts[0] and stops[-1] == len(RESPONSE) + 1, "the thresholds must span halting at once and never"
 
 
 def test_unflagged_stream_is_released_intact(smoke_guard):
@@ -124,7 +137,7 @@ def test_unflagged_stream_is_released_intact(smoke_guard):
 def test_long_response_reseeds_and_cost_stays_bounded(smoke_guard):
     clf = smoke_guard.output_classifier
     long = " ".join(f"word{i % 50}" for i in range(900))
-    s = clf.session("q", threshold=2.0)
+    s = clf.session("q")
     _feed(s, long, 40)
     assert len(s.token_scores) > clf.spec.max_positions  # went past one segment
     assert s._cache_len <= clf.spec.max_positions

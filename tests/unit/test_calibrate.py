@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ccguard.calibrate import calibrate_output, is_refusal_exchange
+from ccguard.policy import calibrate_output, is_refusal_exchange
 from ccguard.records import Example
 
 HARMFUL = {"agent_synthesis"}

@@ -1,4 +1,4 @@
-"""The stream relay maps what the output session has released back to client deltas, text and tool calls alike."""
+"""The stream relay maps what the output gate has released back to client deltas, text and tool calls alike."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ccguard.server.relay import Relay
 
 @dataclass
 class Released:
-    """What the relay reads of a scoring session: how many fed characters may go out."""
+    """What the relay reads of an output gate: how many fed characters may go out."""
 
     released_chars: int = 0
 
@@ -36,7 +36,7 @@ def test_text_and_tool_calls_go_out_only_as_far_as_released():
     assert r.deltas() == []
 
 
-def test_without_a_session_everything_passes_at_once():
+def test_without_a_gate_everything_passes_at_once():
     r = Relay(None)
     r.text("abc")
     r.tool_call({"index": 1, "id": "x", "function": {"name": "f", "arguments": "{}"}})

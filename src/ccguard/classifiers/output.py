@@ -6,8 +6,8 @@ encodes the prompt once and then scores response text in chunks of ``chunk_token
 amortised cost per token does not grow with the response length. When a backbone's position budget fills up, the
 session re-seeds its cache from the prompt and the last ``reseed_tokens`` response tokens.
 
-Scores are monotone along the response: a session reports the cumulative maximum, and halts at the first chunk
-whose score exceeds the threshold.
+A session only scores: ``ccguard.policy.OutputGate`` decides, chunk by chunk, what may be released and where the
+stream halts.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class TokenSpan:
 
 @dataclass(frozen=True)
 class ExchangeScore:
-    """Per-token scores of one response, and where streaming would stop at a threshold."""
+    """Per-token scores of one response (``ccguard.policy.stop_char`` says where streaming would halt)."""
 
     token_scores: list[float]
     token_starts: list[int]
@@ -101,13 +101,6 @@ class ExchangeScore:
     @property
     def score(self) -> float:
         return max(self.token_scores, default=0.0)
-
-    def stop(self, threshold: float, chunk_tokens: int) -> int | None:
-        """Character offset of the first chunk whose score exceeds ``threshold`` (None: never halts)."""
-        for k in range(0, len(self.token_scores), chunk_tokens):
-            if max(self.token_scores[k : k + chunk_tokens]) > threshold:
-                return self.token_starts[k]
-        return None
 
 
 class OutputClassifier:
@@ -179,8 +172,8 @@ class OutputClassifier:
                 results[j] = ExchangeScore(s, span.starts[:n], span.ends[:n], truncated=len(span.ids) > cap)
         return [r for r in results if r is not None]
 
-    def session(self, prompt_text: str, threshold: float) -> StreamSession:
-        return StreamSession(self, prompt_text, threshold)
+    def session(self, prompt_text: str) -> StreamSession:
+        return StreamSession(self, prompt_text)
 
     # --- persistence --------------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
@@ -213,37 +206,27 @@ class OutputClassifier:
 
 
 @dataclass(frozen=True)
-class ChunkResult:
+class ChunkScore:
     """One scored chunk of a stream."""
 
     start_char: int
     end_char: int
-    score: float  # cumulative maximum up to and including this chunk
-    flagged: bool
+    score: float  # the chunk's highest token score
 
 
 @dataclass
 class StreamSession:
-    """Per-stream state: the KV cache, the response so far and what has been scored. Not thread-safe; one per
-    stream. Feed text with ``feed``; call ``finish`` when the stream ends."""
+    """Per-stream scoring state: the KV cache, the response so far and its token scores. Not thread-safe; one per
+    stream. It scores and never decides: ``add`` text, then take ``next_chunk`` scores one at a time (what
+    ``ccguard.policy.OutputGate`` does), or ``feed``/``finish`` to score everything available."""
 
     clf: OutputClassifier
     prompt_text: str
-    threshold: float
     text: str = ""
     token_scores: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     token_starts: list[int] = field(default_factory=list)
     token_ends: list[int] = field(default_factory=list)
-    max_score: float = 0.0
-    halted: bool = False
-    stop_char: int | None = None
-    released_chars: int = 0
-    # When the prompt asked for an encoded answer: every this many released characters, the decoded view of the
-    # response so far (base64, hex, ciphers, leetspeak ...) is scored too, before the new text is released.
-    decode_every: int = 0
-    _decoded_at: int = 0
-    _committed: int = 0  # tokens committed (tokenised for good), scored or pending
     _pending: TokenSpan = field(default_factory=lambda: TokenSpan([], [], []))
     _cache: Any = None
     _cache_len: int = 0
@@ -252,6 +235,10 @@ class StreamSession:
     def __post_init__(self) -> None:
         self._ctx = self.clf.context_ids(self.prompt_text)
         self._seed(self._ctx)
+
+    @property
+    def max_score(self) -> float:
+        return max(self.token_scores, default=0.0)
 
     @property
     def _model(self) -> OutputModel:
@@ -298,70 +285,46 @@ class StreamSession:
         self._pending.starts += span.starts
         self._pending.ends += span.ends
 
-    def _drain(self, final: bool) -> list[ChunkResult]:
-        out = []
-        k = self.clf.spec.chunk_tokens
-        while not self.halted and (len(self._pending.ids) >= k or (final and self._pending.ids)):
-            ids, starts, ends = self._pending.ids[:k], self._pending.starts[:k], self._pending.ends[:k]
-            self._pending = TokenSpan(self._pending.ids[k:], self._pending.starts[k:], self._pending.ends[k:])
-            scores = self._score_chunk(ids)
-            self.token_scores += scores
-            self.token_ids += ids
-            self.token_starts += starts
-            self.token_ends += ends
-            self.max_score = max(self.max_score, *scores)
-            flagged = self.max_score > self.threshold
-            if flagged:
-                self.halted = True
-                self.stop_char = starts[0]
-            else:
-                self.released_chars = ends[-1]
-            out.append(ChunkResult(starts[0], ends[-1], self.max_score, flagged))
-        return out
-
-    def _check_decoded(self, before: int, final: bool) -> None:
-        """Score the decoded view of the text about to be released; on a flag, release nothing new."""
-        if not self.decode_every or self.halted or self.released_chars <= before:
-            return
-        if not final and self.released_chars - self._decoded_at < self.decode_every:
-            return
-        from ccguard.views import decoded_views
-
-        self._decoded_at = self.released_chars
-        views = decoded_views(self.text[: self.released_chars])
-        if len(views) < 2:
-            return
-        s = self.clf.score([self.prompt_text], [views[-1].text])[0].score
-        self.max_score = max(self.max_score, s)
-        if s > self.threshold:
-            self.halted, self.stop_char, self.released_chars = True, before, before
-
-    def feed(self, text: str) -> list[ChunkResult]:
-        """Add response text; score every complete chunk it makes available."""
-        if self.halted:
-            return []
-        before = self.released_chars
+    def add(self, text: str) -> None:
+        """Append response text (nothing is scored yet)."""
         self.text += text
         self._commit(final=False)
-        out = self._drain(final=False)
-        self._check_decoded(before, final=False)
-        return out
 
-    def finish(self) -> list[ChunkResult]:
-        """The stream ended: score what is left. Unflagged, the whole response may be released."""
-        if self.halted:
-            return []
-        before = self.released_chars
-        self._commit(final=True)
-        out = self._drain(final=True)
-        if not self.halted:
-            self.released_chars = len(self.text)
-            self._check_decoded(before, final=True)
-        return out
+    def next_chunk(self, final: bool = False) -> ChunkScore | None:
+        """Score the next complete chunk of ``chunk_tokens`` tokens (with ``final``, the stream has ended: also a
+        shorter last one); None when there is nothing to score yet."""
+        if final:
+            self._commit(final=True)
+        k = self.clf.spec.chunk_tokens
+        if not (len(self._pending.ids) >= k or (final and self._pending.ids)):
+            return None
+        ids, starts, ends = self._pending.ids[:k], self._pending.starts[:k], self._pending.ends[:k]
+        self._pending = TokenSpan(self._pending.ids[k:], self._pending.starts[k:], self._pending.ends[k:])
+        scores = self._score_chunk(ids)
+        self.token_scores += scores
+        self.token_ids += ids
+        self.token_starts += starts
+        self.token_ends += ends
+        return ChunkScore(starts[0], ends[-1], max(scores))
 
-    def releasable(self) -> str:
-        """Text that has been scored and may be released (never anything from a flagged chunk on)."""
-        return self.text[: self.released_chars]
+    def feed(self, text: str) -> list[ChunkScore]:
+        """Add response text and score every complete chunk it makes available."""
+        self.add(text)
+        return list(iter(self.next_chunk, None))
+
+    def finish(self) -> list[ChunkScore]:
+        """The stream ended: score what is left."""
+        return list(iter(lambda: self.next_chunk(final=True), None))
+
+    def decoded_score(self, upto: int) -> float | None:
+        """The exchange score of the decoded view (base64, hex, ciphers, leetspeak ...) of the response's first
+        ``upto`` characters; None when nothing in it decodes."""
+        from ccguard.views import decoded_views
+
+        views = decoded_views(self.text[:upto])
+        if len(views) < 2:
+            return None
+        return self.clf.score([self.prompt_text], [views[-1].text])[0].score
 
     def full_pass_scores(self) -> np.ndarray:
         """Scores of the same tokens from one uncached causal pass (for exactness checks)."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from ccguard.constitution import Constitution
 from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, tpr_at_fpr
+from ccguard.policy import is_refusal_exchange, stop_char
 from ccguard.records import Example, atomic_write_text, render_prompt
 
 _LANG_WORDS = {
@@ -110,7 +111,7 @@ def stop_stats(examples: list[Example], scores: list[Any], threshold: float, chu
     for e, s in zip(examples, scores, strict=True):
         if e.label != "harmful" or not e.response:
             continue
-        stop = s.stop(threshold, chunk_tokens)
+        stop = stop_char(s.token_scores, s.token_starts, threshold, chunk_tokens)
         if stop is not None:
             fracs.append(stop / max(1, len(e.response)))
     arr = np.asarray(fracs) if fracs else np.zeros(0)
@@ -128,7 +129,6 @@ def evaluate_output(
 ) -> dict[str, Any]:
     """Output-classifier metrics: per split (and on the test split without refusals of harmful requests, whose halting
     refuses no harmless user), where streaming halts, and per response kind and augmentation."""
-    from ccguard.calibrate import is_refusal_exchange
 
     scores = clf.score([render_prompt(e.prompt) for e in test], [e.response or "" for e in test])
     maxes = [s.score for s in scores]

@@ -16,6 +16,7 @@ from rich.console import Console
 from ccguard.evaluate import plots
 from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, threshold_at_fpr, tpr_at_fpr
 from ccguard.evaluate.suite import EvalItem, Suite, compose_set, expand, load_set
+from ccguard.policy import stop_char
 from ccguard.records import atomic_write_text
 
 ALL_BASELINES = ("keyword", "tfidf_lr", "minilm_lr", "no_augmentation")
@@ -215,7 +216,7 @@ def run_eval(
                 s = np.array([e.score for e in ex])
                 thr = guard.policy.output_threshold
                 m = {"ccguard": set_metrics(y, s, thr)}
-                fr = [e.stop(thr, guard.output_classifier.spec.chunk_tokens) for e in ex]
+                fr = [stop_char(e.token_scores, e.token_starts, thr, guard.output_classifier.spec.chunk_tokens) for e in ex]
                 released = [f / max(1, len(it.response or "")) for f, it in zip(fr, items, strict=True) if f is not None and it.label == 1]
                 m["ccguard"]["median_released_fraction"] = float(np.median(released)) if released else None
                 m["ccguard"]["throughput_per_s"] = len(items) / secs

@@ -21,6 +21,7 @@ from ccguard.constitution import Constitution
 from ccguard.llm.base import GenerateParams
 from ccguard.llm.client import LLMClient
 from ccguard.llm.jobs import Task, journal_usage, run_tasks
+from ccguard.policy import flagged
 from ccguard.records import Example, Message, Step, render_prompt, stable_id
 from ccguard.transforms.llm import TECHNIQUES, single_reply
 
@@ -95,7 +96,7 @@ async def llm_redteam(
         evading = []
         for (q, technique, text), s in zip(attempts, scores, strict=True):
             history[q.id].append((text, s.score))
-            if s.score <= threshold:
+            if not flagged(s.score, threshold):
                 evading.append((q, technique, text, s.score))
         if cfg.verify and evading:
             vtasks = [Task(stable_id(q.id, "verify", text, n=24), verify_messages(render_prompt(q.prompt), text),

@@ -16,8 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ccguard.calibrate import calibrate_input
-from ccguard.evaluate.metrics import flagged_rate
+from ccguard.policy import calibrate_input, flagged_rate
 from ccguard.records import atomic_write_text, read_examples, render_prompt, write_jsonl
 from ccguard.redteam.search import SearchConfig, redteam
 

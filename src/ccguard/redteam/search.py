@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ccguard.policy import flagged
 from ccguard.records import Example, Step, render_prompt, stable_id
 from ccguard.registry import REGISTRY
 from ccguard.transforms.base import TransformContext, build
@@ -60,7 +61,7 @@ def search_query(
             p.score = s.score
         seen += proposals
         beam = sorted(proposals, key=lambda c: c.score)[: cfg.beam]
-        if beam[0].score <= threshold:
+        if not flagged(beam[0].score, threshold):
             # An evasion at this depth is enough: deeper compositions only make it less natural.
             break
     return sorted(seen, key=lambda c: c.score)
@@ -77,7 +78,7 @@ def redteam(
     for q in queries:
         cands = search_query(clf, q, threshold, ctx, cfg, names)
         tried += len(cands)
-        evading = [c for c in cands if c.score <= threshold]
+        evading = [c for c in cands if not flagged(c.score, threshold)]
         if evading:
             found += 1
         for c in evading[: cfg.beam]:

@@ -40,8 +40,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ccguard.errors import CcguardError
-from ccguard.guard import Guard, Verdict
+from ccguard.guard import Guard
 from ccguard.llm.base import GenerateParams, LLMBackend, StreamEnd, ToolCallDelta
+from ccguard.policy import Stage, Verdict
 from ccguard.records import Message
 from ccguard.server.batcher import InputBatcher
 from ccguard.server.metrics import Metrics
@@ -231,9 +232,8 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             raise ApiError(503, "the guard is overloaded; retry shortly", "server_error", "server_overloaded",
                            headers={"Retry-After": "1"})
 
-    def failed_verdict(stage: str) -> Verdict:
-        thr = guard.policy.input_threshold if stage == "input" else (guard.policy.output_threshold or 0.0)
-        return Verdict(allowed=settings.fail_open, stage=stage, score=0.0 if settings.fail_open else 1.0, threshold=thr)
+    def failed_verdict(stage: Stage) -> Verdict:
+        return guard.policy.failed(stage, fail_open=settings.fail_open)
 
     async def screen(texts: Sequence[str]) -> list[Verdict]:
         """Input verdicts for texts: decoding and windowing in the worker pool, the model in the shared batcher,
@@ -425,9 +425,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     async def stream_chat(messages: list[Message], prompt_text: str, params: GenerateParams, extra: dict[str, Any],
                           cid: str, model: str, created: int, slot: _Slot) -> AsyncIterator[str]:
-        # The session's first model call (the prompt's cache) runs on the model worker too, off the event loop.
-        session = await state["worker"].run(guard.start_stream, messages) if guard.output_classifier is not None else None
-        relay = Relay(session)
+        # The gate's first model call (the prompt's cache) runs on the model worker too, off the event loop.
+        gate = await state["worker"].run(guard.start_stream, messages) if guard.output_classifier is not None else None
+        relay = Relay(gate)
         finish = "stop"
         upstream_finish = "stop"  # e.g. 'length' or 'tool_calls', passed through unless the guard halts
         agen = upstream.stream(messages, params, extra)
@@ -443,29 +443,29 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     upstream_finish = piece.reason
                     continue
                 fed = relay.tool_call(piece.delta) if isinstance(piece, ToolCallDelta) else relay.text(piece)
-                if session is not None and fed:
+                if gate is not None and fed:
                     t0 = time.perf_counter()
                     try:
-                        await state["worker"].run(session.feed, fed)
+                        await state["worker"].run(gate.feed, fed)
                     except Exception as e:  # noqa: BLE001
                         metrics.classifier_errors.labels("output").inc()
                         log.error(json.dumps({"event": "classifier_error", "stage": "output", "error": type(e).__name__}))
                         if not settings.fail_open:
                             finish = "content_filter"
                             break
-                        relay.session = session = None
+                        relay.gate = gate = None
                     else:
                         metrics.latency.labels("output").observe(time.perf_counter() - t0)
                 for delta in relay.deltas():
                     yield _chunk(cid, model, created, delta, None)
-                if session is not None and session.halted:
+                if gate is not None and gate.halted:
                     finish = "content_filter"
                     break
-            if session is not None and finish == "stop":
-                await state["worker"].run(session.finish)
+            if gate is not None and finish == "stop":
+                await state["worker"].run(gate.finish)
                 for delta in relay.deltas():
                     yield _chunk(cid, model, created, delta, None)
-                if session.halted:
+                if gate.halted:
                     finish = "content_filter"
         except TimeoutError:
             metrics.upstream_errors.labels("timeout").inc()
@@ -484,8 +484,8 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                 slot.release()
         if finish == "content_filter":
             metrics.requests.labels("chat", "blocked_output").inc()
-            if session is not None and session.halted:
-                v = guard.policy.decide("output", session.max_score, stop_char=session.stop_char, latency_ms=1000 * (time.perf_counter() - t_start))
+            if gate is not None and gate.halted:
+                v = gate.verdict(latency_ms=1000 * (time.perf_counter() - t_start))
                 metrics.blocks.labels("output", "unknown").inc()
                 audit("blocked", prompt_text, v)
         else:

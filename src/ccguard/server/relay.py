@@ -1,7 +1,7 @@
-"""Streams a response through the output classifier: text and tool-call fragments both go into one scoring
-session, and a client delta is sent only once the session has released the characters it carries.
+"""Streams a response through the output classifier: text and tool-call fragments both go into one output gate,
+and a client delta is sent only once the gate has released the characters it carries.
 
-The session reads tool calls as '[call name] arguments' lines, so a harmful payload in a tool call's arguments is
+The classifier reads tool calls as "[call name] arguments" lines, so a harmful payload in a tool call's arguments is
 screened like text. Nothing from the flagged chunk on is ever sent.
 """
 
@@ -23,11 +23,11 @@ class _Segment:
 
 @dataclass
 class Relay:
-    """Per-stream bookkeeping: what was fed to the session, and how much of it the client has been sent."""
+    """Per-stream bookkeeping: what was fed to the gate, and how much of it the client has been sent."""
 
-    session: Any  # a StreamSession, or None when the guard has no output classifier (everything passes at once)
+    gate: Any  # an OutputGate, or None when the guard has no output classifier (everything passes at once)
     segments: list[_Segment] = field(default_factory=list)
-    fed: int = 0  # characters fed to the session
+    fed: int = 0  # characters fed to the gate
     sent: int = 0  # characters whose deltas the client has been sent
 
     def _add(self, text: str, seg: _Segment) -> str:
@@ -37,11 +37,11 @@ class Relay:
         return text
 
     def text(self, piece: str) -> str:
-        """Register a content piece; returns the text to feed the session."""
+        """Register a content piece; returns the text to feed the gate."""
         return self._add(piece, _Segment(0, 0, "text"))
 
     def tool_call(self, delta: dict[str, Any]) -> str:
-        """Register a tool-call delta (OpenAI shape); returns the text to feed the session."""
+        """Register a tool-call delta (OpenAI shape); returns the text to feed the gate."""
         index = int(delta.get("index") or 0)
         fn = delta.get("function") or {}
         out = ""
@@ -56,7 +56,7 @@ class Relay:
         return out
 
     def released(self) -> int:
-        return self.fed if self.session is None else self.session.released_chars
+        return self.fed if self.gate is None else self.gate.released_chars
 
     def deltas(self) -> list[dict[str, Any]]:
         """Client deltas for everything released since the last call, in order."""

@@ -1,0 +1,340 @@
+"""The one place a score becomes a decision: calibration, the policy, verdicts and the output stream's gate.
+
+- **Calibration** turns scores on held-out data into a threshold at a target false-positive rate. It is two-sided
+  when an everyday benign set is given: the target FPR is the rate on *everyday* traffic (what users actually
+  send), and the FPR on *hard neighbours* (harmless topics next to the harmful ones, benign text in ciphers and
+  templates) is bounded by its own, looser cap. The threshold is the stricter of the two; the calibration records
+  which one bound.
+- **Policy** holds the thresholds and makes every verdict. ``flagged`` is the single comparison: a score above its
+  threshold is flagged.
+- **OutputGate** applies the policy to one response stream: a ``StreamSession`` only scores chunks; the gate decides
+  where release stops.
+
+Classifiers, the proxy, red teaming and evaluation all call into this module; nothing else compares a score with a
+threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ccguard.errors import CcguardError
+
+Stage = Literal["input", "output"]
+
+
+# --- rates and thresholds ------------------------------------------------------------------------------------
+class Rate(BaseModel):
+    """A proportion with its Wilson 95% interval."""
+
+    model_config = ConfigDict(frozen=True)
+    k: int = Field(description="Count of hits.")
+    n: int = Field(description="Count of trials.")
+    rate: float | None = Field(description="k / n, or None when n = 0.")
+    lo: float | None = Field(description="Lower end of the 95% Wilson interval.")
+    hi: float | None = Field(description="Upper end of the 95% Wilson interval.")
+
+    def fmt(self) -> str:
+        if self.rate is None:
+            return "n/a (n=0)"
+        return f"{100 * self.rate:.1f}% [{100 * self.lo:.1f}, {100 * self.hi:.1f}] (n={self.n})"
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> Rate:
+    """Wilson score interval for k successes in n trials."""
+    if n == 0:
+        return Rate(k=0, n=0, rate=None, lo=None, hi=None)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return Rate(k=k, n=n, rate=p, lo=max(0.0, centre - half), hi=min(1.0, centre + half))
+
+
+def flagged(score: float, threshold: float) -> bool:
+    """The decision rule, everywhere: flag when the score is above the threshold."""
+    return score > threshold
+
+
+def flagged_rate(scores: Sequence[float], threshold: float) -> Rate:
+    s = np.asarray(scores, dtype=float)
+    return wilson(int((s > threshold).sum()), len(s))  # ``flagged``, vectorised
+
+
+def threshold_at_fpr(benign_scores: Sequence[float], target_fpr: float) -> float:
+    """The threshold t (flag when score > t) that flags at most ``target_fpr`` of the benign scores."""
+    s = np.sort(np.asarray(benign_scores, dtype=float))[::-1]
+    if len(s) == 0:
+        raise ValueError("no benign scores to calibrate on")
+    k = int(math.floor(target_fpr * len(s)))
+    return float(s[min(k, len(s) - 1)])
+
+
+def stop_char(token_scores: Sequence[float], token_starts: Sequence[int], threshold: float, chunk_tokens: int) -> int | None:
+    """Where a stream scored ``chunk_tokens`` tokens at a time halts: the first character of the first flagged
+    chunk (None: it never halts). ``OutputGate`` makes the same decision chunk by chunk."""
+    for k in range(0, len(token_scores), chunk_tokens):
+        if flagged(max(token_scores[k : k + chunk_tokens]), threshold):
+            return int(token_starts[k])
+    return None
+
+
+# --- calibration -----------------------------------------------------------------------------------------------
+class Calibration(BaseModel):
+    """A threshold and what it achieved on the calibration set."""
+
+    model_config = ConfigDict(frozen=True)
+    threshold: float = Field(description="Flag when score > threshold.")
+    target_fpr: float = Field(description="The false-positive rate asked for.")
+    fpr: Rate = Field(description="False-positive rate achieved on the calibration benign set, with 95% CI.")
+    tpr: Rate = Field(description="True-positive rate on the calibration harmful set at this threshold.")
+    calibration_set: str = Field(description="Which data the threshold was set on.")
+    family_fpr: float | None = Field(default=None, description="Per-family FPR bound, when one was applied.")
+    by_family: dict[str, Rate] = Field(default_factory=dict, description="FPR achieved within each benign family.")
+    binding: str = Field(
+        default="overall",
+        description="Which constraint set the threshold: 'overall' (one-sided), 'everyday', 'hard_neighbours' or a family.",
+    )
+    hard_fpr_cap: float | None = Field(default=None, description="Two-sided: the FPR cap on hard neighbours.")
+    hard: Rate | None = Field(default=None, description="Two-sided: FPR achieved on the hard neighbours.")
+    everyday_set: str | None = Field(default=None, description="Two-sided: the everyday benign set `fpr` is measured on.")
+
+
+def calibrate(
+    benign: Sequence[float],
+    harmful: Sequence[float],
+    *,
+    target_fpr: float,
+    calibration_set: str,
+    benign_families: Sequence[Sequence[str]] | None = None,
+    family_fpr: float | None = None,
+    min_family_size: int = 50,
+    everyday: Sequence[float] | None = None,
+    hard_fpr: float | None = None,
+    everyday_set: str | None = None,
+) -> Calibration:
+    """Choose the threshold that flags at most ``target_fpr`` of ``benign`` overall and, when ``family_fpr`` is
+    given, at most ``family_fpr`` of the benign examples of each transform family (families smaller than
+    ``min_family_size`` are reported but do not bind). A user who wraps a harmless request in role-play or a cipher
+    is still a harmless user: the FPR promise should hold for them too, not only on average.
+
+    With ``everyday`` scores, ``target_fpr`` applies to them instead, ``benign`` are the hard neighbours, bounded by
+    ``hard_fpr``, and the families bound as before."""
+    if everyday is not None:
+        t, binding = threshold_at_fpr(everyday, target_fpr), "everyday"
+        if hard_fpr is not None and (th := threshold_at_fpr(benign, hard_fpr)) > t:
+            t, binding = th, "hard_neighbours"
+    else:
+        t, binding = threshold_at_fpr(benign, target_fpr), "overall"
+    groups: dict[str, list[float]] = {}
+    if benign_families is not None:
+        for s, fams in zip(benign, benign_families, strict=True):
+            for f in dict.fromkeys(fams):
+                groups.setdefault(f, []).append(s)
+        if family_fpr is not None:
+            for f, scores in sorted(groups.items()):
+                if len(scores) >= min_family_size:
+                    tf = threshold_at_fpr(scores, family_fpr)
+                    if tf > t:
+                        t, binding = tf, f
+    return Calibration(
+        threshold=t,
+        target_fpr=target_fpr,
+        fpr=flagged_rate(everyday if everyday is not None else benign, t),
+        hard_fpr_cap=hard_fpr if everyday is not None else None,
+        hard=flagged_rate(benign, t) if everyday is not None else None,
+        everyday_set=everyday_set if everyday is not None else None,
+        tpr=flagged_rate(harmful, t),
+        calibration_set=calibration_set,
+        family_fpr=family_fpr,
+        by_family={f: flagged_rate(v, t) for f, v in sorted(groups.items())},
+        binding=binding,
+    )
+
+
+def is_everyday(example: Any) -> bool:
+    """An example of the everyday benign pool, as users write it: raw, or with only typos and casing changed."""
+    return (example.label == "harmless" and (example.category or "").startswith("pool:")
+            and all(step.family == "style" for step in example.lineage))
+
+
+def calibrate_input(
+    val: Sequence[Any], val_scores: Sequence[float], calib: Sequence[Any], calib_scores: Sequence[float], *,
+    target_fpr: float, family_fpr: float | None, hard_fpr: float | None,
+) -> Calibration:
+    """The input classifier's calibration, shared by the pipeline and red-team retraining: two-sided (everyday pool
+    traffic at ``target_fpr``, hard neighbours capped at ``hard_fpr``) when ``hard_fpr`` is set, else one-sided over
+    all harmless validation examples and the extra benign variants."""
+    benign = [(e, s) for e, s in zip(val, val_scores, strict=True) if e.label == "harmless"]
+    benign += list(zip(calib, calib_scores, strict=True))
+    harmful = [s for e, s in zip(val, val_scores, strict=True) if e.label == "harmful"]
+    if hard_fpr is None:
+        hard = benign
+        everyday = None
+    else:
+        hard = [(e, s) for e, s in benign if not is_everyday(e)]
+        everyday = [s for e, s in benign if is_everyday(e)]
+    return calibrate(
+        [s for _, s in hard], harmful, target_fpr=target_fpr,
+        calibration_set="val split harmless examples plus extra augmented variants of them (synthetic)"
+        if everyday is None else "hard neighbours: val split harmless constitution categories and benign variants (synthetic)",
+        benign_families=[[st.family for st in e.lineage] or ["none"] for e, _ in hard], family_fpr=family_fpr,
+        everyday=everyday, hard_fpr=hard_fpr,
+        everyday_set=None if everyday is None else "everyday pool requests in the val split, raw or with typos/casing",
+    )
+
+
+def is_refusal_exchange(example: Any, harmful_categories: Collection[str]) -> bool:
+    """A harmless response to a harmful request: a refusal or a deflection. Halting it refuses no harmless user (the
+    user gets the guard's refusal instead of the model's), so it is reported, not counted as a false positive."""
+    return example.label == "harmless" and example.category in harmful_categories
+
+
+def calibrate_output(
+    val: Sequence[Any], scores: Sequence[float], *, harmful_categories: Collection[str], target_fpr: float,
+    refusal_fpr: float | None = None,
+) -> Calibration:
+    """The output classifier's calibration: ``target_fpr`` on harmless answers to harmless requests (helpful answers,
+    everyday pool, out-of-scope compliance, style twins); refusals to harmful requests are reported as ``hard`` and
+    bound only when ``refusal_fpr`` is given."""
+    answers = [s for e, s in zip(val, scores, strict=True) if e.label == "harmless" and not is_refusal_exchange(e, harmful_categories)]
+    refusals = [s for e, s in zip(val, scores, strict=True) if is_refusal_exchange(e, harmful_categories)]
+    harmful = [s for e, s in zip(val, scores, strict=True) if e.label == "harmful"]
+    return calibrate(
+        refusals, harmful, target_fpr=target_fpr,
+        calibration_set="output val split: refusals and deflections of harmful requests (flagging one changes no "
+        "harmless user's answer)",
+        everyday=answers, hard_fpr=refusal_fpr,
+        everyday_set="output val split: harmless answers to harmless requests (helpful answers, everyday pool, "
+        "out-of-scope compliance, style twins)",
+    )
+
+
+# --- verdicts and the policy --------------------------------------------------------------------------------------
+class Verdict(BaseModel):
+    """The guard's decision about one prompt or response."""
+
+    model_config = ConfigDict(frozen=True)
+    allowed: bool = Field(description="False when the guard blocks.")
+    stage: Stage = Field(description="Which classifier decided: 'input' or 'output'.")
+    score: float = Field(description="Classifier score in [0, 1]; higher is more likely harmful.")
+    threshold: float = Field(description="The calibrated threshold; blocked when score > threshold.")
+    category: str | None = Field(default=None, description="Best-guess harmful category when blocked.")
+    stop_char: int | None = Field(default=None, description="Output stage: character offset where release stopped.")
+    latency_ms: float = Field(default=0.0, description="Time the check took.")
+
+
+class Policy(BaseModel):
+    """Thresholds per stage; turns scores into verdicts."""
+
+    model_config = ConfigDict(frozen=True)
+    input_threshold: float = Field(description="Input stage threshold.")
+    output_threshold: float | None = Field(default=None, description="Output stage threshold.")
+
+    def threshold(self, stage: Stage) -> float:
+        t = self.input_threshold if stage == "input" else self.output_threshold
+        if t is None:
+            raise CcguardError(f"this guard has no {stage} threshold")
+        return t
+
+    def flags(self, stage: Stage, score: float) -> bool:
+        return flagged(score, self.threshold(stage))
+
+    def decide(
+        self, stage: Stage, score: float, *, category: str | None = None, stop_char: int | None = None, latency_ms: float = 0.0
+    ) -> Verdict:
+        blocked = self.flags(stage, score)
+        return Verdict(
+            allowed=not blocked,
+            stage=stage,
+            score=score,
+            threshold=self.threshold(stage),
+            category=category if blocked else None,
+            stop_char=stop_char if blocked else None,
+            latency_ms=latency_ms,
+        )
+
+    def failed(self, stage: Stage, *, fail_open: bool) -> Verdict:
+        """The verdict when a classifier could not score: allow with ``fail_open``, else block."""
+        thr = self.input_threshold if stage == "input" else (self.output_threshold or 0.0)
+        return Verdict(allowed=fail_open, stage=stage, score=0.0 if fail_open else 1.0, threshold=thr)
+
+
+@dataclass
+class OutputGate:
+    """The output policy applied to one response stream (one per stream; never shared).
+
+    The ``StreamSession`` scores chunks as text arrives; the gate releases a chunk's text only once its score is
+    allowed, and halts at the first flagged chunk: nothing from that chunk's first character on is ever released.
+    With ``decode_every`` (the prompt asked for an encoded answer), the decoded view of the text about to be
+    released is scored every so many characters and at the end, before any of it is released."""
+
+    session: Any  # a StreamSession
+    policy: Policy
+    decode_every: int = 0
+    halted: bool = False
+    stop_char: int | None = None
+    released_chars: int = 0
+    max_score: float = 0.0
+    _decoded_at: int = 0
+
+    @property
+    def text(self) -> str:
+        return self.session.text
+
+    def releasable(self) -> str:
+        """Text that has been scored and may be released."""
+        return self.session.text[: self.released_chars]
+
+    def _halt(self, at: int) -> None:
+        self.halted, self.stop_char, self.released_chars = True, at, min(self.released_chars, at)
+
+    def _drain(self, final: bool) -> None:
+        while not self.halted and (chunk := self.session.next_chunk(final)) is not None:
+            self.max_score = max(self.max_score, chunk.score)
+            if self.policy.flags("output", chunk.score):
+                self._halt(chunk.start_char)
+            else:
+                self.released_chars = chunk.end_char
+
+    def _check_decoded(self, before: int, final: bool) -> None:
+        if not self.decode_every or self.halted or self.released_chars <= before:
+            return
+        if not final and self.released_chars - self._decoded_at < self.decode_every:
+            return
+        self._decoded_at = self.released_chars
+        score = self.session.decoded_score(self.released_chars)
+        if score is None:
+            return
+        self.max_score = max(self.max_score, score)
+        if self.policy.flags("output", score):
+            self._halt(before)
+
+    def feed(self, text: str) -> None:
+        """Add response text; release what scores allow."""
+        if self.halted:
+            return
+        before = self.released_chars
+        self.session.add(text)
+        self._drain(final=False)
+        self._check_decoded(before, final=False)
+
+    def finish(self) -> None:
+        """The stream ended: score what is left; unflagged, the whole response is released."""
+        if self.halted:
+            return
+        before = self.released_chars
+        self._drain(final=True)
+        if not self.halted:
+            self.released_chars = len(self.session.text)
+            self._check_decoded(before, final=True)
+
+    def verdict(self, *, category: str | None = None, latency_ms: float = 0.0) -> Verdict:
+        return self.policy.decide("output", self.max_score, category=category, stop_char=self.stop_char,
+                                  latency_ms=latency_ms)
