@@ -13,17 +13,19 @@ import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ccguard.classifiers.backbone import resolve_precision
+from ccguard.conversation import screen_parts
 from ccguard.errors import CcguardError
 from ccguard.policy import Calibration, OutputGate, Policy, Verdict
 from ccguard.records import Prompt, render_prompt
 
-__all__ = ["FORMAT_VERSION", "ClassifierInfo", "Guard", "GuardManifest", "Policy", "Verdict", "read_manifest"]
+__all__ = ["FORMAT_VERSION", "ClassifierInfo", "Guard", "GuardManifest", "Policy", "PreparedPrompt", "Verdict", "read_manifest"]
 
 log = logging.getLogger("ccguard.guard")
 
@@ -55,6 +57,14 @@ class GuardManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Headline metrics.")
     versions: dict[str, str] = Field(default_factory=dict, description="Library versions used to build it.")
     created: str = Field(default="", description="UTC creation time.")
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt ready for the input model: the prepared texts it is screened as, and which are earlier turns."""
+
+    parts: tuple[Any, ...]  # classifiers.input.Prepared
+    history: tuple[bool, ...]
 
 
 def read_manifest(guard_dir: Path) -> GuardManifest:
@@ -126,6 +136,7 @@ class Guard:
         policy = Policy(
             input_threshold=manifest.input.calibration.threshold,
             output_threshold=manifest.output.calibration.threshold if manifest.output else None,
+            **({"history_margin": manifest.config["history_margin"]} if "history_margin" in manifest.config else {}),
         )
         if runtime == "fast":
             from ccguard.classifiers.fast import use_fast_runtime
@@ -141,20 +152,30 @@ class Guard:
     def check_inputs(self, prompts: Sequence[Prompt]) -> list[Verdict]:
         """Batched input screening."""
         t0 = time.perf_counter()
-        prepared = [self.input_classifier.prepare(render_prompt(p)) for p in prompts]
-        return self.check_prepared(prepared, t0)
+        return self.check_prepared([self.prepare_input(p) for p in prompts], t0)
 
-    def prepare_input(self, prompt: Prompt | str) -> Any:
+    def prepare_input(self, prompt: Prompt, *, history: bool = False) -> PreparedPrompt:
         """The CPU-only half of an input check (decoded views and windows), for callers that run it in their own
-        worker under a time budget; finish with :meth:`check_prepared`."""
-        return self.input_classifier.prepare(render_prompt(prompt))
+        worker under a time budget; finish with :meth:`check_prepared`. A conversation is read as several texts
+        (``ccguard.conversation.screen_parts``); ``history``: all of ``prompt`` is earlier turns."""
+        parts = screen_parts(prompt)
+        return PreparedPrompt(
+            parts=tuple(self.input_classifier.prepare(p.text) for p in parts),
+            history=tuple(history or p.history for p in parts),
+        )
 
-    def check_prepared(self, prepared: Sequence[Any], t0: float | None = None) -> list[Verdict]:
+    def check_prepared(self, prepared: Sequence[PreparedPrompt], t0: float | None = None) -> list[Verdict]:
         """The model half of a batched input check, over :meth:`prepare_input` results."""
         t0 = time.perf_counter() if t0 is None else t0
-        scores = self.input_classifier.score_prepared(prepared)
+        scores = iter(self.input_classifier.score_prepared([x for p in prepared for x in p.parts]))
         ms = 1000 * (time.perf_counter() - t0) / max(1, len(prepared))
-        return [self.policy.decide("input", s.score, category=s.category, latency_ms=ms) for s in scores]
+        verdicts = []
+        for p in prepared:
+            got = [next(scores) for _ in p.parts]
+            verdicts.append(self.policy.decide_input(
+                [s for s, h in zip(got, p.history, strict=True) if not h],
+                [s for s, h in zip(got, p.history, strict=True) if h], latency_ms=ms))
+        return verdicts
 
     def check_input(self, prompt: Prompt) -> Verdict:
         """Screen one prompt (a string or chat messages)."""

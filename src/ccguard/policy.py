@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ccguard.errors import CcguardError
 
 Stage = Literal["input", "output"]
+# Default ``Policy.history_margin`` (logits); see benchmarks/multi_turn.py for how it trades context poisoning
+# against harmful requests hidden further back in a conversation.
+HISTORY_MARGIN = 1.5
 
 
 # --- rates and thresholds ------------------------------------------------------------------------------------
@@ -74,6 +77,12 @@ def threshold_at_fpr(benign_scores: Sequence[float], target_fpr: float) -> float
         raise ValueError("no benign scores to calibrate on")
     k = int(math.floor(target_fpr * len(s)))
     return float(s[min(k, len(s) - 1)])
+
+
+def discounted(score: float, margin: float) -> float:
+    """``score`` moved ``margin`` logits down."""
+    s = min(max(score, 1e-12), 1 - 1e-12)
+    return float(1.0 / (1.0 + math.exp(-(math.log(s / (1 - s)) - margin))))
 
 
 def stop_char(token_scores: Sequence[float], token_starts: Sequence[int], threshold: float, chunk_tokens: int) -> int | None:
@@ -236,6 +245,12 @@ class Policy(BaseModel):
     model_config = ConfigDict(frozen=True)
     input_threshold: float = Field(description="Input stage threshold.")
     output_threshold: float | None = Field(default=None, description="Output stage threshold.")
+    history_margin: float = Field(
+        default=HISTORY_MARGIN, ge=0.0,
+        description="Logits by which the whole conversation is judged more strictly than the newest request (with "
+        "the turns just before it): earlier turns were screened when they were new, and a long harmless biology "
+        "conversation must not block every later question. 0 judges both alike.",
+    )
 
     def threshold(self, stage: Stage) -> float:
         t = self.input_threshold if stage == "input" else self.output_threshold
@@ -259,6 +274,18 @@ class Policy(BaseModel):
             stop_char=stop_char if blocked else None,
             latency_ms=latency_ms,
         )
+
+    def decide_input(self, new: Sequence[Any], history: Sequence[Any] = (), *, latency_ms: float = 0.0) -> Verdict:
+        """An input verdict from the scores of the texts a prompt is screened as (each has ``score`` and
+        ``category``): texts with new content count in full, texts made only of earlier turns are discounted by
+        ``history_margin``. The verdict carries the highest of them, and its category."""
+        best, score = None, -1.0
+        for part, margin in [(x, 0.0) for x in new] + [(x, self.history_margin) for x in history]:
+            if (s := discounted(part.score, margin) if margin else part.score) > score:
+                best, score = part, s
+        if best is None:
+            raise ValueError("decide_input needs at least one score")
+        return self.decide("input", score, category=best.category, latency_ms=latency_ms)
 
     def failed(self, stage: Stage, *, fail_open: bool) -> Verdict:
         """The verdict when a classifier could not score: allow with ``fail_open``, else block."""

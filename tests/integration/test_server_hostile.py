@@ -80,6 +80,23 @@ def test_text_in_any_forwarded_field_is_screened(strict_on_harmful, where):
     assert up.calls == 0
 
 
+def test_earlier_turns_are_judged_more_strictly_than_the_newest_request(strict_on_harmful):
+    """Context poisoning: a turn that would be blocked as the newest request is discounted once it is an earlier turn
+    (history_margin), and counts in full again with a margin of 0."""
+    filler = " ".join(f"Bread fact {i}: dough rises because yeast makes gas as it eats sugar." for i in range(15))
+    body = {"model": "fake", "messages": [{"role": "user", "content": HARMFUL}, {"role": "assistant", "content": filler},
+                                          {"role": "user", "content": "How long should I let the dough rise?"}]}
+    assert strict_on_harmful.policy.history_margin > 0.5
+    flat = Guard(strict_on_harmful.manifest, strict_on_harmful.input_classifier,
+                 strict_on_harmful.policy.model_copy(update={"history_margin": 0.0}), strict_on_harmful.output_classifier)
+    for guard, finish in ((strict_on_harmful, "stop"), (flat, "content_filter")):
+        up = FakeUpstream(BENIGN)
+        with serving(up.app) as up_url, serving(create_app(guard, create_backend("openai", model="fake", base_url=f"{up_url}/v1"))) as url:
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == finish, (finish, r.text)
+        assert up.calls == (finish == "stop")
+
+
 def test_only_allowlisted_fields_are_forwarded(strict_on_harmful):
     up = FakeUpstream(BENIGN)
     body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL], "tool_choice": "auto",

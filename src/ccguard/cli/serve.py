@@ -56,6 +56,7 @@ def serve(
     screen_timeout: Annotated[float, typer.Option(help="Time budget for screening one request's input (then a 503).")] = 15.0,
     runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard[fast]').")] = "torch",
     device: Annotated[str | None, typer.Option(help="Torch device for the classifiers (cpu, cuda, cuda:1 ...).")] = None,
+    history_margin: Annotated[float | None, typer.Option(min=0.0, help="Logits by which earlier turns of a conversation are judged more strictly than its newest request (default: the guard's, else 1.5; see benchmarks/multi_turn.py).")] = None,
 ) -> None:
     """Serve /v1/chat/completions, /v1/models, /v1/moderations, /healthz and /metrics in front of an LLM."""
     keys = load_api_keys(api_keys)
@@ -74,6 +75,8 @@ def serve(
     logging.getLogger("ccguard").setLevel(logging.INFO)
 
     g = Guard.load(guard, device=device, runtime=runtime)
+    if history_margin is not None:
+        g.policy = g.policy.model_copy(update={"history_margin": history_margin})
     local = upstream == "local" or upstream.startswith("local:")
     n_slots = slots or (1 if local else 8)  # a CPU runs one local generation at a time
     if local:

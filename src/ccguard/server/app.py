@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -39,6 +40,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ccguard.conversation import ScreenText, render_conversation, render_tool_calls
 from ccguard.errors import CcguardError
 from ccguard.guard import Guard
 from ccguard.llm.base import GenerateParams, LLMBackend, StreamEnd, ToolCallDelta
@@ -47,7 +49,7 @@ from ccguard.records import Message
 from ccguard.server.batcher import InputBatcher
 from ccguard.server.metrics import Metrics
 from ccguard.server.relay import Relay
-from ccguard.server.schema import ChatRequest, render_conversation, render_tool_calls, screen_texts
+from ccguard.server.schema import ChatRequest, screen_texts
 from ccguard.server.worker import ModelWorker
 
 log = logging.getLogger("ccguard.server")
@@ -235,18 +237,20 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
     def failed_verdict(stage: Stage) -> Verdict:
         return guard.policy.failed(stage, fail_open=settings.fail_open)
 
-    async def screen(texts: Sequence[str]) -> list[Verdict]:
+    async def screen(texts: Sequence[ScreenText]) -> list[Verdict]:
         """Input verdicts for texts: decoding and windowing in the worker pool, the model in the shared batcher,
         all within the time budget. Past the budget: a 503, whatever ``fail_open`` says (nothing was screened)."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(settings.screen_timeout):
-                prepared = await asyncio.gather(*(loop.run_in_executor(state["pool"], guard.prepare_input, t) for t in texts))
+                prepared = await asyncio.gather(*(
+                    loop.run_in_executor(state["pool"], partial(guard.prepare_input, history=t.history), t.text)
+                    for t in texts))
                 verdicts = list(await asyncio.gather(*(state["batcher"].check(p) for p in prepared)))
         except TimeoutError:
             metrics.classifier_errors.labels("input_timeout").inc()
-            log.warning(json.dumps({"event": "screen_timeout", "chars": sum(map(len, texts))}))
+            log.warning(json.dumps({"event": "screen_timeout", "chars": sum(len(t.text) for t in texts)}))
             raise ApiError(503, f"input screening exceeded its {settings.screen_timeout:g} s budget", "server_error",
                            "screening_timeout") from None
         except Exception as e:  # noqa: BLE001 - the classifier failed: fail closed (or open, if configured)
@@ -285,7 +289,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         if any(len(t) > settings.max_prompt_chars for t in texts):
             raise ApiError(400, "input too long")
         shed_if_overloaded("moderations")
-        verdicts = await screen(texts)
+        verdicts = await screen([ScreenText(text=t) for t in texts])
         cats = guard.input_classifier.categories
         results = []
         for v in verdicts:
@@ -316,7 +320,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         if req.n not in (None, 1):
             raise ApiError(400, "only n=1 is supported")
         texts = screen_texts(req, messages)
-        if sum(map(len, texts)) > settings.max_prompt_chars:
+        if sum(len(t.text) for t in texts) > settings.max_prompt_chars:
             raise ApiError(400, f"prompt longer than {settings.max_prompt_chars} characters")
         prompt_text = render_conversation(messages)
         shed_if_overloaded("chat")

@@ -7,12 +7,12 @@ sends is dropped, because text in an unknown field could reach the model unscree
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ccguard.records import Message, render_prompt
+from ccguard.conversation import ScreenText, screen_parts, string_leaves, texts_of, unique
+from ccguard.records import Message
 
 # Fields passed through to the upstream as they are (their text is screened by :func:`screen_texts`).
 FORWARDED = (
@@ -137,68 +137,15 @@ class ChatRequest(BaseModel):
         return sorted((self.model_extra or {}).keys())
 
 
-def render_tool_calls(calls: list[dict[str, Any]] | None) -> str:
-    """Tool calls as the classifiers read them: one '[call name] arguments' line each."""
-    lines = []
-    for c in calls or ():
-        fn = c.get("function") or {}
-        lines.append(f"[call {fn.get('name', '')}] {fn.get('arguments', '')}")
-    return "\n".join(lines)
-
-
-def render_conversation(messages: list[Message]) -> str:
-    """The conversation the upstream will see, as text: system and developer turns, names, tool calls and tool
-    results included. A lone plain user turn reads exactly like a plain prompt."""
-    if all(not (m.name or m.tool_calls or m.tool_call_id) for m in messages):
-        return render_prompt(messages)
-    lines = []
-    for m in messages:
-        who = f"{m.role} ({m.name})" if m.name else m.role
-        body = "\n".join(x for x in (m.content, render_tool_calls(m.tool_calls)) if x)
-        lines.append(f"{who}: {body}")
-    return "\n".join(lines)
-
-
-def _string_leaves(value: Any) -> list[str]:
-    """Every string in a JSON value, keys included (a schema can hide text in a property name)."""
-    out: list[str] = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            out.append(v)
-        elif isinstance(v, dict):
-            out += [k for k in v if isinstance(k, str)]
-            stack += list(v.values())
-        elif isinstance(v, list):
-            stack += v
-    return out[::-1]
-
-
-def _texts_of(strings: list[str], min_alone: int = 24) -> list[str]:
-    """Longer strings on their own (so that nothing dilutes them), the short ones together."""
-    alone = [x for x in strings if len(x) >= min_alone]
-    short = " ".join(x for x in strings if 0 < len(x) < min_alone)
-    return alone + ([short] if short else [])
-
-
-def screen_texts(req: ChatRequest, messages: list[Message]) -> list[str]:
-    """Every text the upstream will read, so that all of it is screened: the whole conversation; each turn's text
-    on its own as well (a system prompt or tool result must not be diluted by the rest, nor a turn by its role or
-    name); tool-call arguments; each tool's description and the strings of its parameter schema; the
-    response-format schema and a named tool choice."""
-    texts = [render_conversation(messages)]
-    texts += [m.content for m in messages if m.content]
-    for m in messages:
-        for c in m.tool_calls or ():
-            args = (c.get("function") or {}).get("arguments") or ""
-            try:
-                texts += _texts_of(_string_leaves(json.loads(args)))
-            except ValueError:
-                texts.append(args)
+def screen_texts(req: ChatRequest, messages: list[Message]) -> list[ScreenText]:
+    """Every text the upstream will read, so that all of it is screened: the conversation's parts (see
+    ``ccguard.conversation.screen_parts``: the newest request with the turns just before it, the whole conversation,
+    each turn and tool call on its own, earlier turns marked ``history``); each tool's description and the strings
+    of its parameter schema; the response-format schema and a named tool choice."""
+    extra: list[str] = []
     for t in req.tools or ():
         f = t.function
-        texts += _texts_of([f.name, f.description or "", *_string_leaves(f.parameters or {})])
-    texts += _texts_of(_string_leaves(req.response_format or {}))
-    texts += _texts_of(_string_leaves(req.tool_choice if isinstance(req.tool_choice, dict) else {}))
-    return list(dict.fromkeys(t for t in texts if t.strip())) or texts[:1]
+        extra += texts_of([f.name, f.description or "", *string_leaves(f.parameters or {})])
+    extra += texts_of(string_leaves(req.response_format or {}))
+    extra += texts_of(string_leaves(req.tool_choice if isinstance(req.tool_choice, dict) else {}))
+    return unique([*screen_parts(messages), *(ScreenText(text=t) for t in extra)])
