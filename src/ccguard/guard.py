@@ -57,6 +57,11 @@ class GuardManifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Headline metrics.")
     versions: dict[str, str] = Field(default_factory=dict, description="Library versions used to build it.")
     created: str = Field(default="", description="UTC creation time.")
+    stages: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Optional extra stages, e.g. 'probe' (a linear probe on a local upstream's hidden states, "
+        "ensembled with the output classifier; see ccguard.probes). A guard without them works as is.",
+    )
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,13 @@ def _device(name: str) -> Any:
 class Guard:
     """Input (and, when trained, output) screening with calibrated thresholds. Safe to share across requests."""
 
-    def __init__(self, manifest: GuardManifest, input_classifier: Any, policy: Policy, output_classifier: Any = None) -> None:
+    def __init__(self, manifest: GuardManifest, input_classifier: Any, policy: Policy, output_classifier: Any = None,
+                 probe: Any = None) -> None:
         self.manifest = manifest
         self.input_classifier = input_classifier
         self.output_classifier = output_classifier
         self.policy = policy
+        self.probe = probe  # a ccguard.probes.ProbeModel for a local upstream, when the artifact has one
 
     @classmethod
     def load(cls, guard_dir: str | Path, *, device: str | None = None, runtime: str = "torch") -> Guard:
@@ -133,16 +140,22 @@ class Guard:
             inp.model.to(_device(device))
             if out is not None:
                 out.model.to(_device(device))
+        probe, stage = None, manifest.stages.get("probe")
+        if stage is not None and out is not None:
+            from ccguard.probes import ProbeModel
+
+            probe = ProbeModel.load(guard_dir / stage["path"])
         policy = Policy(
             input_threshold=manifest.input.calibration.threshold,
             output_threshold=manifest.output.calibration.threshold if manifest.output else None,
             **({"history_margin": manifest.config["history_margin"]} if "history_margin" in manifest.config else {}),
+            **({"probe_weight": probe.spec.weight, "ensemble_threshold": stage["ensemble_threshold"]} if probe else {}),
         )
         if runtime == "fast":
             from ccguard.classifiers.fast import use_fast_runtime
 
             use_fast_runtime(inp, out, policy.input_threshold, policy.output_threshold)
-        return cls(manifest, inp, policy, out)
+        return cls(manifest, inp, policy, out, probe)
 
     @property
     def refusal(self) -> str:
@@ -195,16 +208,21 @@ class Guard:
         # The output head is binary; the input head's category guess on the exchange names the likely harm.
         return self.input_classifier.score([f"{render_prompt(prompt)}\n{response[:2000]}"])[0].category
 
-    def start_stream(self, prompt: Prompt) -> OutputGate:
+    def start_stream(self, prompt: Prompt, *, probe: bool = False) -> OutputGate:
         """A fresh ``OutputGate`` for one response to ``prompt`` (one per stream; never shared): feed it text and it
         releases what the policy allows. When the prompt asks for an encoded answer, the gate also screens the
-        answer's decoded view."""
+        answer's decoded view. ``probe``: the response comes from the local upstream this guard's probe reads, which
+        will feed the gate probe logits (``OutputGate.add_probe``)."""
         from ccguard.views import asks_for_encoding
 
         text = render_prompt(prompt)
         gate = OutputGate(self._require_output().session(text), self.policy)
         if asks_for_encoding(text):
             gate.decode_every = DECODE_EVERY_CHARS
+        if probe and self.probe is not None:
+            from ccguard.probes import ProbeTrack
+
+            gate.probe = ProbeTrack(self.probe.spec.window)
         return gate
 
     def _output_verdict(self, gate: OutputGate, prompt: Prompt, t0: float) -> Verdict:

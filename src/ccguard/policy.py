@@ -79,10 +79,22 @@ def threshold_at_fpr(benign_scores: Sequence[float], target_fpr: float) -> float
     return float(s[min(k, len(s) - 1)])
 
 
+def logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
 def discounted(score: float, margin: float) -> float:
     """``score`` moved ``margin`` logits down."""
-    s = min(max(score, 1e-12), 1 - 1e-12)
-    return float(1.0 / (1.0 + math.exp(-(math.log(s / (1 - s)) - margin))))
+    return float(1.0 / (1.0 + math.exp(-(logit(score) - margin))))
+
+
+def ensemble(classifier: float, probe: float | None, weight: float) -> float:
+    """The output classifier's score ensembled with a probe's: ``sigmoid(w * probe logit + (1 - w) * classifier
+    logit)``; the classifier's alone when there is no probe score."""
+    if probe is None:
+        return classifier
+    return 1.0 / (1.0 + math.exp(-(weight * logit(probe) + (1 - weight) * logit(classifier))))
 
 
 def stop_char(token_scores: Sequence[float], token_starts: Sequence[int], threshold: float, chunk_tokens: int) -> int | None:
@@ -252,6 +264,19 @@ class Policy(BaseModel):
         "conversation must not block every later question. 0 judges both alike.",
     )
 
+    probe_weight: float | None = Field(default=None, description="Weight of a probe's logit in the output ensemble.")
+    ensemble_threshold: float | None = Field(
+        default=None, description="The output ensemble's own calibrated threshold (a guard with a probe stage)."
+    )
+
+    def output_score(self, classifier: float, probe: float | None = None) -> float:
+        """The score an output decision is made on: the classifier's, or, with a probe score and a calibrated
+        ensemble, the ensemble's, moved onto the classifier's scale (so that ``output_threshold`` decides both)."""
+        if probe is None or self.ensemble_threshold is None or self.probe_weight is None or self.output_threshold is None:
+            return classifier
+        e = ensemble(classifier, probe, self.probe_weight)
+        return discounted(e, logit(self.ensemble_threshold) - logit(self.output_threshold))
+
     def threshold(self, stage: Stage) -> float:
         t = self.input_threshold if stage == "input" else self.output_threshold
         if t is None:
@@ -305,11 +330,19 @@ class OutputGate:
     session: Any  # a StreamSession
     policy: Policy
     decode_every: int = 0
+    # A local upstream's probe (ccguard.probes.ProbeTrack), fed by ``add_probe`` as the upstream generates.
+    probe: Any = None
     halted: bool = False
     stop_char: int | None = None
     released_chars: int = 0
-    max_score: float = 0.0
+    max_score: float = 0.0  # the decision score (the ensemble's, with a probe)
+    classifier_max: float = 0.0
     _decoded_at: int = 0
+
+    def add_probe(self, logits: Sequence[float]) -> None:
+        """Probe logits of newly generated tokens; they count from the next scored chunk on."""
+        if self.probe is not None:
+            self.probe.add(logits)
 
     @property
     def text(self) -> str:
@@ -324,8 +357,10 @@ class OutputGate:
 
     def _drain(self, final: bool) -> None:
         while not self.halted and (chunk := self.session.next_chunk(final)) is not None:
-            self.max_score = max(self.max_score, chunk.score)
-            if self.policy.flags("output", chunk.score):
+            self.classifier_max = max(self.classifier_max, chunk.score)
+            score = self.policy.output_score(self.classifier_max, self.probe.score if self.probe is not None else None)
+            self.max_score = max(self.max_score, score)
+            if self.policy.flags("output", score):
                 self._halt(chunk.start_char)
             else:
                 self.released_chars = chunk.end_char

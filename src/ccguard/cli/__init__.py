@@ -9,6 +9,7 @@ import typer
 from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import eval as eval_cmd
 from ccguard.cli import generate as generate_cmd
+from ccguard.cli import probe as probe_cmd
 from ccguard.cli import redteam as redteam_cmd
 from ccguard.cli import run as run_cmd
 from ccguard.cli import score as score_cmd
@@ -28,6 +29,7 @@ app.command("generate")(generate_cmd.generate)
 app.command("serve")(serve_cmd.serve)
 app.command("eval")(eval_cmd.eval_)
 app.command("redteam")(redteam_cmd.redteam)
+app.command("probe")(probe_cmd.probe)
 app.add_typer(constitution_cmd.app, name="constitution")
 
 

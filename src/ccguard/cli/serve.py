@@ -81,6 +81,8 @@ def serve(
     n_slots = slots or (1 if local else 8)  # a CPU runs one local generation at a time
     if local:
         backend = create_backend("local", model=upstream.partition(":")[2] or "smollm2")
+        if g.probe is not None and g.probe.spec.upstream == backend.model:
+            backend.probe = g.probe  # the upstream's own hidden states feed the probe ensemble
     elif upstream.startswith(("http://", "https://")):
         backend = create_backend("openai", model=upstream_model or "default", base_url=upstream,
                                  api_key=os.environ.get(upstream_key_env), timeout=upstream_timeout, concurrency=n_slots)

@@ -54,6 +54,18 @@ class StreamEnd(str):
         return end
 
 
+class ProbeLogits(str):
+    """A local backend with a probe attached yields these between text pieces: the probe logits of the tokens
+    generated since the last one (see ``ccguard.probes``). Empty text, so joined text is unchanged."""
+
+    values: list[float]
+
+    def __new__(cls, values: list[float]) -> ProbeLogits:
+        item = super().__new__(cls, "")
+        item.values = values
+        return item
+
+
 class ToolCallDelta(str):
     """A streamed fragment of a tool call in OpenAI's delta shape (``index``, and ``id``, ``type`` and
     ``function.name`` on the first fragment, then ``function.arguments`` pieces). Being an empty ``str``, it leaves

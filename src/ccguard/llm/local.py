@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ccguard.llm.base import Completion, GenerateParams, LLMBackend, StreamEnd, Usage
+from ccguard.llm.base import Completion, GenerateParams, LLMBackend, ProbeLogits, StreamEnd, Usage
 from ccguard.records import Message
 from ccguard.registry import register
 
@@ -20,6 +20,9 @@ class LocalBackend(LLMBackend):
     def __init__(self, model: str = "smollm2", max_new_tokens_cap: int = 1024) -> None:
         self.model = model
         self.max_new_tokens_cap = max_new_tokens_cap
+        # A ccguard.probes.ProbeModel for this model: streams then also yield ProbeLogits, read by forward hooks
+        # from the generation's own hidden states.
+        self.probe: Any = None
         self._loaded: tuple[Any, Any] | None = None
         self._load_lock = threading.Lock()
 
@@ -118,14 +121,24 @@ class LocalBackend(LLMBackend):
             stop = threading.Event()
             generated: list[int] = []
             failed: list[BaseException] = []
+            probe, probe_logits = self.probe, []  # list.append/pop are atomic: the generation thread appends
+
+            def on_step(feats: Any) -> None:
+                if feats.shape[1] == 1:  # a decoding step reads the token generated last; the prefill reads the prompt
+                    probe_logits.append(float(probe.logits(feats[0])[0]))
 
             def run() -> None:
+                import contextlib
+
                 import torch
+
+                from ccguard.probes import LayerTap
 
                 try:
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
-                    with torch.inference_mode():
+                    tap = LayerTap(model, probe.spec.layers, on_step) if probe is not None else contextlib.nullcontext()
+                    with tap, torch.inference_mode():
                         out = model.generate(
                             **inputs, **self._gen_kwargs(params), streamer=streamer, pad_token_id=tok.pad_token_id,
                             stopping_criteria=self._stopper(stop),
@@ -141,6 +154,10 @@ class LocalBackend(LLMBackend):
             try:
                 while True:
                     piece = await asyncio.to_thread(next, it, None)
+                    if probe_logits:
+                        n = len(probe_logits)
+                        yield ProbeLogits(probe_logits[:n])
+                        del probe_logits[:n]
                     if piece is None:
                         break
                     if piece:

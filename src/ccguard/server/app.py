@@ -43,7 +43,7 @@ from starlette.requests import ClientDisconnect
 from ccguard.conversation import ScreenText, render_conversation, render_tool_calls
 from ccguard.errors import CcguardError
 from ccguard.guard import Guard
-from ccguard.llm.base import GenerateParams, LLMBackend, StreamEnd, ToolCallDelta
+from ccguard.llm.base import GenerateParams, LLMBackend, ProbeLogits, StreamEnd, ToolCallDelta
 from ccguard.policy import Stage, Verdict
 from ccguard.records import Message
 from ccguard.server.batcher import InputBatcher
@@ -430,7 +430,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
     async def stream_chat(messages: list[Message], prompt_text: str, params: GenerateParams, extra: dict[str, Any],
                           cid: str, model: str, created: int, slot: _Slot) -> AsyncIterator[str]:
         # The gate's first model call (the prompt's cache) runs on the model worker too, off the event loop.
-        gate = await state["worker"].run(guard.start_stream, messages) if guard.output_classifier is not None else None
+        probed = getattr(upstream, "probe", None) is not None and upstream.probe is guard.probe
+        gate = (await state["worker"].run(partial(guard.start_stream, probe=probed), messages)
+                if guard.output_classifier is not None else None)
         relay = Relay(gate)
         finish = "stop"
         upstream_finish = "stop"  # e.g. 'length' or 'tool_calls', passed through unless the guard halts
@@ -445,6 +447,10 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     break
                 if isinstance(piece, StreamEnd):
                     upstream_finish = piece.reason
+                    continue
+                if isinstance(piece, ProbeLogits):
+                    if gate is not None:
+                        gate.add_probe(piece.values)
                     continue
                 fed = relay.tool_call(piece.delta) if isinstance(piece, ToolCallDelta) else relay.text(piece)
                 if gate is not None and fed:
