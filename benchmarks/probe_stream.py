@@ -4,8 +4,10 @@
    probe attached; ms per generated token for both (the probe reads hidden states the generation computes anyway).
 2. **Halting.** Synthetic test exchanges are replayed token by token as the proxy would see them: the probe logit
    of each token arrives one token late (when the token is fed back), text is fed to the output gate piece by piece.
-   For the classifier alone and for the ensemble: TPR and FPR at their calibrated thresholds, and the median
-   fraction of a flagged harmful response released before the halt.
+   For the classifier alone and for the ensemble, at their calibrated thresholds: harmful responses halted,
+   harmless answers halted (false positives), the model's refusals of harmful requests halted (by design not false
+   positives: the user gets the guard's refusal instead), and the median fraction of a halted harmful response
+   released before the halt.
 
 Needs a guard with a probe stage (`ccguard probe --guard DIR`).
 
@@ -82,7 +84,15 @@ def main() -> int:
     random.Random(0).shuffle(rows)
     harmful = [r for r in rows if r.label == "harmful"][: a.n // 2]
     harmless = [r for r in rows if r.label != "harmful"][: a.n - len(harmful)]
-    out: dict[str, dict[str, list]] = {"classifier alone": {"h": [], "b": []}, "ensemble": {"h": [], "b": []}}
+    from ccguard.constitution import load as load_constitution
+    from ccguard.policy import is_refusal_exchange
+
+    harmful_ids = {c.id for c in load_constitution(a.guard / "constitution.yaml").harmful}
+
+    def kind(r) -> str:
+        return "h" if r.label == "harmful" else ("r" if is_refusal_exchange(r, harmful_ids) else "b")
+
+    out: dict[str, dict[str, list]] = {n: {"h": [], "b": [], "r": []} for n in ("classifier alone", "ensemble")}
     for r in harmful + harmless:
         prompt = render_prompt(r.prompt)
         enc = tok(r.response, add_special_tokens=False, return_offsets_mapping=True)
@@ -101,14 +111,16 @@ def main() -> int:
                     break
             gate.finish()
             frac = None if gate.stop_char is None else gate.stop_char / max(1, len(text))
-            out[name]["h" if r.label == "harmful" else "b"].append(frac)
-    print(f"\nreplayed {len(harmful)} harmful and {len(harmless)} harmless test exchanges ({spec.max_tokens} tokens each at most):")
+            out[name][kind(r)].append(frac)
+    print(f"\nreplayed {len(harmful)} harmful and {len(harmless)} harmless test exchanges ({spec.max_tokens} tokens each "
+          f"at most); thresholds: classifier {guard.policy.output_threshold:.4f}, ensemble {guard.policy.ensemble_threshold:.4f} "
+          f"(probe weight {guard.policy.probe_weight:g})")
     for name, v in out.items():
-        tpr = wilson(sum(x is not None for x in v["h"]), len(v["h"]))
-        fpr = wilson(sum(x is not None for x in v["b"]), len(v["b"]))
+        rate = {k: wilson(sum(x is not None for x in v[k]), len(v[k])).fmt() for k in v}
         released = [x for x in v["h"] if x is not None]
         med = f"{statistics.median(released):.2f}" if released else "n/a"
-        print(f"  {name:<17} halted harmful {tpr.fmt()}  harmless {fpr.fmt()}  median released before the halt {med}")
+        print(f"  {name}: halted harmful {rate['h']}; harmless answers {rate['b']}; refusals {rate['r']}; "
+              f"median released before the halt {med}")
     return 0
 
 
