@@ -115,7 +115,7 @@ class LayerTap:
     def __init__(self, model: Any, layers: Sequence[int], on_step: Any = None) -> None:
         blocks = _decoder_layers(model)
         if not layers or min(layers) < 1 or max(layers) > len(blocks):
-            raise CcguardError(f"probe layers must be within 1..{len(blocks)}, not {list(layers)}", where="probe layers")
+            raise CcguardError(f"must be within 1..{len(blocks)}, not {list(layers)}", where="probe layers")
         self.layers = list(layers)
         self._blocks = blocks
         self._on_step = on_step
