@@ -223,6 +223,7 @@ class Guard:
             from ccguard.probes import ProbeTrack
 
             gate.probe = ProbeTrack(self.probe.spec.window)
+            gate.session.use_exact()  # the int8 runtime's margin is set for the classifier alone, not the ensemble
         return gate
 
     def _output_verdict(self, gate: OutputGate, prompt: Prompt, t0: float) -> Verdict:

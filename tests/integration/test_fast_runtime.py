@@ -111,3 +111,22 @@ def test_bad_runtime_and_device_are_one_line_errors(smoke_run):
         Guard.load(smoke_run / "guard", runtime="fast", device="cuda")
     with pytest.raises(CcguardError, match="device"):
         Guard.load(smoke_run / "guard", device="quantum")
+
+
+def test_a_probed_stream_scores_in_full_precision(fast_guard):
+    """With a probe in the ensemble, decisions do not rest on the classifier's score alone, so the int8 screening
+    margin does not cover them: such a stream is scored by the full-precision model from its first chunk."""
+    from ccguard.probes import ProbeModel, ProbeSpec
+
+    clf = fast_guard.output_classifier
+    probe = ProbeModel(ProbeSpec(layers=(1,)), np.zeros(4), np.ones(4), np.zeros(4), 0.0)
+    g = type(fast_guard)(fast_guard.manifest, fast_guard.input_classifier, fast_guard.policy, clf, probe)
+    text = "Mix flour, water, salt and yeast, knead for ten minutes, let it rise, shape it and bake it hot. " * 3
+    probed, plain = g.start_stream("How do I bake bread?", probe=True), g.start_stream("How do I bake bread?")
+    for gate in (probed, plain):
+        gate.feed(text)
+        gate.finish()
+    assert probed.session._exact and probed.probe is not None
+    exact = clf._score_with(clf.exact_model, ["How do I bake bread?"], [text], 8192)[0].token_scores
+    np.testing.assert_allclose(probed.session.token_scores, exact, atol=1e-5)
+    assert not plain.session._exact or plain.max_score >= clf.exact_from

@@ -240,6 +240,13 @@ class StreamSession:
     def max_score(self) -> float:
         return max(self.token_scores, default=0.0)
 
+    def use_exact(self) -> None:
+        """Score with the full-precision model from the start (fast runtime): for streams whose decisions do not rest
+        on this classifier's score alone, so its int8 screening margin does not apply."""
+        if self.clf.exact_model is not None and not self._exact:
+            self._exact = True
+            self._seed(self._ctx + self.token_ids)
+
     @property
     def _model(self) -> OutputModel:
         return self.clf.exact_model if self._exact and self.clf.exact_model is not None else self.clf.model
