@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -114,14 +113,14 @@ class LayerTap:
 
     def __init__(self, model: Any, layers: Sequence[int], on_step: Any = None) -> None:
         blocks = _decoder_layers(model)
-        if not layers or min(layers) < 1 or max(layers) > len(blocks):
-            raise CcguardError(f"must be within 1..{len(blocks)}, not {list(layers)}", where="probe layers")
+        if not layers or min(layers) < 1 or max(layers) > len(blocks) or list(layers) != sorted(set(layers)):
+            # Increasing: a step's features are complete when the deepest tapped layer has run.
+            raise CcguardError(f"must be increasing and within 1..{len(blocks)}, not {list(layers)}", where="probe layers")
         self.layers = list(layers)
         self._blocks = blocks
         self._on_step = on_step
         self._current: dict[int, Any] = {}
         self._handles: list[Any] = []
-        self._lock = threading.Lock()
 
     def _hook(self, layer: int) -> Any:
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
@@ -135,7 +134,6 @@ class LayerTap:
         return hook
 
     def __enter__(self) -> LayerTap:
-        self._lock.acquire()
         self._handles = [self._blocks[x - 1].register_forward_hook(self._hook(x)) for x in self.layers]
         return self
 
@@ -143,7 +141,6 @@ class LayerTap:
         for h in self._handles:
             h.remove()
         self._handles, self._current = [], {}
-        self._lock.release()
 
 
 def _decoder_layers(model: Any) -> Any:
