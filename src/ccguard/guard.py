@@ -70,6 +70,17 @@ class PreparedPrompt:
 
     parts: tuple[Any, ...]  # classifiers.input.Prepared
     history: tuple[bool, ...]
+    texts: tuple[str, ...] = ()  # the parts' texts (read again only by a cascade's stage 2)
+
+
+def _inside(guard_dir: Path, rel: Any, field: str) -> Path:
+    """A stage's folder, which guard.json names relative to the artifact: it must stay inside it."""
+    if not isinstance(rel, str) or not rel:
+        raise CcguardError("must be a folder name relative to the guard", where=f"guard.json {field}")
+    path = (guard_dir / rel).resolve()
+    if not path.is_relative_to(guard_dir.resolve()):
+        raise CcguardError(f"{rel!r} points outside the guard directory", where=f"guard.json {field}")
+    return path
 
 
 def read_manifest(guard_dir: Path) -> GuardManifest:
@@ -98,16 +109,20 @@ class Guard:
     """Input (and, when trained, output) screening with calibrated thresholds. Safe to share across requests."""
 
     def __init__(self, manifest: GuardManifest, input_classifier: Any, policy: Policy, output_classifier: Any = None,
-                 probe: Any = None) -> None:
+                 probe: Any = None, stage2: Any = None) -> None:
         self.manifest = manifest
         self.input_classifier = input_classifier
         self.output_classifier = output_classifier
         self.policy = policy
         self.probe = probe  # a ccguard.probes.ProbeModel for a local upstream, when the artifact has one
+        self.stage2 = stage2  # a ccguard.cascade.Stage2, when the artifact has an input cascade
 
     @classmethod
-    def load(cls, guard_dir: str | Path, *, device: str | None = None, runtime: str = "torch") -> Guard:
+    def load(cls, guard_dir: str | Path, *, device: str | None = None, runtime: str = "torch", cascade: bool = True) -> Guard:
         """Load an artifact directory. Only safetensors weights are read; nothing is unpickled.
+
+        ``cascade``: load the input cascade's stage 2 when the artifact has one (False screens with stage 1 alone,
+        at its own calibrated threshold).
 
         ``device``: where the models run (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default CPU). ``runtime``:
         ``"torch"``, or ``"fast"``: int8 on the CPU (ONNX Runtime for the input classifier), with anything that
@@ -144,18 +159,29 @@ class Guard:
         if stage is not None and out is not None:
             from ccguard.probes import ProbeModel
 
-            probe = ProbeModel.load(guard_dir / stage["path"])
+            probe = ProbeModel.load(_inside(guard_dir, stage.get("path"), "stages.probe.path"))
+        stage2, casc = None, manifest.stages.get("cascade") if cascade else None
+        if casc is not None:
+            from ccguard.cascade import Stage2
+
+            stage2 = Stage2.load(_inside(guard_dir, casc.get("path"), "stages.cascade.path"))
+            if device is not None:
+                stage2.model.to(_device(device))
         policy = Policy(
             input_threshold=manifest.input.calibration.threshold,
             output_threshold=manifest.output.calibration.threshold if manifest.output else None,
             **({"history_margin": manifest.config["history_margin"]} if "history_margin" in manifest.config else {}),
             **({"probe_weight": probe.spec.weight, "ensemble_threshold": stage["ensemble_threshold"]} if probe else {}),
+            **({"escalate_threshold": casc["escalate_threshold"], "cascade_weight": stage2.spec.weight,
+                "cascade_threshold": casc["threshold"]} if stage2 else {}),
         )
         if runtime == "fast":
             from ccguard.classifiers.fast import use_fast_runtime
 
-            use_fast_runtime(inp, out, policy.input_threshold, policy.output_threshold)
-        return cls(manifest, inp, policy, out, probe)
+            # With a cascade, the escalation threshold is the lowest decision on the input side.
+            low = min(policy.input_threshold, policy.escalate_threshold if policy.has_cascade else 1.0)
+            use_fast_runtime(inp, out, low, policy.output_threshold)
+        return cls(manifest, inp, policy, out, probe, stage2)
 
     @property
     def refusal(self) -> str:
@@ -175,20 +201,42 @@ class Guard:
         return PreparedPrompt(
             parts=tuple(self.input_classifier.prepare(p.text) for p in parts),
             history=tuple(history or p.history for p in parts),
+            texts=tuple(p.text for p in parts),
         )
 
     def check_prepared(self, prepared: Sequence[PreparedPrompt], t0: float | None = None) -> list[Verdict]:
         """The model half of a batched input check, over :meth:`prepare_input` results."""
         t0 = time.perf_counter() if t0 is None else t0
         scores = iter(self.input_classifier.score_prepared([x for p in prepared for x in p.parts]))
+        got = [[next(scores) for _ in p.parts] for p in prepared]
+        escalated = self._escalate(prepared, got) if self.stage2 is not None and self.policy.has_cascade else None
         ms = 1000 * (time.perf_counter() - t0) / max(1, len(prepared))
         verdicts = []
-        for p in prepared:
-            got = [next(scores) for _ in p.parts]
+        for i, p in enumerate(prepared):
             verdicts.append(self.policy.decide_input(
-                [s for s, h in zip(got, p.history, strict=True) if not h],
-                [s for s, h in zip(got, p.history, strict=True) if h], latency_ms=ms))
+                [s for s, h in zip(got[i], p.history, strict=True) if not h],
+                [s for s, h in zip(got[i], p.history, strict=True) if h], latency_ms=ms,
+                escalated=None if escalated is None else i in escalated))
         return verdicts
+
+    def _escalate(self, prepared: Sequence[PreparedPrompt], got: list[list[Any]]) -> set[int]:
+        """The cascade: every screened text whose stage-1 score escalates is read by stage 2, in the decoded view
+        stage 1 scored highest, and its score in ``got`` replaced by the cascade's. Returns the prompts escalated."""
+        from dataclasses import replace
+
+        todo: list[tuple[int, int, str]] = []
+        for i, p in enumerate(prepared):
+            for k, (s, h) in enumerate(zip(got[i], p.history, strict=True)):
+                if self.policy.escalates(self.policy.input_part_score(s.score, h)):
+                    if not p.texts:
+                        raise CcguardError("a cascade needs prompts prepared by this ccguard (PreparedPrompt.texts)")
+                    views = dict(self.input_classifier.views(p.texts[k]))
+                    todo.append((i, k, views.get(s.view, p.texts[k])))
+        if todo:
+            s2 = self.stage2.scores([t for _, _, t in todo])
+            for (i, k, _), x in zip(todo, s2, strict=True):
+                got[i][k] = replace(got[i][k], score=self.policy.cascade_score(got[i][k].score, float(x)))
+        return {i for i, _, _ in todo}
 
     def check_input(self, prompt: Prompt) -> Verdict:
         """Screen one prompt (a string or chat messages)."""

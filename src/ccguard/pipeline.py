@@ -400,9 +400,29 @@ def run(
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    cascade_fp = None
+    if profile.cascade is not None:
+        cascade_fp = _sha({"spec": profile.cascade.model_dump(mode="json"), "n": profile.cascade_train, "seed": seed,
+                           "escalation": profile.cascade_escalation, "data": sha, "input": training["data"]["fingerprint"],
+                           "fpr": [profile.target_fpr, profile.hard_fpr, profile.family_fpr]})
+        old = _read_json(guard_dir / "guard.json") or {}
+        kept = (old.get("stages") or {}).get("cascade")
+        if kept and kept.get("fingerprint") == cascade_fp and (guard_dir / kept.get("path", "-") / "head.safetensors").is_file():
+            manifest.stages["cascade"] = kept  # the same stage 2 from a crashed or repeated run
     # The policy travels with the guard, so `ccguard eval` and users can see exactly what it was trained on.
     atomic_write_text(guard_dir / "constitution.yaml", constitution_mod.resolve(constitution).read_text(encoding="utf-8"))
     atomic_write_text(guard_dir / "guard.json", manifest.model_dump_json(indent=2))
+    if profile.cascade is not None:
+        from ccguard.train.cascade import print_stage, train_cascade
+
+        if "cascade" not in manifest.stages:
+            console.print(f"training the input cascade's stage 2 ({profile.cascade.backbone}) ...")
+            with _timed(stages, "train_cascade"):
+                manifest.stages["cascade"] = train_cascade(
+                    guard_dir, data_dir, profile.cascade, n_train=profile.cascade_train,
+                    escalation=profile.cascade_escalation, seed=seed, console=console, fingerprint=cascade_fp)
+        print_stage(manifest.stages["cascade"], console)
+        metrics["cascade"] = manifest.stages["cascade"]
     from ccguard.train.card import write_card
 
     for kind, info, met in (("input", training, metrics), ("output", otraining, omet)):

@@ -249,6 +249,8 @@ class Verdict(BaseModel):
     category: str | None = Field(default=None, description="Best-guess harmful category when blocked.")
     stop_char: int | None = Field(default=None, description="Output stage: character offset where release stopped.")
     latency_ms: float = Field(default=0.0, description="Time the check took.")
+    escalated: bool | None = Field(
+        default=None, description="Input stage of a guard with a cascade: whether stage 2 was consulted (else None).")
 
 
 class Policy(BaseModel):
@@ -268,6 +270,25 @@ class Policy(BaseModel):
     ensemble_threshold: float | None = Field(
         default=None, description="The output ensemble's own calibrated threshold (a guard with a probe stage)."
     )
+
+    escalate_threshold: float | None = Field(
+        default=None, description="Cascade: stage-1 input scores above this are escalated to stage 2.")
+    cascade_weight: float | None = Field(default=None, description="Cascade: weight of stage 2's logit in the ensemble.")
+    cascade_threshold: float | None = Field(default=None, description="Cascade: the ensemble's calibrated threshold.")
+
+    @property
+    def has_cascade(self) -> bool:
+        return None not in (self.escalate_threshold, self.cascade_weight, self.cascade_threshold)
+
+    def escalates(self, stage1: float) -> bool:
+        """Whether a stage-1 input score is sent on to stage 2 (always False without a cascade)."""
+        return self.has_cascade and flagged(stage1, self.escalate_threshold)  # type: ignore[arg-type]
+
+    def cascade_score(self, stage1: float, stage2: float) -> float:
+        """An escalated prompt's score: the stage-1/stage-2 ensemble, moved onto stage 1's scale (so that
+        ``input_threshold`` decides it as it decides everything else)."""
+        e = ensemble(stage1, stage2, self.cascade_weight)  # type: ignore[arg-type]
+        return discounted(e, logit(self.cascade_threshold) - logit(self.input_threshold))  # type: ignore[arg-type]
 
     def output_score(self, classifier: float, probe: float | None = None) -> float:
         """The score an output decision is made on: the classifier's, or, with a probe score and a calibrated
@@ -300,17 +321,24 @@ class Policy(BaseModel):
             latency_ms=latency_ms,
         )
 
-    def decide_input(self, new: Sequence[Any], history: Sequence[Any] = (), *, latency_ms: float = 0.0) -> Verdict:
+    def decide_input(self, new: Sequence[Any], history: Sequence[Any] = (), *, latency_ms: float = 0.0,
+                     escalated: bool | None = None) -> Verdict:
         """An input verdict from the scores of the texts a prompt is screened as (each has ``score`` and
-        ``category``): texts with new content count in full, texts made only of earlier turns are discounted by
-        ``history_margin``. The verdict carries the highest of them, and its category."""
+        ``category``; with a cascade, escalated texts carry their ``cascade_score``): texts with new content count in
+        full, texts made only of earlier turns are discounted by ``history_margin``. The verdict carries the highest
+        of them, and its category."""
         best, score = None, -1.0
-        for part, margin in [(x, 0.0) for x in new] + [(x, self.history_margin) for x in history]:
-            if (s := discounted(part.score, margin) if margin else part.score) > score:
+        for part, old in [(x, False) for x in new] + [(x, True) for x in history]:
+            if (s := self.input_part_score(part.score, old)) > score:
                 best, score = part, s
         if best is None:
             raise ValueError("decide_input needs at least one score")
-        return self.decide("input", score, category=best.category, latency_ms=latency_ms)
+        v = self.decide("input", score, category=best.category, latency_ms=latency_ms)
+        return v if escalated is None else v.model_copy(update={"escalated": escalated})
+
+    def input_part_score(self, score: float, history: bool) -> float:
+        """A screened text's stage-1 score as the decision weighs it (earlier turns discounted)."""
+        return discounted(score, self.history_margin) if history and self.history_margin else score
 
     def failed(self, stage: Stage, *, fail_open: bool) -> Verdict:
         """The verdict when a classifier could not score: allow with ``fail_open``, else block."""

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ccguard.errors import CcguardError
+from ccguard.heads import LinearHead
 
 PROBE_DIR = "probe"
 
@@ -44,38 +45,25 @@ class ProbeSpec(BaseModel):
     c: float = Field(default=0.05, gt=0.0, description="Inverse L2 strength of the logistic regression.")
 
 
-class ProbeModel:
-    """A trained probe: standardisation and a linear map from concatenated layer outputs to a logit."""
+class ProbeModel(LinearHead):
+    """A trained probe: standardisation and a linear map from concatenated layer outputs to a per-token logit."""
 
     def __init__(self, spec: ProbeSpec, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: float) -> None:
+        super().__init__(mean, scale, weight, bias)
         self.spec = spec
-        self.mean = mean.astype(np.float32)
-        self.scale = scale.astype(np.float32)
-        self.weight = weight.astype(np.float32)
-        self.bias = float(bias)
 
-    def logits(self, feats: np.ndarray) -> np.ndarray:
-        """Per-token logits for features ``[n, sum of layer widths]``."""
-        return ((feats - self.mean) / self.scale) @ self.weight + self.bias
-
-    def save(self, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
-        from safetensors.numpy import save_file
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"mean": self.mean, "scale": self.scale, "weight": self.weight,
-                   "bias": np.array([self.bias], dtype=np.float32)}, str(out_dir / "probe.safetensors"))
+    def save(self, out_dir: Path, extra: dict[str, Any] | None = None) -> None:  # type: ignore[override]
+        super().save(out_dir / "probe.safetensors")
         (out_dir / "probe.json").write_text(json.dumps({"spec": self.spec.model_dump(mode="json"), **(extra or {})}, indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> ProbeModel:
-        from safetensors.numpy import load_file
-
+    def load(cls, path: Path) -> ProbeModel:  # type: ignore[override]
         meta_path, weights = Path(path) / "probe.json", Path(path) / "probe.safetensors"
         if not meta_path.is_file() or not weights.is_file():
             raise CcguardError("not a probe directory (probe.json or probe.safetensors missing)", where=str(path))
-        t = load_file(str(weights))
         spec = ProbeSpec.model_validate(json.loads(meta_path.read_text())["spec"])
-        return cls(spec, t["mean"], t["scale"], t["weight"], float(t["bias"][0]))
+        head = LinearHead.load(weights)
+        return cls(spec, head.mean, head.scale, head.weight, head.bias)
 
 
 class ProbeTrack:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ccguard.augment import AugmentConfig
+from ccguard.cascade import CascadeSpec
 from ccguard.synth.offline import SynthConfig
 from ccguard.synth.responses import ResponseConfig
 from ccguard.train.args import OutputTrainArgs, TrainArgs
@@ -33,6 +34,11 @@ class Profile:
     llm_transforms: tuple[str, ...] = ("paraphrase", "translate", "persona_rewrite", "decompose")
     llm_transform_rate: float = 0.15
     llm_transform_max_tokens: int = 400
+    # An input cascade (ccguard.cascade): stage 2 trained on this many training prompts, escalating this share of
+    # everyday traffic. None: stage 1 alone.
+    cascade: CascadeSpec | None = None
+    cascade_train: int = 3000
+    cascade_escalation: float = 0.03
 
 
 PROFILES: dict[str, Profile] = {
@@ -75,3 +81,5 @@ PROFILES: dict[str, Profile] = {
         output_train=OutputTrainArgs(prompt_tokens=128, response_tokens=384, epochs=3.0, batch_size=16),
     ),
 }
+# The default guard plus the input cascade's second stage (Gemma 3 270M, read up to its 8th layer).
+PROFILES["cascade"] = replace(PROFILES["default"], name="cascade", cascade=CascadeSpec())

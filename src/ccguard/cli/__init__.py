@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from ccguard.cli import cascade as cascade_cmd
 from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import eval as eval_cmd
 from ccguard.cli import generate as generate_cmd
@@ -30,6 +31,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("eval")(eval_cmd.eval_)
 app.command("redteam")(redteam_cmd.redteam)
 app.command("probe")(probe_cmd.probe)
+app.command("cascade")(cascade_cmd.cascade)
 app.add_typer(constitution_cmd.app, name="constitution")
 
 

@@ -26,17 +26,13 @@ def probe(
     probe + output-classifier ensemble at the guard's output target FPR, and add it to the guard as a stage."""
     from rich.console import Console
 
-    from ccguard.errors import CcguardError
+    from ccguard.cli.cascade import parse_layers
     from ccguard.guard import read_manifest
     from ccguard.probes import ProbeSpec
     from ccguard.train.probe import train_probe
 
     read_manifest(guard)
-    try:
-        layer_list = tuple(int(x) for x in layers.split(",") if x.strip())
-    except ValueError:
-        raise CcguardError(f"must be comma-separated integers, not {layers!r}", where="--layers") from None
-    spec = ProbeSpec(upstream=upstream, layers=layer_list, window=window, weight=weight, max_tokens=max_tokens)
+    spec = ProbeSpec(upstream=upstream, layers=parse_layers(layers, "--layers"), window=window, weight=weight, max_tokens=max_tokens)
     console = Console(stderr=True)
     m = train_probe(guard, data or guard.parent / "data", spec, n_train=n_train, n_val=n_val, n_test=n_test,
                     seed=seed, console=console)

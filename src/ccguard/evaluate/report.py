@@ -283,10 +283,38 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
         for k, row in o["by_augmentation"].items():
             r = row["score"]
             lines.append(f"| {k} | {_pct(r['harmful_flagged'])} | {_pct(r['harmless_flagged'])} |")
+    if "cascade" in m:
+        lines += cascade_lines(m["cascade"])
     if "shortcut_audit" in m:
         lines += _shortcut_lines(m["shortcut_audit"])
     lines.append("")
     return "\n".join(lines)
+
+
+def cascade_lines(stage: dict[str, Any]) -> list[str]:
+    """The input cascade: each stage alone and the cascade, on val and test."""
+    lines = [
+        "",
+        "## Input cascade",
+        "",
+        f"Stage 2: `{stage['backbone']}` layers {stage['layers']}, ensemble weight {stage['weight']}. Stage-1 scores "
+        f"above {stage['escalate_threshold']:.4f} (target: {100 * stage['escalation_target']:.1f}% of everyday "
+        f"traffic) are escalated; the cascade's threshold {stage['threshold']:.4f} is calibrated like stage 1's "
+        f"(binding: {stage['calibration']['binding']}). `ccguard eval` also shows stage 2 alone.",
+        "",
+        "| split | system | AUROC | TPR @ 0.1% FPR | TPR @ 1% FPR | TPR @ threshold | FPR @ threshold | everyday FPR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in ("val", "test"):
+        sm = stage["metrics"][split]
+        for name in ("stage1", "cascade"):
+            r = sm[name]
+            lines.append(f"| {split} | {name} | {_f(r['auroc'])} | {_f(r['tpr_at_0.1pct_fpr'])} | {_f(r['tpr_at_1pct_fpr'])} | "
+                         f"{_pct(r['tpr'])} | {_pct(r['fpr'])} | {_pct(r['everyday_fpr'])} |")
+    e = stage["metrics"]["test"]["escalation"]
+    lines += ["", f"Escalated on test: {_f(e['everyday'])} of everyday, {_f(e['harmless'])} of harmless and "
+              f"{_f(e['harmful'])} of harmful prompts."]
+    return lines
 
 
 def _shortcut_lines(sa: dict[str, Any]) -> list[str]:

@@ -20,15 +20,29 @@ from ccguard.policy import stop_char
 from ccguard.records import atomic_write_text
 
 ALL_BASELINES = ("keyword", "tfidf_lr", "minilm_lr", "no_augmentation")
+# A 200-token everyday request, for compute per request (the same text benchmarks/input_latency.py times).
+EVERYDAY_TEXT = (
+    "I'm planning a two-week trip to Portugal in late September with my partner and our two kids, aged 7 and 11. "
+    "We want to split the time between Lisbon, Porto and somewhere on the coast where the kids can swim. "
+    "We don't want to rent a car unless it's really necessary, so trains and buses are preferred. "
+    "Could you suggest an itinerary with how many nights to spend in each place, a couple of family-friendly "
+    "activities per stop, and rough costs for transport between the cities? Also, what should we know about "
+    "restaurant hours, tipping, and whether the kids will need anything special for the beaches that time of year? "
+    "One of them is a picky eater, so simple food options would help too. Thanks a lot for any tips you can share "
+    "about neighbourhoods to stay in as well. We would also like one day trip from Lisbon, maybe Sintra or "
+    "Cascais, and ideas for a rainy day in Porto in case the weather turns. If there are any festivals or local "
+    "events around then, let us know, and tell us which sights are worth booking ahead so we don't queue for hours."
+)
 
 
-def set_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, Any]:
+def set_metrics(y: np.ndarray, s: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """Rates at ``threshold`` (None: a system with no calibrated threshold, curve metrics only) and over its curve."""
     both = len(set(y.tolist())) == 2
     return {
         "n": int(len(y)),
-        "flagged": flagged_rate(s.tolist(), threshold).model_dump(),
-        "tpr": flagged_rate(s[y == 1].tolist(), threshold).model_dump(),
-        "fpr": flagged_rate(s[y == 0].tolist(), threshold).model_dump(),
+        "flagged": None if threshold is None else flagged_rate(s.tolist(), threshold).model_dump(),
+        "tpr": None if threshold is None else flagged_rate(s[y == 1].tolist(), threshold).model_dump(),
+        "fpr": None if threshold is None else flagged_rate(s[y == 0].tolist(), threshold).model_dump(),
         "auroc": auroc(y, s) if both else None,
         "auprc": auprc(y, s) if both else None,
         "tpr_at_fpr": {f"{f:g}": (tpr_at_fpr(y, s, f) if both else None) for f in (0.001, 0.01, 0.05)},
@@ -149,6 +163,66 @@ def _rubric(judge: Any, sets: dict[str, list[EvalItem]], console: Console) -> di
     return asyncio.run(go())
 
 
+def cascade_ablation(guard: Any, texts: list[Any], y: np.ndarray, all_scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each input stage alone and the cascade, side by side (stage 2 reads every prompt here, not only the escalated
+    ones); stage 1 and the cascade at their calibrated threshold (stage 2 alone has none: only its curve)."""
+    from ccguard.cascade import cascade_decision, part_scores, stage1_score, stage2_score
+
+    pol = guard.policy
+    parts = part_scores(guard, texts)
+    dec = [cascade_decision(p, pol) for p in parts]
+    rows = {"stage1": (np.array([stage1_score(p, pol) for p in parts]), pol.input_threshold),
+            "stage2": (np.array([stage2_score(p, pol) for p in parts]), None),
+            "cascade": (np.array([d[0] for d in dec]), pol.input_threshold)}
+    out = {}
+    for name, (sc, t) in rows.items():
+        out[name] = set_metrics(y, sc, t)
+        all_scores[name] = sc
+    esc = np.array([d[1] for d in dec], dtype=float)
+    out["cascade"]["escalated"] = {"all": float(esc.mean()), "harmless": float(esc[y == 0].mean()) if (y == 0).any() else None,
+                                   "harmful": float(esc[y == 1].mean()) if (y == 1).any() else None}
+    return out
+
+
+def stage_latency(guard: Any, text: str, n: int = 20) -> dict[str, float]:
+    """Median ms of one input check by stage 1 alone and of one stage-2 read, on ``text``."""
+    from ccguard.policy import Policy
+
+    def median_ms(fn: Any) -> float:
+        fn()
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            lat.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(lat)
+
+    alone = Policy(input_threshold=guard.policy.input_threshold, history_margin=guard.policy.history_margin)
+    stage1_guard = type(guard)(guard.manifest, guard.input_classifier, alone, guard.output_classifier, guard.probe)
+    return {"stage1_ms": median_ms(lambda: stage1_guard.check_input(text)),
+            "stage2_ms": median_ms(lambda: guard.stage2.scores([text]))}
+
+
+def cascade_cost(guard: Any, suites: dict[str, Any], tokens: int = 200) -> dict[str, Any]:
+    """Compute per request on everyday traffic: stage 1's and stage 2's time on a ``tokens``-token everyday prompt,
+    and the cascade's mean, stage 1 plus stage 2 on the escalated share of everyday requests (the dev suite's
+    benign prompts when it ran, else the synthetic test split's harmless ones)."""
+    clf = guard.input_classifier
+    text = clf.tokenizer.decode(clf.token_ids(EVERYDAY_TEXT)[:tokens])
+    lat = stage_latency(guard, text)
+    where, rate = None, None
+    for suite, name in (("dev", "benign"), ("synthetic", "test_prompts")):
+        esc = (suites.get(suite, {}).get(name, {}).get("cascade") or {}).get("escalated")
+        if esc and esc.get("harmless") is not None:
+            where, rate = f"{suite}/{name} harmless", esc["harmless"]
+            break
+    out: dict[str, Any] = {"prompt_tokens": len(clf.token_ids(text)), **lat, "escalation_rate": rate, "escalation_set": where}
+    if rate is not None:
+        out["cascade_ms"] = lat["stage1_ms"] + rate * lat["stage2_ms"]
+        out["cost_ratio"] = out["cascade_ms"] / lat["stage1_ms"]
+    return out
+
+
 def _latency(guard: Any, texts: list[str], n: int = 40) -> dict[str, float]:
     lat = []
     for t in texts[:n]:
@@ -230,6 +304,9 @@ def run_eval(
                 m["ccguard"]["by_category"] = _breakdown(items, s, thr, "category")
                 m["ccguard"]["by_family"] = _breakdown(items, s, thr, "family")
                 all_scores = {"ccguard": s}
+                if guard.stage2 is not None:
+                    m.update(cascade_ablation(guard, texts, y, all_scores))
+                    m["ccguard"]["escalated"] = m["cascade"]["escalated"]
                 for bname, b in systems.items():
                     bs = b.score(texts)
                     all_scores[bname] = bs
@@ -256,6 +333,8 @@ def run_eval(
         if texts:
             res["_latency_input"] = _latency(guard, texts)
         report["suites"][suite.name] = res
+    if guard.stage2 is not None:
+        report["cascade_cost"] = cascade_cost(guard, report["suites"])
     report["rubric"] = _rubric(judge, all_sets, console)
     report["overhead"] = overhead(guard)
     if wall:
@@ -299,6 +378,11 @@ def render_markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {sys_name} | {_pct(x['flagged'])} | {_pct(x['tpr'])} | {_pct(x['fpr'])} | {_f(x['auroc'])} | "
                              f"{_f(x['auprc'])} | {_f(t['0.001'], 3)} | {_f(t['0.01'], 3)} | {_f(t['0.05'], 3)} |")
             c = m["ccguard"]
+            if c.get("escalated"):
+                e = c["escalated"]
+                lines.append(f"\nEscalated to the cascade's stage 2: {100 * e['all']:.1f}% of this set"
+                             + (f" ({100 * e['harmless']:.1f}% of harmless" if e["harmless"] is not None else " (")
+                             + (f", {100 * e['harmful']:.1f}% of harmful)." if e["harmful"] is not None else ")."))
             if c.get("median_released_fraction") is not None:
                 lines.append(f"\nMedian fraction of a flagged harmful response released before halting: {c['median_released_fraction']:.3f}.")
             if "throughput_per_s" in c:
@@ -314,6 +398,16 @@ def render_markdown(r: dict[str, Any]) -> str:
                 for k, v in cats.items():
                     lines.append(f"| {k} | {_pct(v['harmful_flagged'])} | {_pct(v['harmless_flagged'])} |")
             lines.append("")
+    cc = r.get("cascade_cost")
+    if cc:
+        lines += ["## Input cascade: compute per request", "",
+                  f"On a {cc['prompt_tokens']}-token everyday prompt: stage 1 {cc['stage1_ms']:.1f} ms, stage 2 "
+                  f"{cc['stage2_ms']:.1f} ms (median of 20)."]
+        if cc.get("cascade_ms") is not None:
+            lines.append(f"Escalated: {100 * cc['escalation_rate']:.2f}% of {cc['escalation_set']} prompts, so the cascade "
+                         f"costs {cc['cascade_ms']:.1f} ms per everyday request on average, **{cc['cost_ratio']:.2f}x** "
+                         "stage 1 alone.")
+        lines.append("")
     o = r["overhead"]
     lines += ["## Compute overhead", "",
               f"Classifier FLOPs against the guarded model's for a {o['exchange']['prompt_tokens']}-token prompt and "

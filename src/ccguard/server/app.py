@@ -258,6 +258,8 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             log.error(json.dumps({"event": "classifier_error", "stage": "input", "error": type(e).__name__}))
             verdicts = [failed_verdict("input") for _ in texts]
         metrics.latency.labels("input").observe(time.perf_counter() - t0)
+        if escalated := sum(bool(v.escalated) for v in verdicts):
+            metrics.escalations.inc(escalated)
         return verdicts
 
     @app.get("/healthz")

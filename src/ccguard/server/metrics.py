@@ -21,6 +21,8 @@ class Metrics:
         )
         self.upstream_errors = Counter("ccguard_upstream_errors", "Upstream failures by kind.", ["kind"], registry=r)
         self.classifier_errors = Counter("ccguard_classifier_errors", "Classifier failures by stage.", ["stage"], registry=r)
+        self.escalations = Counter("ccguard_escalations", "Screened texts escalated to the input cascade's stage 2.",
+                                   registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

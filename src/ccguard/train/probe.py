@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ccguard.errors import CcguardError
+from ccguard.heads import LinearHead
 from ccguard.probes import PROBE_DIR, ProbeModel, ProbeSpec, exchange_score, response_features
 from ccguard.records import Example, atomic_write_text, read_examples, render_prompt
 
@@ -48,7 +49,6 @@ def _features(model: Any, tok: Any, rows: list[Example], spec: ProbeSpec, progre
 def train_probe(guard_dir: Path, data_dir: Path, spec: ProbeSpec, *, n_train: int = 300, n_val: int = 300,
                 n_test: int = 300, seed: int = 0, console: Any = None) -> dict[str, Any]:
     """Fit the probe, calibrate the ensemble and write both into ``guard_dir``. Returns the metrics."""
-    from sklearn.linear_model import LogisticRegression
     from tqdm import tqdm
 
     from ccguard import Guard
@@ -85,9 +85,8 @@ def train_probe(guard_dir: Path, data_dir: Path, spec: ProbeSpec, *, n_train: in
             xs.append(f[keep])
             ys.append(np.full(len(keep), int(r.label == "harmful")))
     x, y = np.concatenate(xs), np.concatenate(ys)
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    lr = LogisticRegression(C=spec.c, max_iter=500, class_weight="balanced").fit((x - mean) / scale, y)
-    probe = ProbeModel(spec, mean, scale, lr.coef_[0], float(lr.intercept_[0]))
+    head = LinearHead.fit(x, y, spec.c)
+    probe = ProbeModel(spec, head.mean, head.scale, head.weight, head.bias)
 
     base: dict[str, tuple[list[float], list[float | None]]] = {}
     for split in ("val", "test"):
