@@ -24,15 +24,9 @@ import torch
 
 
 def latency(fn, n: int) -> tuple[float, float]:
-    for _ in range(5):
-        fn()
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        lat.append(1000 * (time.perf_counter() - t0))
-    lat.sort()
-    return statistics.median(lat), lat[min(n - 1, int(0.95 * n))]
+    from ccguard.evaluate.runner import latency_ms
+
+    return latency_ms(fn, n, warmup=5)
 
 
 def main() -> int:

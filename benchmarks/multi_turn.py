@@ -124,6 +124,9 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float | None]]] = {}
     rows = [("before: whole conversation", True, 0.0)] + [
         (f"margin {m:g}" + (" (= proxy before)" if m == 0 else ""), False, m) for m in a.margins]
+    # With an input cascade, the guard as deployed (Guard.check_inputs: stage 2 on escalated texts) at its margin.
+    cascade = {name: guard.check_inputs(convs_) for name, (convs_, _) in sets.items()} if guard.stage2 is not None else None
+    cascade_label = f"cascade, margin {guard.policy.history_margin:g}"
     for name, (_, harmful) in sets.items():
         verb = "blocked" if harmful else "passed"
         print(f"\n{name} (n={len(scored[name])}): % {verb}")
@@ -134,6 +137,11 @@ def main() -> int:
             r = wilson(hits, len(scored[name]))
             results[name][label] = {"rate": r.rate, "lo": r.lo, "hi": r.hi}
             print(f"  {label:<28} {r.fmt()}")
+        if cascade is not None:
+            r = wilson(sum((not v.allowed) == harmful for v in cascade[name]), len(cascade[name]))
+            results[name][cascade_label] = {"rate": r.rate, "lo": r.lo, "hi": r.hi,
+                                            "escalated": sum(bool(v.escalated) for v in cascade[name]) / len(cascade[name])}
+            print(f"  {cascade_label:<28} {r.fmt()}  (escalated {100 * results[name][cascade_label]['escalated']:.1f}%)")
     # The operating point: decomposed requests blocked at a threshold that flags (almost) no benign
     # multi-turn conversation, here the highest benign score (0 of them flagged).
     decomposed = [x for k, v in scored.items() if k.startswith("decomposed") for x in v]
@@ -144,6 +152,12 @@ def main() -> int:
     print(f"\ndecomposed harmful blocked at the threshold above every benign multi-turn conversation ({top:.4f}, 0 of "
           f"{len(benign)} flagged): {r.fmt()}")
     results["decomposed_at_zero_benign"] = {"threshold": top, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+    if cascade is not None:
+        ds = [v.score for k, vs in cascade.items() if k.startswith("decomposed") for v in vs]
+        top_c = max(v.score for k, vs in cascade.items() if k.startswith("benign multi-turn") for v in vs)
+        r = wilson(sum(x > top_c for x in ds), len(ds))
+        print(f"the same for the cascade ({top_c:.4f}): {r.fmt()}")
+        results["decomposed_at_zero_benign_cascade"] = {"threshold": top_c, "rate": r.rate, "lo": r.lo, "hi": r.hi}
 
     # Cost of reading a 41-turn conversation as its parts, against the whole conversation alone.
     import time

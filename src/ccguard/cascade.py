@@ -169,11 +169,22 @@ def screened(guard: Any, prompts: Sequence[Any]) -> list[list[tuple[float, bool,
     out = []
     for p in prepared:
         parts = []
-        for text, h in zip(p.texts, p.history, strict=True):
+        for part, h in zip(p.parts, p.history, strict=True):
             s = next(got)
-            parts.append((s.score, h, dict(guard.input_classifier.views(text)).get(s.view, text)))
+            parts.append((s.score, h, stage2_text(part, s)))
         out.append(parts)
     return out
+
+
+def stage2_text(part: Any, score: Any) -> str:
+    """What stage 2 reads of a prepared text (``classifiers.input.Prepared``): the decoded view that gave stage 1 its
+    score (``InputScore.view``), else the text as written."""
+    text = part.view_text(score.view)
+    if text is None:
+        text = part.view_text("raw")
+    if text is None:
+        raise CcguardError("a cascade needs texts prepared by this version of ccguard (Prepared.texts is empty)")
+    return text
 
 
 def with_stage2(screens: list[list[tuple[float, bool, str]]], stage2_scores: Sequence[float]) -> list[list[PartScores]]:

@@ -70,7 +70,6 @@ class PreparedPrompt:
 
     parts: tuple[Any, ...]  # classifiers.input.Prepared
     history: tuple[bool, ...]
-    texts: tuple[str, ...] = ()  # the parts' texts (read again only by a cascade's stage 2)
 
 
 def _inside(guard_dir: Path, rel: Any, field: str) -> Path:
@@ -164,6 +163,11 @@ class Guard:
         if casc is not None:
             from ccguard.cascade import Stage2
 
+            if not isinstance(casc, dict):
+                raise CcguardError("must be an object", where="guard.json stages.cascade")
+            for key in ("escalate_threshold", "threshold"):
+                if not isinstance(v := casc.get(key), int | float) or not 0.0 < v < 1.0:
+                    raise CcguardError(f"must be a number in (0, 1), not {v!r}", where=f"guard.json stages.cascade.{key}")
             stage2 = Stage2.load(_inside(guard_dir, casc.get("path"), "stages.cascade.path"))
             if device is not None:
                 stage2.model.to(_device(device))
@@ -201,7 +205,6 @@ class Guard:
         return PreparedPrompt(
             parts=tuple(self.input_classifier.prepare(p.text) for p in parts),
             history=tuple(history or p.history for p in parts),
-            texts=tuple(p.text for p in parts),
         )
 
     def check_prepared(self, prepared: Sequence[PreparedPrompt], t0: float | None = None) -> list[Verdict]:
@@ -224,14 +227,13 @@ class Guard:
         stage 1 scored highest, and its score in ``got`` replaced by the cascade's. Returns the prompts escalated."""
         from dataclasses import replace
 
+        from ccguard.cascade import stage2_text
+
         todo: list[tuple[int, int, str]] = []
         for i, p in enumerate(prepared):
             for k, (s, h) in enumerate(zip(got[i], p.history, strict=True)):
                 if self.policy.escalates(self.policy.input_part_score(s.score, h)):
-                    if not p.texts:
-                        raise CcguardError("a cascade needs prompts prepared by this ccguard (PreparedPrompt.texts)")
-                    views = dict(self.input_classifier.views(p.texts[k]))
-                    todo.append((i, k, views.get(s.view, p.texts[k])))
+                    todo.append((i, k, stage2_text(p.parts[k], s)))
         if todo:
             s2 = self.stage2.scores([t for _, _, t in todo])
             for (i, k, _), x in zip(todo, s2, strict=True):

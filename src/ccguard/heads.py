@@ -35,11 +35,16 @@ class LinearHead:
         return ((np.asarray(feats, dtype=np.float32) - self.mean) / self.scale) @ self.weight + self.bias
 
     def save(self, path: Path) -> None:
+        """Written to a temporary file and renamed, so a crash never leaves a half-written head."""
+        import os
+
         from safetensors.numpy import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
         save_file({"mean": self.mean, "scale": self.scale, "weight": self.weight,
-                   "bias": np.array([self.bias], dtype=np.float32)}, str(path))
+                   "bias": np.array([self.bias], dtype=np.float32)}, str(tmp))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> LinearHead:

@@ -54,7 +54,9 @@ class ProbeModel(LinearHead):
 
     def save(self, out_dir: Path, extra: dict[str, Any] | None = None) -> None:  # type: ignore[override]
         super().save(out_dir / "probe.safetensors")
-        (out_dir / "probe.json").write_text(json.dumps({"spec": self.spec.model_dump(mode="json"), **(extra or {})}, indent=2))
+        from ccguard.records import atomic_write_text
+
+        atomic_write_text(out_dir / "probe.json", json.dumps({"spec": self.spec.model_dump(mode="json"), **(extra or {})}, indent=2))
 
     @classmethod
     def load(cls, path: Path) -> ProbeModel:  # type: ignore[override]

@@ -168,3 +168,16 @@ def assign_splits(
         split: Split = "train" if u < cut_train else "val" if u < cut_val else "test"
         out.append(ex.model_copy(update={"split": split}))
     return out
+
+
+def half_harmful(rows: list[Example], n: int, seed: int) -> list[Example]:
+    """Up to ``n`` rows, at most half of them harmful where the rows allow (harmful first, then harmless)."""
+    import random
+
+    rng = random.Random(seed)
+    harmful = [r for r in rows if r.label == "harmful"]
+    harmless = [r for r in rows if r.label != "harmful"]
+    rng.shuffle(harmful)
+    rng.shuffle(harmless)
+    k = min(len(harmful), n // 2)
+    return harmful[:k] + harmless[: n - k]

@@ -116,14 +116,15 @@ def test_eval_reports_each_stage_and_the_cost(cascaded_dir: Path, tmp_path: Path
     assert "| stage2 |" in md and "Input cascade: compute per request" in md
 
 
-@pytest.mark.parametrize("path", ["../../elsewhere", "/etc", ""])
-def test_a_stage_path_outside_the_guard_is_refused(cascaded_dir: Path, tmp_path: Path, path: str):
+@pytest.mark.parametrize(("field", "value"), [("path", "../../elsewhere"), ("path", "/etc"), ("path", ""),
+                                              ("threshold", "high"), ("escalate_threshold", 1.5)])
+def test_a_bad_stage_entry_is_refused_by_name(cascaded_dir: Path, tmp_path: Path, field: str, value):
     bad = tmp_path / "guard"
     shutil.copytree(cascaded_dir, bad)
     manifest = json.loads((bad / "guard.json").read_text())
-    manifest["stages"]["cascade"]["path"] = path
+    manifest["stages"]["cascade"][field] = value
     (bad / "guard.json").write_text(json.dumps(manifest))
-    with pytest.raises(CcguardError, match="stages.cascade.path"):
+    with pytest.raises(CcguardError, match=f"stages.cascade.{field}"):
         Guard.load(bad)
 
 

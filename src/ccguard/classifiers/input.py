@@ -123,10 +123,18 @@ class Prepared:
     """One text ready for the model: each decoded view's name and its windows (token ids, special tokens added)."""
 
     views: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]
+    texts: tuple[str, ...] = ()  # each view's text, in the same order
 
     @property
     def n_windows(self) -> int:
         return sum(len(ws) for _, ws in self.views)
+
+    def view_text(self, name: str) -> str | None:
+        """The text of the view called ``name`` (None when it was not kept)."""
+        for (v, _), text in zip(self.views, self.texts, strict=False):
+            if v == name:
+                return text
+        return None
 
 
 @dataclass(frozen=True)
@@ -232,7 +240,7 @@ class InputClassifier:
             budget -= len(ws)
             if budget <= 0:
                 break
-        return Prepared(tuple((v, tuple(tuple(w) for w in ws)) for v, ws in out))
+        return Prepared(tuple((v, tuple(tuple(w) for w in ws)) for v, ws in out), tuple(t for _, t in views[: len(out)]))
 
     def score_prepared(self, prepared: Sequence[Prepared]) -> list[InputScore]:
         """Score prepared texts in one batched pass: the maximum over decoded views and token windows."""

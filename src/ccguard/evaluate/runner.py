@@ -184,23 +184,27 @@ def cascade_ablation(guard: Any, texts: list[Any], y: np.ndarray, all_scores: di
     return out
 
 
+def latency_ms(fn: Any, n: int, warmup: int = 1) -> tuple[float, float]:
+    """Median and 95th-percentile milliseconds of ``n`` calls of ``fn`` (after ``warmup`` untimed ones)."""
+    for _ in range(warmup):
+        fn()
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        lat.append(1000 * (time.perf_counter() - t0))
+    lat.sort()
+    return statistics.median(lat), lat[min(n - 1, int(0.95 * n))]
+
+
 def stage_latency(guard: Any, text: str, n: int = 20) -> dict[str, float]:
     """Median ms of one input check by stage 1 alone and of one stage-2 read, on ``text``."""
     from ccguard.policy import Policy
 
-    def median_ms(fn: Any) -> float:
-        fn()
-        lat = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            lat.append(1000 * (time.perf_counter() - t0))
-        return statistics.median(lat)
-
     alone = Policy(input_threshold=guard.policy.input_threshold, history_margin=guard.policy.history_margin)
     stage1_guard = type(guard)(guard.manifest, guard.input_classifier, alone, guard.output_classifier, guard.probe)
-    return {"stage1_ms": median_ms(lambda: stage1_guard.check_input(text)),
-            "stage2_ms": median_ms(lambda: guard.stage2.scores([text]))}
+    return {"stage1_ms": latency_ms(lambda: stage1_guard.check_input(text), n)[0],
+            "stage2_ms": latency_ms(lambda: guard.stage2.scores([text]), n)[0]}
 
 
 def cascade_cost(guard: Any, suites: dict[str, Any], tokens: int = 200) -> dict[str, Any]:

@@ -27,21 +27,15 @@ from ccguard.cascade import CASCADE_DIR, CascadeSpec, PartScores, Stage2, cascad
 from ccguard.errors import CcguardError
 from ccguard.heads import LinearHead
 from ccguard.policy import Calibration, Policy, calibrate_input, ensemble, is_everyday, threshold_at_fpr
-from ccguard.records import Example, atomic_write_text, read_examples
+from ccguard.records import Example, atomic_write_text, half_harmful, read_examples
 
 DEFAULT_ESCALATION = 0.03
 
 
 def _sample(rows: list[Example], n: int, seed: int) -> list[Example]:
-    """Up to ``n`` examples, at most half of them harmful where the split allows."""
-    rng = random.Random(seed)
-    harmful = [r for r in rows if r.label == "harmful"]
-    harmless = [r for r in rows if r.label != "harmful"]
-    rng.shuffle(harmful)
-    rng.shuffle(harmless)
-    k = min(len(harmful), n // 2)
-    out = harmful[:k] + harmless[: n - k]
-    rng.shuffle(out)
+    """Up to ``n`` examples, at most half of them harmful where the split allows, in random order."""
+    out = half_harmful(rows, n, seed)
+    random.Random(seed).shuffle(out)
     return out
 
 

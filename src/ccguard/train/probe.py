@@ -9,7 +9,6 @@ The probe, the ensemble threshold and the metrics are written into the guard art
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,14 @@ import numpy as np
 from ccguard.errors import CcguardError
 from ccguard.heads import LinearHead
 from ccguard.probes import PROBE_DIR, ProbeModel, ProbeSpec, exchange_score, response_features
-from ccguard.records import Example, atomic_write_text, read_examples, render_prompt
+from ccguard.records import Example, atomic_write_text, half_harmful, read_examples, render_prompt
 
 TOKENS_PER_EXCHANGE = 48  # token features kept per training exchange (the rest add little but memory)
 
 
 def _sample(rows: list[Example], n: int, seed: int) -> list[Example]:
     """Up to ``n`` single-turn exchanges, half harmful where the split allows."""
-    rows = [r for r in rows if isinstance(r.prompt, str) and r.response]
-    rng = random.Random(seed)
-    harmful = [r for r in rows if r.label == "harmful"]
-    harmless = [r for r in rows if r.label != "harmful"]
-    rng.shuffle(harmful)
-    rng.shuffle(harmless)
-    k = min(len(harmful), n // 2)
-    return harmful[:k] + harmless[: n - k]
+    return half_harmful([r for r in rows if isinstance(r.prompt, str) and r.response], n, seed)
 
 
 def _features(model: Any, tok: Any, rows: list[Example], spec: ProbeSpec, progress: Any) -> list[np.ndarray]:
