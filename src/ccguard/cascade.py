@@ -1,6 +1,6 @@
 """The input cascade's second stage (Constitutional Classifiers++, arXiv 2601.04603).
 
-Stage 1 is the guard's input classifier. Every prompt it scores at or above ``escalate_threshold`` (a recall-oriented
+Stage 1 is the guard's input classifier. Every prompt it scores above ``escalate_threshold`` (a recall-oriented
 threshold, set at a stated escalation rate on everyday traffic) is escalated to stage 2, a stronger and slower model;
 the rest are allowed on stage 1's word.
 
@@ -38,12 +38,14 @@ class CascadeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     backbone: str = Field(default="gemma3-270m", description="Decoder LLM (alias, name or path) whose states are read.")
     layers: tuple[int, ...] = Field(default=(4, 8), description="Hidden-state indices read (1-based decoder layer "
-                                    "outputs); the model runs only up to the deepest.")
+                                    "outputs); the model runs only up to the deepest, whose states are read after "
+                                    "the model's final norm.")
     frame: str = Field(default="User request:\n{text}\n\nIs this request harmful?",
                        description="How the prompt is put to the model; {text} is the prompt.")
     max_tokens: int = Field(default=384, ge=16, description="Longer framed prompts keep their first and last halves.")
     c: float = Field(default=0.05, gt=0.0, description="Inverse L2 strength of the logistic head.")
-    weight: float = Field(default=0.5, ge=0.0, le=1.0, description="Weight of stage 2's logit in the ensemble.")
+    weight: float = Field(default=0.5, ge=0.0, le=1.0, description="Weight of stage 2's logit in the ensemble (in "
+                          "training: the largest weight tried; saved: the one chosen).")
 
 
 def framed_ids(tok: Any, text: str, spec: CascadeSpec) -> list[int]:
@@ -74,9 +76,14 @@ class Stage2:
             raise CcguardError("not a cascade directory (cascade.json missing)", where=str(path))
         try:
             spec = CascadeSpec.model_validate(json.loads(meta.read_text(encoding="utf-8"))["spec"])
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise CcguardError(f"bad cascade spec: {str(e).splitlines()[0]}", where=str(meta)) from None
-        return cls(spec, LinearHead.load(Path(path) / "head.safetensors"))
+        out = cls(spec, LinearHead.load(Path(path) / "head.safetensors"))
+        want = 2 * len(spec.layers) * out.model.config.hidden_size
+        if out.head is not None and out.head.weight.shape[0] != want:
+            raise CcguardError(f"head reads {out.head.weight.shape[0]} features, but {spec.backbone} layers "
+                               f"{list(spec.layers)} give {want}", where=str(Path(path) / "head.safetensors"))
+        return out
 
     def save(self, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
         from ccguard.records import atomic_write_text
@@ -96,6 +103,8 @@ class Stage2:
         seqs = [framed_ids(self.tokenizer, t, self.spec) for t in texts]
         taps = self.spec.layers
         hidden = self.model.config.hidden_size
+        if not seqs:
+            return np.zeros((0, 2 * len(taps) * hidden), dtype=np.float32)
         out = np.zeros((len(seqs), 2 * len(taps), hidden), dtype=np.float32)
         device = next(self.model.parameters()).device
         for chunk in length_batches([len(s) for s in seqs], token_budget):
@@ -138,7 +147,7 @@ def load_decoder(spec: CascadeSpec) -> tuple[Any, Any]:
     path = resolve_backbone(spec.backbone)
     try:
         model = AutoModel.from_pretrained(path, use_safetensors=True, attn_implementation="sdpa")
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise CcguardError(f"cannot load stage-2 model {spec.backbone!r}: {str(e).splitlines()[0]}") from None
     layers = getattr(model, "layers", None)
     if layers is None or not hasattr(layers, "__getitem__"):
@@ -207,7 +216,9 @@ def stage1_score(parts: Sequence[PartScores], policy: Any) -> float:
 
 def stage2_score(parts: Sequence[PartScores], policy: Any) -> float:
     """Stage 2 alone (on every text), on the same footing."""
-    return max(policy.input_part_score(p.stage2, p.history) for p in parts)
+    if any(p.stage2 is None for p in parts):
+        raise ValueError("stage2_score needs stage 2's score of every text (see part_scores)")
+    return max(policy.input_part_score(p.stage2, p.history) for p in parts)  # type: ignore[arg-type]
 
 
 def cascade_decision(parts: Sequence[PartScores], policy: Any) -> tuple[float, bool]:

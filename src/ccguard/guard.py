@@ -158,6 +158,9 @@ class Guard:
         if stage is not None and out is not None:
             from ccguard.probes import ProbeModel
 
+            if not isinstance(stage, dict) or not isinstance(stage.get("ensemble_threshold"), int | float):
+                raise CcguardError("must be an object with a numeric ensemble_threshold", where="guard.json stages.probe")
+
             probe = ProbeModel.load(_inside(guard_dir, stage.get("path"), "stages.probe.path"))
         stage2, casc = None, manifest.stages.get("cascade") if cascade else None
         if casc is not None:
@@ -166,8 +169,12 @@ class Guard:
             if not isinstance(casc, dict):
                 raise CcguardError("must be an object", where="guard.json stages.cascade")
             for key in ("escalate_threshold", "threshold"):
-                if not isinstance(v := casc.get(key), int | float) or not 0.0 < v < 1.0:
-                    raise CcguardError(f"must be a number in (0, 1), not {v!r}", where=f"guard.json stages.cascade.{key}")
+                if not isinstance(v := casc.get(key), int | float) or not 0.0 <= v < 1.0:
+                    raise CcguardError(f"must be a number in [0, 1), not {v!r}", where=f"guard.json stages.cascade.{key}")
+            if casc["escalate_threshold"] > manifest.input.calibration.threshold:
+                # Everything stage 1 would block must reach stage 2; a stage calibrated on another stage 1 breaks this.
+                raise CcguardError("is above the input threshold: the stage was calibrated for another input classifier "
+                                   "(re-run `ccguard cascade`)", where="guard.json stages.cascade.escalate_threshold")
             stage2 = Stage2.load(_inside(guard_dir, casc.get("path"), "stages.cascade.path"))
             if device is not None:
                 stage2.model.to(_device(device))

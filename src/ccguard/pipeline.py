@@ -404,10 +404,12 @@ def run(
     if profile.cascade is not None:
         cascade_fp = _sha({"spec": profile.cascade.model_dump(mode="json"), "n": profile.cascade_train, "seed": seed,
                            "escalation": profile.cascade_escalation, "data": sha, "input": training["data"]["fingerprint"],
-                           "fpr": [profile.target_fpr, profile.hard_fpr, profile.family_fpr]})
+                           "fpr": [profile.target_fpr, profile.hard_fpr, profile.family_fpr],
+                           "stage1": [cal.threshold, clf.precision]})
         old = _read_json(guard_dir / "guard.json") or {}
         kept = (old.get("stages") or {}).get("cascade")
-        if kept and kept.get("fingerprint") == cascade_fp and (guard_dir / kept.get("path", "-") / "head.safetensors").is_file():
+        folder = guard_dir / str((kept or {}).get("path") or "-")
+        if kept and kept.get("fingerprint") == cascade_fp and all((folder / f).is_file() for f in ("head.safetensors", "cascade.json")):
             manifest.stages["cascade"] = kept  # the same stage 2 from a crashed or repeated run
     # The policy travels with the guard, so `ccguard eval` and users can see exactly what it was trained on.
     atomic_write_text(guard_dir / "constitution.yaml", constitution_mod.resolve(constitution).read_text(encoding="utf-8"))

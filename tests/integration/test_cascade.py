@@ -46,6 +46,14 @@ def test_the_cascade_is_a_stage_of_the_artifact(cascaded: Guard, cascaded_dir: P
         assert set(m) >= {"stage1", "cascade", "escalation"}
         assert 0 < m["escalation"]["harmless"] < 1 and m["escalation"]["harmful"] > m["escalation"]["harmless"]
     assert (cascaded_dir / "cascade" / "head.safetensors").is_file()
+    # What calibration measured on the validation split is what the guard does with those prompts.
+    from ccguard.records import read_examples
+
+    val = read_examples(smoke_run / "data" / "val.jsonl")
+    verdicts = cascaded.check_inputs([r.prompt for r in val])
+    m = stage["metrics"]["val"]["cascade"]
+    assert sum(not v.allowed for v, r in zip(verdicts, val, strict=True) if r.label == "harmful") == m["tpr"]["k"]
+    assert sum(not v.allowed for v, r in zip(verdicts, val, strict=True) if r.label != "harmful") == m["fpr"]["k"]
     # Without the stage (or asked not to load it), the guard is stage 1 alone, at stage 1's own threshold.
     assert Guard.load(cascaded_dir, cascade=False).stage2 is None
     plain = Guard.load(smoke_run / "guard")
@@ -111,7 +119,8 @@ def test_eval_reports_each_stage_and_the_cost(cascaded_dir: Path, tmp_path: Path
     # The guard as deployed is the cascade.
     assert m["ccguard"]["flagged"] == m["cascade"]["flagged"] and "escalated" in m["ccguard"]
     cost = rep["cascade_cost"]
-    assert cost["stage1_ms"] > 0 and cost["stage2_ms"] > 0 and cost["cost_ratio"] >= 1.0
+    assert cost["stage1_ms"] > 0 and cost["stage2_ms"] > 0
+    assert cost["cascade_ms"] == pytest.approx(cost["stage1_ms"] + cost["escalation_rate"] * cost["stage2_ms"])
     md = (tmp_path / "eval" / "report.md").read_text()
     assert "| stage2 |" in md and "Input cascade: compute per request" in md
 
@@ -126,6 +135,27 @@ def test_a_bad_stage_entry_is_refused_by_name(cascaded_dir: Path, tmp_path: Path
     (bad / "guard.json").write_text(json.dumps(manifest))
     with pytest.raises(CcguardError, match=f"stages.cascade.{field}"):
         Guard.load(bad)
+
+
+def test_a_stage_calibrated_for_another_stage_one_is_refused(cascaded_dir: Path, tmp_path: Path):
+    bad = tmp_path / "guard"
+    shutil.copytree(cascaded_dir, bad)
+    manifest = json.loads((bad / "guard.json").read_text())
+    manifest["stages"]["cascade"]["escalate_threshold"] = min(0.999999, manifest["input"]["calibration"]["threshold"] + 1e-4)
+    (bad / "guard.json").write_text(json.dumps(manifest))
+    with pytest.raises(CcguardError, match="another input classifier"):
+        Guard.load(bad)
+
+
+def test_an_escalation_rate_below_the_target_fpr_is_refused(smoke_run: Path, tmp_path: Path):
+    from ccguard.cascade import CascadeSpec
+    from ccguard.train.cascade import train_cascade
+
+    shutil.copytree(smoke_run / "guard", tmp_path / "guard")
+    with pytest.raises(CcguardError, match="escalation"):
+        train_cascade(tmp_path / "guard", smoke_run / "data", CascadeSpec(backbone="smollm2", layers=(2,)), n_train=20,
+                      escalation=0.001)
+    assert "cascade" not in json.loads((tmp_path / "guard" / "guard.json").read_text()).get("stages", {})
 
 
 def test_bad_stage_two_layers_are_refused():

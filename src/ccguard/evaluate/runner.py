@@ -384,9 +384,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             c = m["ccguard"]
             if c.get("escalated"):
                 e = c["escalated"]
-                lines.append(f"\nEscalated to the cascade's stage 2: {100 * e['all']:.1f}% of this set"
-                             + (f" ({100 * e['harmless']:.1f}% of harmless" if e["harmless"] is not None else " (")
-                             + (f", {100 * e['harmful']:.1f}% of harmful)." if e["harmful"] is not None else ")."))
+                kinds = [f"{100 * e[k]:.1f}% of {k}" for k in ("harmless", "harmful") if e[k] is not None]
+                lines.append(f"\nEscalated to the cascade's stage 2: {100 * e['all']:.1f}% of this set ({', '.join(kinds)}).")
             if c.get("median_released_fraction") is not None:
                 lines.append(f"\nMedian fraction of a flagged harmful response released before halting: {c['median_released_fraction']:.3f}.")
             if "throughput_per_s" in c:

@@ -135,6 +135,9 @@ def run_redteam(
     m = guard.manifest.model_dump()
     m["input"]["calibration"] = cal.model_dump()
     m["config"]["input_precision"] = clf2.precision  # the precision the new threshold was calibrated in
+    if (m.get("stages") or {}).pop("cascade", None) is not None:
+        # Its thresholds were calibrated on the old stage 1's scores: re-run `ccguard cascade` on the new guard.
+        shutil.rmtree(tmp / "cascade", ignore_errors=True)
     m["input"]["training"] = {**m["input"]["training"], "redteam_retrain": {"args": args.to_dict(), **stats, "evasions": len(ev_a)}}
     m.setdefault("metrics", {})["redteam"] = {"before": {k: v for k, v in before.items() if "rate" in k},
                                               "after": {k: after[k] for k in ("block_rate_train_evasions", "block_rate_heldout_evasions")}}

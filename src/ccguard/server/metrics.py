@@ -21,7 +21,7 @@ class Metrics:
         )
         self.upstream_errors = Counter("ccguard_upstream_errors", "Upstream failures by kind.", ["kind"], registry=r)
         self.classifier_errors = Counter("ccguard_classifier_errors", "Classifier failures by stage.", ["stage"], registry=r)
-        self.escalations = Counter("ccguard_escalations", "Screened texts escalated to the input cascade's stage 2.",
+        self.escalations = Counter("ccguard_escalations", "Prompts for which the input cascade's stage 2 was consulted.",
                                    registry=r)
 
     def render(self) -> bytes:

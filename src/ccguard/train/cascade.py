@@ -81,6 +81,10 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
     guard = Guard.load(guard_dir, cascade=False)
     cfg = guard.manifest.config
     target_fpr = guard.manifest.input.calibration.target_fpr
+    if escalation <= target_fpr:
+        raise CcguardError(f"must be above the guard's target FPR ({target_fpr:g}): stage 2 can only clear what is "
+                           f"escalated, so escalating less than stage 1 flags leaves it nothing to do, not {escalation:g}",
+                           where="escalation")
     family_fpr, hard_fpr = cfg.get("family_fpr"), cfg.get("hard_fpr")
     splits = {
         "train": _sample(read_examples(data_dir / "train.jsonl"), n_train, seed),
@@ -148,9 +152,13 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
                              "n_stage2_texts": {k: len(v) for k, v in todo.items()}},
         **({"fingerprint": fingerprint} if fingerprint else {}),
     }
-    stage2.save(guard_dir / CASCADE_DIR, {"calibration": stage["calibration"]})
+    # guard.json first drops any earlier stage, then the new files are written, then guard.json names them: a crash in
+    # between leaves a guard without a cascade, never a new head under old thresholds.
     manifest = json.loads((guard_dir / "guard.json").read_text(encoding="utf-8"))
-    manifest.setdefault("stages", {})["cascade"] = stage
+    if manifest.setdefault("stages", {}).pop("cascade", None) is not None:
+        atomic_write_text(guard_dir / "guard.json", json.dumps(manifest, indent=2))
+    stage2.save(guard_dir / CASCADE_DIR, {"calibration": stage["calibration"]})
+    manifest["stages"]["cascade"] = stage
     atomic_write_text(guard_dir / "guard.json", json.dumps(manifest, indent=2))
     return stage
 
