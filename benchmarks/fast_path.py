@@ -23,12 +23,6 @@ import numpy as np
 import torch
 
 
-def latency(fn, n: int) -> tuple[float, float]:
-    from ccguard.evaluate.runner import latency_ms
-
-    return latency_ms(fn, n, warmup=5)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
@@ -43,6 +37,7 @@ def main() -> int:
     from stream_cost import cached, response_of
 
     from ccguard import Guard
+    from ccguard.evaluate.runner import latency_ms
     from ccguard.policy import is_everyday
     from ccguard.records import read_examples, render_prompt
 
@@ -69,7 +64,7 @@ def main() -> int:
         clf.exact_from = None if name == "int8 only" else exact_from
         scores[name] = np.array([s.score for s in clf.score(prompts)])
         text = clf.tokenizer.decode(clf.token_ids(TEXT)[:200])
-        p50, p95 = latency(lambda g=guard, t=text: g.check_input(t), a.n)
+        p50, p95 = latency_ms(lambda g=guard, t=text: g.check_input(t), a.n, warmup=5)
         rows.append((name, p50, p95))
     twice = scores["int8 only"] >= exact_from
     print(f"input classifier: {len(test)} test prompts ({int(y.sum())} harmful), threshold {thr_in:.4f}, re-scored "

@@ -30,6 +30,7 @@ from ccguard.errors import CcguardError
 from ccguard.heads import LinearHead
 
 CASCADE_DIR = "cascade"
+CHARS_PER_TOKEN = 8  # generous: each kept side of a long text still holds more than half of max_tokens
 
 
 class CascadeSpec(BaseModel):
@@ -50,7 +51,11 @@ class CascadeSpec(BaseModel):
 
 def framed_ids(tok: Any, text: str, spec: CascadeSpec) -> list[int]:
     """Token ids of the framed prompt, cut to ``spec.max_tokens`` by keeping its head and tail (the frame's question
-    is at the tail)."""
+    is at the tail). A long text is first cut to its first and last ``CHARS_PER_TOKEN * max_tokens`` characters:
+    stage 2 runs in the guard's shared model worker, where tokenizing a whole 1 MB prompt would cost about 0.6 s."""
+    keep = CHARS_PER_TOKEN * spec.max_tokens
+    if len(text) > 2 * keep:
+        text = text[:keep] + "\n" + text[-keep:]
     ids = list(tok(spec.frame.replace("{text}", text))["input_ids"])
     if len(ids) > spec.max_tokens:
         half = spec.max_tokens // 2
@@ -61,13 +66,11 @@ def framed_ids(tok: Any, text: str, spec: CascadeSpec) -> list[int]:
 class Stage2:
     """A frozen, truncated decoder and a linear head: ``scores(texts)`` are probabilities. No per-request state."""
 
-    def __init__(self, spec: CascadeSpec, head: LinearHead | None = None, *, model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(self, spec: CascadeSpec, head: LinearHead | None = None) -> None:
         self.spec = spec
         self.head = head
-        if model is None:
-            model, tokenizer = load_decoder(spec)
-        self.model, self.tokenizer = model, tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.model, self.tokenizer = load_decoder(spec)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     @classmethod
     def load(cls, path: Path) -> Stage2:

@@ -20,14 +20,14 @@ class LinearHead:
         self.bias = float(bias)
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray | None = None) -> LinearHead:
+    def fit(cls, x: np.ndarray, y: np.ndarray, c: float) -> LinearHead:
         """A class-balanced, L2-regularised logistic regression on standardised features."""
         from sklearn.linear_model import LogisticRegression
 
         x = np.asarray(x, dtype=np.float32)
         mean, scale = x.mean(0), x.std(0) + 1e-6
         lr = LogisticRegression(C=c, max_iter=1000, class_weight="balanced")
-        lr.fit((x - mean) / scale, y, sample_weight=sample_weight)
+        lr.fit((x - mean) / scale, y)
         return cls(mean, scale, lr.coef_[0], float(lr.intercept_[0]))
 
     def logits(self, feats: np.ndarray) -> np.ndarray:

@@ -107,6 +107,10 @@ def test_stage_two_is_fed_a_decoded_view_and_bounded_text(cascaded: Guard):
     ids = framed_ids(cascaded.stage2.tokenizer, "word " * 5000, cascaded.stage2.spec)
     assert len(ids) == cascaded.stage2.spec.max_tokens
     assert ids[-3:] == framed_ids(cascaded.stage2.tokenizer, "word", cascaded.stage2.spec)[-3:]  # the question survives
+    # A huge prompt is cut by characters before it is tokenized, keeping both ends.
+    tok = cascaded.stage2.tokenizer
+    huge = framed_ids(tok, "alpha " * 200_000 + "omega " * 200_000, cascaded.stage2.spec)
+    assert len(huge) == cascaded.stage2.spec.max_tokens and "alpha" in tok.decode(huge) and "omega" in tok.decode(huge)
 
 
 def test_eval_reports_each_stage_and_the_cost(cascaded_dir: Path, tmp_path: Path):
