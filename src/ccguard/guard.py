@@ -23,7 +23,7 @@ from ccguard.classifiers.backbone import resolve_precision
 from ccguard.conversation import screen_parts
 from ccguard.errors import CcguardError
 from ccguard.policy import Calibration, OutputGate, Policy, Verdict
-from ccguard.records import Prompt, render_prompt
+from ccguard.records import Prompt, content_text, parse_prompt, render_prompt, unscreened_parts
 
 __all__ = ["FORMAT_VERSION", "ClassifierInfo", "Guard", "GuardManifest", "Policy", "PreparedPrompt", "Verdict", "read_manifest"]
 
@@ -70,6 +70,7 @@ class PreparedPrompt:
 
     parts: tuple[Any, ...]  # classifiers.input.Prepared
     history: tuple[bool, ...]
+    unscreened: tuple[str, ...] = ()  # content parts the text classifier cannot read (see records.unscreened_parts)
 
 
 def _inside(guard_dir: Path, rel: Any, field: str) -> Path:
@@ -208,10 +209,12 @@ class Guard:
         """The CPU-only half of an input check (decoded views and windows), for callers that run it in their own
         worker under a time budget; finish with :meth:`check_prepared`. A conversation is read as several texts
         (``ccguard.conversation.screen_parts``); ``history``: all of ``prompt`` is earlier turns."""
+        prompt = _parsed(prompt)
         parts = screen_parts(prompt)
         return PreparedPrompt(
             parts=tuple(self.input_classifier.prepare(p.text) for p in parts),
             history=tuple(history or p.history for p in parts),
+            unscreened=tuple(unscreened_parts(prompt)),
         )
 
     def check_prepared(self, prepared: Sequence[PreparedPrompt], t0: float | None = None) -> list[Verdict]:
@@ -227,6 +230,8 @@ class Guard:
                 [s for s, h in zip(got[i], p.history, strict=True) if not h],
                 [s for s, h in zip(got[i], p.history, strict=True) if h], latency_ms=ms,
                 escalated=None if escalated is None else i in escalated))
+            if p.unscreened:
+                verdicts[-1] = verdicts[-1].model_copy(update={"unscreened": list(p.unscreened)})
         return verdicts
 
     def _escalate(self, prepared: Sequence[PreparedPrompt], got: list[list[Any]]) -> set[int]:
@@ -248,7 +253,9 @@ class Guard:
         return {i for i, _, _ in todo}
 
     def check_input(self, prompt: Prompt) -> Verdict:
-        """Screen one prompt (a string or chat messages)."""
+        """Screen one prompt: a string, or chat messages (``Message`` objects or OpenAI-style dicts, whose content
+        may be a list of content parts: text parts are screened, and the verdict's ``unscreened`` names the
+        others)."""
         return self.check_inputs([prompt])[0]
 
     async def acheck_input(self, prompt: Prompt) -> Verdict:
@@ -285,12 +292,15 @@ class Guard:
 
     def _output_verdict(self, gate: OutputGate, prompt: Prompt, t0: float) -> Verdict:
         category = self._category(prompt, gate.text) if gate.halted else None
-        return gate.verdict(category=category, latency_ms=1000 * (time.perf_counter() - t0))
+        v = gate.verdict(category=category, latency_ms=1000 * (time.perf_counter() - t0))
+        unscreened = unscreened_parts(prompt)
+        return v.model_copy(update={"unscreened": unscreened}) if unscreened else v
 
     async def _screen(self, prompt: Prompt, chunks: AsyncIterable[str], run: _Runner) -> AsyncIterator[str | Verdict]:
         """The session loop: score each chunk through the gate, yield only released text, stop at the first flag,
         and end with the ``Verdict``. ``run`` executes the model work (inline, or off the event loop)."""
         t0 = time.perf_counter()
+        prompt = _parsed(prompt)
         gate = await run(self.start_stream, prompt)
         released = 0
         async for chunk in chunks:
@@ -317,15 +327,29 @@ class Guard:
         """Sync twin of ``ascreen_stream`` (the same loop, driven here)."""
         return _drive(self._screen(prompt, _aiter(chunks), _inline))
 
-    def check_output(self, prompt: Prompt, response: str) -> Verdict:
-        """Screen a complete response as if it had been streamed; ``stop_char`` says where it would have halted."""
-        *_, verdict = self.screen_stream(prompt, [response])
-        return verdict
+    def check_output(self, prompt: Prompt, response: str | list[dict[str, Any]]) -> Verdict:
+        """Screen a complete response (a string, or OpenAI-style content parts) as if it had been streamed;
+        ``stop_char`` says where it would have halted (in the joined text parts)."""
+        text, others = content_text(response, where="response")
+        *_, verdict = self.screen_stream(prompt, [text])
+        return _with_unscreened(verdict, others)
 
-    async def acheck_output(self, prompt: Prompt, response: str) -> Verdict:
+    async def acheck_output(self, prompt: Prompt, response: str | list[dict[str, Any]]) -> Verdict:
         """Async twin of ``check_output``."""
-        items = [item async for item in self.ascreen_stream(prompt, _aiter([response]))]
-        return items[-1]
+        text, others = content_text(response, where="response")
+        items = [item async for item in self.ascreen_stream(prompt, _aiter([text]))]
+        return _with_unscreened(items[-1], others)
+
+
+def _parsed(prompt: Prompt) -> Prompt:
+    """A prompt with its messages validated once (dicts become ``Message``; content parts are split)."""
+    return prompt if isinstance(prompt, str) else parse_prompt(list(prompt), where="prompt")
+
+
+def _with_unscreened(verdict: Verdict, response_parts: list[str]) -> Verdict:
+    if not response_parts:
+        return verdict
+    return verdict.model_copy(update={"unscreened": [*verdict.unscreened, *(f"response: {t}" for t in response_parts)]})
 
 
 _Runner = Callable[..., Awaitable[Any]]

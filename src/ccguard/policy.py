@@ -251,6 +251,10 @@ class Verdict(BaseModel):
     latency_ms: float = Field(default=0.0, description="Time the check took.")
     escalated: bool | None = Field(
         default=None, description="Input stage of a guard with a cascade: whether stage 2 was consulted (else None).")
+    unscreened: list[str] = Field(
+        default_factory=list,
+        description="Content parts the text classifiers could not read, with where they sit ('prompt[1]: "
+        "image_url', 'response: input_audio'); the verdict covers only the text. Empty for text-only input.")
 
 
 class Policy(BaseModel):

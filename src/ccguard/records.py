@@ -10,24 +10,64 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ccguard.errors import CcguardError
 
 Label = Literal["harmful", "harmless"]
 Split = Literal["train", "val", "test"]
+# Content-part types that carry text (chat completions' 'text'; the Responses API's 'input_text' and 'output_text').
+TEXT_PARTS = ("text", "input_text", "output_text")
+
+
+def content_text(content: Any, *, where: str = "content") -> tuple[str, list[str]]:
+    """The text of an OpenAI-style message content (a string, None, or a list of content parts) and the types of its
+    parts that are not text (images, audio, files), which a text guard cannot read. Text parts are joined as they
+    come, with nothing between them, so a word split across two parts is read whole. A malformed part is an error
+    naming it."""
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise CcguardError("must be a string or a list of content parts", where=where)
+    texts: list[str] = []
+    others: list[str] = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or not kind:
+            raise CcguardError("each content part must be an object with a 'type'", where=f"{where}[{i}]")
+        if kind in TEXT_PARTS:
+            if not isinstance(part.get("text"), str):
+                raise CcguardError(f"a {kind!r} part needs a string 'text'", where=f"{where}[{i}]")
+            texts.append(part["text"])
+        else:
+            others.append(kind[:64])
+    return "".join(texts), others
 
 
 class Message(BaseModel):
-    """One chat message."""
+    """One chat message. ``content`` may be given as OpenAI-style content parts: the text parts become ``content``
+    and the types of the others are kept in ``other_parts``."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     role: str = Field(description="'system', 'developer', 'user', 'assistant' or 'tool'.")
-    content: str = Field(description="The message text.")
+    content: str = Field(description="The message text (the text parts, joined).")
+    other_parts: tuple[str, ...] = Field(
+        default=(), description="Types of the content parts that are not text ('image_url', 'input_audio', 'file', "
+        "...): a text guard cannot read them, and verdicts name them.")
     name: str | None = Field(default=None, description="Optional participant name (OpenAI's 'name').")
     tool_calls: list[dict[str, Any]] | None = Field(default=None, description="Assistant tool calls, in OpenAI's shape.")
     tool_call_id: str | None = Field(default=None, description="For a 'tool' message: the call it answers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _content_parts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not isinstance(data.get("content", ""), str):
+            text, others = content_text(data.get("content"))
+            data = {**data, "content": text, "other_parts": tuple(data.get("other_parts") or ()) + tuple(others)}
+        return data
 
 
 Prompt = str | list[Message]
@@ -86,16 +126,38 @@ def render_prompt(prompt: Prompt) -> str:
 
 
 def parse_prompt(value: Any, *, where: str) -> Prompt:
-    """Validate a JSON 'prompt' value (string or list of {role, content})."""
+    """Validate a JSON 'prompt' value: a string, or a list of {role, content} messages whose content may be
+    OpenAI-style content parts."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        try:
-            return [Message.model_validate(m) for m in value]
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise CcguardError(f"field 'prompt': each message needs 'role' and 'content' ({err['msg']})", where=where) from None
+        out = []
+        for i, m in enumerate(value):
+            if isinstance(m, Message):
+                out.append(m)
+                continue
+            try:
+                out.append(Message.model_validate(m))
+            except CcguardError as e:
+                raise CcguardError(f"field 'prompt[{i}].{e.where}': {e.message}", where=where) from None
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise CcguardError(f"field 'prompt[{i}]': each message needs 'role' and 'content' ({err['msg']})",
+                                   where=where) from None
+        return out
     raise CcguardError("field 'prompt' must be a string or a list of chat messages", where=where)
+
+
+def unscreened_parts(prompt: Prompt, response: Any = None) -> list[str]:
+    """Where the content parts that a text guard cannot read sit, with their types: ``'prompt[1]: image_url'``,
+    ``'response: input_audio'``. Empty for plain text."""
+    out = []
+    if not isinstance(prompt, str):
+        for i, m in enumerate(parse_prompt(list(prompt), where="prompt")):
+            out += [f"prompt[{i}]: {t}" for t in m.other_parts]
+    if response is not None and not isinstance(response, str):
+        out += [f"response: {t}" for t in content_text(response, where="response")[1]]
+    return out
 
 
 def atomic_write_text(path: Path, text: str) -> None:
