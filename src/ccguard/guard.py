@@ -116,6 +116,33 @@ class Guard:
         self.policy = policy
         self.probe = probe  # a ccguard.probes.ProbeModel for a local upstream, when the artifact has one
         self.stage2 = stage2  # a ccguard.cascade.Stage2, when the artifact has an input cascade
+        self.path: Path | None = None  # the directory it was loaded from
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, token: str | None = None, local_files_only: bool = False,
+                        **load_kwargs: Any) -> Guard:
+        """Load a guard from a directory or a Hub repository id (``org/name``), as ``transformers`` models load.
+        A repository is fetched with ``huggingface_hub`` into ``cache_dir`` (the Hub cache by default); with
+        ``HF_HUB_OFFLINE=1`` or ``local_files_only`` only the cache is read. ``load_kwargs`` go to :meth:`load`."""
+        from ccguard.hub import resolve
+
+        return cls.load(resolve(path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                local_files_only=local_files_only), **load_kwargs)
+
+    def push_to_hub(self, repo_id: str, *, local_hub: str | Path | None = None, private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, commit_message: str | None = None,
+                    create_pr: bool = False) -> str:
+        """Publish this guard's directory with a model card (YAML metadata: constitution hash, thresholds, eval
+        table, intended use, limits) to the Hub, or with ``local_hub`` to a local hub folder in the Hub's cache
+        layout, which ``from_pretrained(repo_id, cache_dir=local_hub)`` reads offline. Returns the commit URL (Hub)
+        or hash (local)."""
+        from ccguard.hub import push_to_hub
+
+        if self.path is None:
+            raise CcguardError("this guard was not loaded from a directory; save it with `ccguard run` first")
+        return push_to_hub(self.path, self.manifest, repo_id, local_hub=local_hub, private=private, token=token,
+                           revision=revision, commit_message=commit_message, create_pr=create_pr)
 
     @classmethod
     def load(cls, guard_dir: str | Path, *, device: str | None = None, runtime: str = "torch", cascade: bool = True) -> Guard:
@@ -193,7 +220,9 @@ class Guard:
             # With a cascade, the escalation threshold is the lowest decision on the input side.
             low = min(policy.input_threshold, policy.escalate_threshold if policy.has_cascade else 1.0)
             use_fast_runtime(inp, out, low, policy.output_threshold)
-        return cls(manifest, inp, policy, out, probe, stage2)
+        guard = cls(manifest, inp, policy, out, probe, stage2)
+        guard.path = guard_dir
+        return guard
 
     @property
     def refusal(self) -> str:

@@ -11,6 +11,7 @@ from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import eval as eval_cmd
 from ccguard.cli import generate as generate_cmd
 from ccguard.cli import probe as probe_cmd
+from ccguard.cli import push as push_cmd
 from ccguard.cli import redteam as redteam_cmd
 from ccguard.cli import run as run_cmd
 from ccguard.cli import score as score_cmd
@@ -32,6 +33,7 @@ app.command("eval")(eval_cmd.eval_)
 app.command("redteam")(redteam_cmd.redteam)
 app.command("probe")(probe_cmd.probe)
 app.command("cascade")(cascade_cmd.cascade)
+app.command("push")(push_cmd.push)
 app.add_typer(constitution_cmd.app, name="constitution")
 
 

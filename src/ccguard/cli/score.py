@@ -87,7 +87,7 @@ def _write_parquet(out: Path, records: list[dict[str, Any]], added: list[dict[st
 
 
 def score(
-    guard: Annotated[Path, typer.Option("--guard", help="Guard artifact directory.")],
+    guard: Annotated[Path, typer.Option("--guard", help="Guard artifact directory, or a Hub repo id (org/name).")],
     in_: Annotated[Path, typer.Option("--in", help="Input: JSONL ({id, prompt[, response]} per line) or .parquet.")],
     out: Annotated[Path, typer.Option("--out", help="Output, written atomically: .parquet, else JSONL.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Records scored per batch.")] = 64,
@@ -105,6 +105,9 @@ def score(
 
     check_engine(engine, workers)
     check_runtime(runtime)
+    from ccguard.hub import resolve
+
+    guard = resolve(str(guard))
     manifest = read_manifest(guard)  # fail fast on a wrong --guard before reading the input
     rows, table = _read(in_)
     if manifest.output is None and any(r.get("response") is not None for r in rows):
