@@ -325,25 +325,44 @@ class Guard:
         unscreened = unscreened_parts(prompt)
         return v.model_copy(update={"unscreened": unscreened}) if unscreened else v
 
-    async def _screen(self, prompt: Prompt, chunks: AsyncIterable[str], run: _Runner) -> AsyncIterator[str | Verdict]:
-        """The session loop: score each chunk through the gate, yield only released text, stop at the first flag,
-        and end with the ``Verdict``. ``run`` executes the model work (inline, or off the event loop)."""
+    async def _screen_items(self, prompt: Prompt, items: AsyncIterable[Any], text_of: Callable[[Any], str],
+                            run: _Runner) -> AsyncIterator[tuple[Any, str] | Verdict]:
+        """The session loop: feed each item's text to the gate and yield ``(item, newly released text)``; stop
+        after the item whose text was flagged. At the end of an unflagged stream, ``(None, rest)`` releases what the
+        last chunk held back. The last item is the ``Verdict``. ``run`` executes the model work (inline, or off the
+        event loop). Nothing from the flagged chunk's first character on is ever released."""
         t0 = time.perf_counter()
         prompt = _parsed(prompt)
         gate = await run(self.start_stream, prompt)
         released = 0
-        async for chunk in chunks:
-            await run(gate.feed, chunk)
-            if gate.released_chars > released:
-                yield gate.text[released : gate.released_chars]
-                released = gate.released_chars
+        async for item in items:
+            if text := text_of(item):
+                await run(gate.feed, text)
+            yield item, gate.text[released : gate.released_chars]
+            released = max(released, gate.released_chars)
             if gate.halted:
                 break
         if not gate.halted:
             await run(gate.finish)
             if gate.released_chars > released:
-                yield gate.text[released : gate.released_chars]
+                yield None, gate.text[released : gate.released_chars]
         yield await run(self._output_verdict, gate, prompt, t0)
+
+    async def _screen(self, prompt: Prompt, chunks: AsyncIterable[str], run: _Runner) -> AsyncIterator[str | Verdict]:
+        async for x in self._screen_items(prompt, chunks, str, run):
+            if isinstance(x, Verdict):
+                yield x
+            elif x[1]:
+                yield x[1]
+
+    async def ascreen_items(self, prompt: Prompt, items: AsyncIterable[Any],
+                            text_of: Callable[[Any], str]) -> AsyncIterator[tuple[Any, str] | Verdict]:
+        """``ascreen_stream`` for a stream of objects that carry text (an SDK's or a framework's chunks):
+        yields ``(item, the text of it and of earlier items released now)`` for each item, ``(None, rest)`` once at
+        the end of an unflagged stream, and finally the ``Verdict``. The caller re-emits each item with the
+        released text in place of its own. Model work runs off the event loop."""
+        async for x in self._screen_items(prompt, items, text_of, _threaded):
+            yield x
 
     async def ascreen_stream(self, prompt: Prompt, chunks: AsyncIterable[str]) -> AsyncIterator[str | Verdict]:
         """Yield response text only after its chunk has been scored; stop at the first flagged chunk. The last
@@ -351,6 +370,11 @@ class Guard:
         work runs off the event loop."""
         async for item in self._screen(prompt, chunks, _threaded):
             yield item
+
+    def screen_items(self, prompt: Prompt, items: Iterable[Any],
+                     text_of: Callable[[Any], str]) -> Iterator[tuple[Any, str] | Verdict]:
+        """Sync twin of ``ascreen_items``."""
+        return _drive(self._screen_items(prompt, _aiter(items), text_of, _inline))
 
     def screen_stream(self, prompt: Prompt, chunks: Iterable[str]) -> Iterator[str | Verdict]:
         """Sync twin of ``ascreen_stream`` (the same loop, driven here)."""

@@ -8,20 +8,19 @@ from typing import Any
 import numpy as np
 
 
-def _plt() -> Any:
-    import matplotlib
+def _figure(**kw: Any) -> Any:
+    """A figure outside pyplot: drawn by its own Agg canvas, so no global backend is set and nothing is left open in
+    the caller's pyplot state (or its notebook)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kw)
 
 
 def roc_curves(path: Path, title: str, labels: np.ndarray, scores: dict[str, np.ndarray]) -> Path:
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = _figure(figsize=(6, 5))
+    ax = fig.subplots()
     for name, s in scores.items():
         fpr, tpr, _ = roc_curve(labels, s)
         ax.plot(np.maximum(fpr, 1e-4), tpr, label=name, lw=2 if name == "ccguard" else 1.2)
@@ -35,14 +34,13 @@ def roc_curves(path: Path, title: str, labels: np.ndarray, scores: dict[str, np.
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def histograms(path: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> Path:
-    plt = _plt()
     n = len(sets)
-    fig, axes = plt.subplots(n, 1, figsize=(7, 1.9 * n + 0.6), squeeze=False)
+    fig = _figure(figsize=(7, 1.9 * n + 0.6))
+    axes = fig.subplots(n, 1, squeeze=False)
     bins = np.linspace(0, 1, 41)
     for ax, (name, (y, s)) in zip(axes[:, 0], sets.items(), strict=True):
         if (y == 0).any():
@@ -56,16 +54,15 @@ def histograms(path: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]], thres
     axes[-1, 0].set_xlabel("ccguard score (dashed: threshold)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def family_bars(path: Path, rows: dict[str, tuple[float, float]]) -> Path:
     """rows: family -> (harmful block rate, harmless block rate)."""
-    plt = _plt()
     names = list(rows)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 2), 4))
+    fig = _figure(figsize=(max(6, 0.6 * len(names) + 2), 4))
+    ax = fig.subplots()
     ax.bar(x - 0.2, [rows[n][0] for n in names], 0.4, label="harmful blocked", color="tab:red")
     ax.bar(x + 0.2, [rows[n][1] for n in names], 0.4, label="harmless blocked", color="tab:blue")
     ax.set_xticks(x, names, rotation=40, ha="right", fontsize=8)
@@ -75,7 +72,6 @@ def family_bars(path: Path, rows: dict[str, tuple[float, float]]) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
@@ -88,10 +84,10 @@ def threshold_tradeoff(path: Path, labels: np.ndarray, scores: np.ndarray, thres
 def calibration_tradeoff(path: Path, rates: dict[str, np.ndarray], threshold: float, title: str) -> Path:
     """Flagged rate of each score set against the threshold, on a logit axis so the region near 1.0, where
     thresholds live, is readable. ``rates`` maps a label ('everyday FPR', 'hard-neighbour FPR', 'TPR') to scores."""
-    plt = _plt()
     eps = 1e-6
     grid = 1.0 / (1.0 + np.exp(-np.linspace(-2, 12, 400)))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
     for (name, scores), color in zip(rates.items(), ("tab:blue", "tab:orange", "tab:red", "tab:green"), strict=False):
         if len(scores):
             ax.plot(np.log(grid / (1 - grid)), [(scores > t).mean() for t in grid], label=name, color=color)
@@ -107,5 +103,4 @@ def calibration_tradeoff(path: Path, rates: dict[str, np.ndarray], threshold: fl
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -347,19 +347,38 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
 def write_report(report_dir: Path, const: Constitution, manifest: Any, metrics: dict[str, Any],
                  images: dict[str, Path] | None = None) -> None:
     """metrics.json, report.md and a self-contained report.html (``images`` are embedded under their captions)."""
-    import base64
-
     report_dir = Path(report_dir)
     atomic_write_text(report_dir / "metrics.json", json.dumps(metrics, indent=2))
     md = render_markdown(const, manifest, metrics)
     for caption, path in (images or {}).items():
         md += f"\n\n![{caption}]({Path(path).name})"
     atomic_write_text(report_dir / "report.md", md)
-    body = "<pre style='white-space:pre-wrap;font:14px/1.4 ui-monospace,monospace'>" + html.escape(md) + "</pre>"
-    for caption, path in (images or {}).items():
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        body += f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
-    atomic_write_text(
-        report_dir / "report.html",
-        f"<!doctype html><meta charset='utf-8'><title>ccguard report: {html.escape(const.name)}</title>{body}",
+    atomic_write_text(report_dir / "report.html", render_html(f"ccguard report: {const.name}", render_markdown(const, manifest, metrics),
+                                                              list((images or {}).items())))
+
+
+_STYLE = (
+    "body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
+    "th{background:#f2f2f2}tr:nth-child(even) td{background:#fafafa}"
+    "code{font:12.5px ui-monospace,monospace;background:#f4f4f4;padding:0 .2em}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+    "figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:520px}figcaption{font-size:12px;color:#555}"
+)
+
+
+def render_html(title: str, md: str, images: list[tuple[str, Path]]) -> str:
+    """A self-contained HTML report: the Markdown rendered as HTML (real tables, headings and lists; raw HTML in it
+    is escaped, since reports quote prompts) and each plot embedded as a figure under its caption."""
+    import base64
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    figures = "".join(
+        f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, p in images
     )
+    plots = f"<section id='plots'><h2>Plots</h2>{figures}</section>" if figures else ""
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{plots}<main>{body}</main></body></html>")

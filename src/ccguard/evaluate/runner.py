@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import statistics
 import time
@@ -15,6 +13,7 @@ from rich.console import Console
 
 from ccguard.evaluate import plots
 from ccguard.evaluate.metrics import auprc, auroc, flagged_rate, threshold_at_fpr, tpr_at_fpr
+from ccguard.evaluate.report import render_html as report_html
 from ccguard.evaluate.suite import EvalItem, Suite, compose_set, expand, load_set
 from ccguard.policy import stop_char
 from ccguard.records import atomic_write_text
@@ -433,13 +432,4 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 
 def render_html(md: str, plots_: list[tuple[str, Path]]) -> str:
-    imgs = "".join(
-        f"<figure><img alt='{html.escape(t)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{html.escape(t)}</figcaption></figure>"
-        for t, p in plots_
-    )
-    style = ("body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "pre{white-space:pre-wrap;font:13px/1.4 ui-monospace,monospace;background:#f6f6f6;padding:1em}"
-             "figure{display:inline-block;margin:.5em;vertical-align:top}img{max-width:520px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ccguard eval</title><style>{style}</style></head>"
-            f"<body><h1>ccguard evaluation report</h1><section id='plots'>{imgs}</section><pre>{html.escape(md)}</pre></body></html>")
+    return report_html("ccguard evaluation report", md, plots_)
