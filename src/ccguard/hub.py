@@ -77,7 +77,7 @@ def _eval_rows(manifest: Any) -> list[str]:
 def model_card(manifest: Any, repo_id: str | None = None) -> Any:
     """A ``huggingface_hub.ModelCard`` for a guard: YAML metadata, what it screens, its evaluation table, how to
     load it, intended use and limits."""
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard, ModelCardData
 
     c = manifest.constitution
     meta = card_metadata(manifest)
@@ -132,13 +132,7 @@ def model_card(manifest: Any, repo_id: str | None = None) -> Any:
         "Weights are safetensors; nothing in this repository is pickled.",
         "",
     ]
-    return ModelCard("---\n" + _yaml(meta) + "---\n\n" + "\n".join(body))
-
-
-def _yaml(meta: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    return ModelCard("---\n" + ModelCardData(**meta).to_yaml() + "\n---\n\n" + "\n".join(body))
 
 
 def _staged(guard_dir: Path, manifest: Any, repo_id: str | None, into: Path) -> list[str]:

@@ -66,6 +66,44 @@ def test_openai_backend_retries_429_then_succeeds():
     assert len(seen) == 3
 
 
+def test_retries_honour_retry_after_and_give_up_with_a_clear_error():
+    import httpx
+
+    from ccguard.llm.http import MAX_RETRY_AFTER, UpstreamError
+    from ccguard.llm.openai_compat import OpenAIBackend
+
+    answers = [httpx.Response(429, headers={"retry-after": "3"}), httpx.Response(503, headers={"retry-after-ms": "1500"}),
+               httpx.Response(429, headers={"retry-after": "86400"}), httpx.Response(500),
+               httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {}})]
+    b = OpenAIBackend("m", base_url="http://test/v1", transport=httpx.MockTransport(lambda r: answers.pop(0)), max_retries=4)
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    b.sleep = record
+    assert asyncio.run(b.generate(MSG)).text == "ok"
+    # What the server asked for (bounded), then jittered exponential backoff when it says nothing.
+    assert waits[:3] == [3.0, 1.5, MAX_RETRY_AFTER] and 0 <= waits[3] <= 8
+
+    b = OpenAIBackend("m", base_url="http://test/v1", transport=httpx.MockTransport(lambda r: httpx.Response(429)), max_retries=2)
+    b.sleep = record
+    with pytest.raises(UpstreamError, match="429"):
+        asyncio.run(b.generate(MSG))
+    # A stream is retried the same way until the server answers with one.
+    answers = [httpx.Response(429, headers={"retry-after": "2"}),
+               httpx.Response(200, text='data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+                              headers={"content-type": "text/event-stream"})]
+    b = OpenAIBackend("m", base_url="http://test/v1", transport=httpx.MockTransport(lambda r: answers.pop(0)))
+    waits.clear()
+    b.sleep = record
+    assert "".join(b.stream_sync(MSG)) == "hi" and waits == [2.0]
+    b = OpenAIBackend("m", base_url="http://test/v1", transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, text="<html>nope</html>", headers={"content-type": "text/html"})))
+    with pytest.raises(UpstreamError, match="event stream"):
+        list(b.stream_sync(MSG))
+
+
 def test_anthropic_backend_at_the_transport_layer():
     import json
 

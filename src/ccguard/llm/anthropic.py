@@ -73,23 +73,23 @@ class AnthropicBackend(HTTPBackend):
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> AsyncIterator[str]:
         body = self._body(messages, params or GenerateParams(), True)
-        async with self._slot(), self._http().stream("POST", "/v1/messages", json=body) as r:
-            if r.status_code >= 400:
-                raise UpstreamError(f"Anthropic API answered {r.status_code}", status=r.status_code)
-            finish = "stop"
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                ev = json.loads(line[5:].strip() or "{}")
-                if ev.get("type") == "content_block_delta" and ev.get("delta", {}).get("type") == "text_delta":
+        finish = "stop"
+        async with self._slot(), self._events("/v1/messages", body) as events:
+            async for sse in events:
+                try:
+                    ev = json.loads(sse.data or "{}")
+                except json.JSONDecodeError:
+                    raise UpstreamError("Anthropic API sent a malformed stream event") from None
+                kind = ev.get("type", sse.event)
+                if kind == "content_block_delta" and ev.get("delta", {}).get("type") == "text_delta":
                     yield ev["delta"]["text"]
-                elif ev.get("type") == "message_delta":
+                elif kind == "message_delta":
                     finish = _FINISH.get((ev.get("delta") or {}).get("stop_reason"), finish)
-                elif ev.get("type") == "error":
+                elif kind == "error":
                     raise UpstreamError(f"Anthropic stream error: {ev.get('error', {}).get('message', '')}")
-                elif ev.get("type") == "message_stop":
+                elif kind == "message_stop":
                     break
-            yield StreamEnd(finish)
+        yield StreamEnd(finish)
 
 
 @register("backend", "anthropic")

@@ -1,18 +1,32 @@
 """What the HTTP backends share: one pooled client per backend, bounded concurrency, a timeout on every request,
-and retries with exponential backoff and jitter on 429s, 5xx errors and timeouts."""
+retries (tenacity) on 429s, 5xx errors and timeouts that honour the server's ``Retry-After`` and otherwise back off
+exponentially with jitter, and Server-Sent Events read with httpx-sse."""
 
 from __future__ import annotations
 
 import asyncio
-import random
+import email.utils
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from ccguard.errors import CcguardError
 from ccguard.llm.base import LLMBackend
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+MAX_RETRY_AFTER = 60.0  # a server asking for a longer pause gets this much; the request's own timeout still applies
+_JITTER = wait_random_exponential(multiplier=0.25, max=8.0)
 
 
 class UpstreamError(CcguardError):
@@ -21,6 +35,44 @@ class UpstreamError(CcguardError):
     def __init__(self, message: str, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class _Retry(Exception):
+    """An answer worth retrying: its status and the pause the server asked for, if any."""
+
+    def __init__(self, status: int | None, retry_after: float | None = None, error: str = "") -> None:
+        self.status, self.retry_after, self.error = status, retry_after, error
+        super().__init__(error or f"status {status}")
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The pause a ``Retry-After`` (or ``retry-after-ms``) header asks for, in seconds, bounded; None without one."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return min(MAX_RETRY_AFTER, max(0.0, float(ms) / 1000))
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value.strip() else None
+        return None if when is None else min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, _Retry) and exc.retry_after is not None:
+        return exc.retry_after
+    return _JITTER(state)
+
+
+def check_status(r: httpx.Response) -> None:
+    """Raise ``_Retry`` for a status worth retrying (with its Retry-After)."""
+    if r.status_code in RETRY_STATUS:
+        raise _Retry(r.status_code, retry_after(r.headers))
 
 
 class HTTPBackend(LLMBackend):
@@ -46,6 +98,7 @@ class HTTPBackend(LLMBackend):
         self.concurrency = concurrency
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # how retries wait (a test can record it)
 
     def _headers(self) -> dict[str, str]:
         raise NotImplementedError
@@ -66,21 +119,61 @@ class HTTPBackend(LLMBackend):
             await self._client.aclose()
             self._client = None
 
-    async def _backoff(self, attempt: int) -> None:
-        await asyncio.sleep(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random()))
+    def retrying(self) -> AsyncRetrying:
+        """The retry policy: up to ``max_retries`` more attempts on a retryable status or a timeout or connection
+        error, waiting what ``Retry-After`` asks (at most a minute) or else exponential backoff with jitter."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type((_Retry, httpx.TimeoutException, httpx.TransportError)),
+            stop=stop_after_attempt(self.max_retries + 1), wait=_wait, sleep=self.sleep, reraise=True,
+        )
+
+    def _failed(self, e: Exception) -> UpstreamError:
+        if isinstance(e, _Retry):
+            return UpstreamError(e.error or f"{self.service} answered {e.status}", status=e.status)
+        return UpstreamError(f"{self.service} unreachable: {type(e).__name__}")
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """POST with retries; a final error status or an unreachable server is an :class:`UpstreamError`."""
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = await self._http().post(path, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                if attempt == self.max_retries:
-                    raise UpstreamError(f"{self.service} unreachable: {type(e).__name__}") from None
-            else:
-                if r.status_code not in RETRY_STATUS or attempt == self.max_retries:
-                    if r.status_code >= 400:
-                        raise UpstreamError(f"{self.service} answered {r.status_code}", status=r.status_code)
-                    return r
-            await self._backoff(attempt)
-        raise UpstreamError(f"{self.service} failed")  # pragma: no cover
+        try:
+            async for attempt in self.retrying():
+                with attempt:
+                    r = await self._http().post(path, json=body)
+                    check_status(r)
+        except (_Retry, httpx.TimeoutException, httpx.TransportError) as e:
+            raise self._failed(e) from None
+        if r.status_code >= 400:
+            raise UpstreamError(f"{self.service} answered {r.status_code}", status=r.status_code)
+        return r
+
+    @asynccontextmanager
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+        """POST and open the answer as a stream of Server-Sent Events, retrying (as :meth:`_post`) until the server
+        answers with a stream; errors after that are not retried, since text may already have gone out."""
+        try:
+            async for attempt in self.retrying():
+                with attempt:
+                    cm = self._http().stream("POST", path, json=body)
+                    r = await cm.__aenter__()
+                    try:
+                        check_status(r)
+                    except _Retry:
+                        await cm.__aexit__(None, None, None)
+                        raise
+        except (_Retry, httpx.TimeoutException, httpx.TransportError) as e:
+            raise self._failed(e) from None
+        try:
+            if r.status_code >= 400:
+                raise UpstreamError(f"{self.service} answered {r.status_code}", status=r.status_code)
+            yield _sse(EventSource(r), self.service)
+        finally:
+            await cm.__aexit__(None, None, None)
+
+
+async def _sse(source: EventSource, service: str) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for event in source.aiter_sse():
+            yield event
+    except SSEError as e:
+        raise UpstreamError(f"{service} did not answer with an event stream ({e})") from None
+    except (httpx.TimeoutException, httpx.TransportError) as e:
+        raise UpstreamError(f"{service} stream failed: {type(e).__name__}") from None

@@ -1,6 +1,6 @@
 """OpenAI-compatible chat completions over HTTP: OpenAI, vLLM, Ollama, llama.cpp server, LiteLLM, or ccguard's own
-proxy. Bounded concurrency, a timeout on every request, and retries with exponential backoff and jitter on 429s,
-5xx errors and timeouts."""
+proxy. Bounded concurrency, a timeout on every request, and retries on 429s, 5xx errors and timeouts that honour
+``Retry-After`` (see ``ccguard.llm.http``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from ccguard.llm.base import Completion, GenerateParams, StreamEnd, ToolCallDelta, Usage
-from ccguard.llm.http import RETRY_STATUS, HTTPBackend, UpstreamError
+from ccguard.llm.http import HTTPBackend, UpstreamError
 from ccguard.records import Message
 from ccguard.registry import register
 
@@ -89,43 +89,23 @@ class OpenAIBackend(HTTPBackend):
         self, messages: Sequence[Message], params: GenerateParams | None = None, extra: dict[str, Any] | None = None
     ) -> AsyncIterator[str]:
         body = self._body(messages, params or GenerateParams(), True, extra)
-        async with self._slot():
-            for attempt in range(self.max_retries + 1):
-                started, finish = False, "stop"
+        finish = "stop"
+        async with self._slot(), self._events("/chat/completions", body) as events:
+            async for ev in events:
+                if ev.data.strip() == "[DONE]":
+                    break
                 try:
-                    async with self._http().stream("POST", "/chat/completions", json=body) as r:
-                        if r.status_code in RETRY_STATUS and attempt < self.max_retries:
-                            await self._backoff(attempt)
-                            continue
-                        if r.status_code >= 400:
-                            raise UpstreamError(f"upstream answered {r.status_code}", status=r.status_code)
-                        async for line in r.aiter_lines():
-                            if not line.startswith("data:"):
-                                continue
-                            payload = line[5:].strip()
-                            if payload == "[DONE]":
-                                break
-                            try:
-                                choice = json.loads(payload)["choices"][0]
-                                delta = choice.get("delta") or {}
-                            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                                raise UpstreamError("upstream sent a malformed stream event") from None
-                            finish = choice.get("finish_reason") or finish
-                            piece = delta.get("content")
-                            if piece:
-                                started = True
-                                yield piece
-                            for call in delta.get("tool_calls") or ():
-                                if isinstance(call, dict):
-                                    started = True
-                                    yield ToolCallDelta(call)
-                        yield StreamEnd(finish)
-                        return
-                except (httpx.TimeoutException, httpx.TransportError) as e:
-                    # Once text has been yielded a retry would repeat it: fail instead.
-                    if started or attempt == self.max_retries:
-                        raise UpstreamError(f"upstream stream failed: {type(e).__name__}") from None
-                    await self._backoff(attempt)
+                    choice = json.loads(ev.data)["choices"][0]
+                    delta = choice.get("delta") or {}
+                except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                    raise UpstreamError("upstream sent a malformed stream event") from None
+                finish = choice.get("finish_reason") or finish
+                if piece := delta.get("content"):
+                    yield piece
+                for call in delta.get("tool_calls") or ():
+                    if isinstance(call, dict):
+                        yield ToolCallDelta(call)
+        yield StreamEnd(finish)
 
 
 @register("backend", "openai")

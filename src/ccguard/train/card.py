@@ -10,7 +10,12 @@ from ccguard.records import atomic_write_text
 
 
 def write_card(out_dir: Path, *, title: str, args: dict[str, Any], data: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """README.md (human) and training.json (machine) with args, data provenance and metrics."""
+    """README.md (a ``huggingface_hub.ModelCard``: YAML metadata, then the human part) and training.json (machine)
+    with args, data provenance and metrics."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    meta = ModelCardData(library_name="ccguard", tags=["ccguard", "guardrail"], pipeline_tag="text-classification",
+                         base_model=args.get("backbone") if "/" in str(args.get("backbone", "")) else None)
     body = [
         f"# {title}",
         "",
@@ -32,7 +37,7 @@ def write_card(out_dir: Path, *, title: str, args: dict[str, Any], data: dict[st
         "```",
         "",
     ]
-    atomic_write_text(Path(out_dir) / "README.md", "\n".join(body))
+    atomic_write_text(Path(out_dir) / "README.md", str(ModelCard("---\n" + meta.to_yaml() + "\n---\n\n" + "\n".join(body))))
     atomic_write_text(
         Path(out_dir) / "training.json", json.dumps({"args": args, "data": data, "metrics": metrics}, indent=2)
     )
