@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = ["Constitution", "Guard", "OutputGate", "Policy", "Verdict", "load_constitution"]
 __version__ = "0.1.0"
+DIST = "ccguard-classifiers"  # the distribution name on the package index (the import name stays `ccguard`)
 
 if TYPE_CHECKING:
     from ccguard.constitution import Constitution

@@ -54,12 +54,15 @@ def file_sha(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
+    from ccguard import DIST
+
     out = {"python": platform.python_version()}
-    for pkg in ("ccguard", "torch", "transformers", "accelerate", "safetensors"):
+    for key, pkg in (("ccguard", DIST), ("torch", "torch"), ("transformers", "transformers"),
+                     ("accelerate", "accelerate"), ("safetensors", "safetensors")):
         try:
-            out[pkg] = metadata.version(pkg)
+            out[key] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
+            out[key] = "unknown"
     return out
 
 

@@ -1,6 +1,6 @@
 """Scoring and generation at scale: the per-batch scoring every engine shares, and its fan-out over Ray.
 
-Ray is imported lazily (``pip install 'ccguard[ray]'``). A job uses the Ray this process already runs, else joins
+Ray is imported lazily (``pip install 'ccguard-classifiers[ray]'``). A job uses the Ray this process already runs, else joins
 the cluster ``RAY_ADDRESS`` names (or, as ``ray.init`` does, the latest one started on this machine), else starts a
 local instance. On exit it disconnects only if it connected: a local instance it started stops, a cluster it joined
 or a Ray the process already ran keeps running. Workers read the guard directory by path, so on a multi-node
@@ -53,7 +53,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise CcguardError("--engine ray needs Ray: pip install 'ccguard[ray]'") from None
+        raise CcguardError("--engine ray needs Ray: pip install 'ccguard-classifiers[ray]'") from None
     return ray
 
 

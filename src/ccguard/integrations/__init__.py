@@ -4,6 +4,6 @@
 - :mod:`ccguard.integrations.langchain`: a LangChain ``Runnable`` that guards any chat model or chain;
 - :mod:`ccguard.integrations.scanners`: LLM-Guard-style prompt and output scanners.
 
-Each module imports its framework when it is imported, never before (``pip install 'ccguard[litellm]'``,
-``'ccguard[langchain]'``).
+Each module imports its framework when it is imported, never before (``pip install 'ccguard-classifiers[litellm]'``,
+``'ccguard-classifiers[langchain]'``).
 """
