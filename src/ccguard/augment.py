@@ -46,7 +46,7 @@ def _choose(rng: random.Random, cfg: AugmentConfig, by_family: dict[str, list[st
 def transforms_by_family(exclude: Sequence[str] = ()) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for e in REGISTRY.entries("transform"):
-        if e.name not in exclude and not e.meta.get("llm", False):
+        if e.name not in exclude:
             out.setdefault(e.meta.get("family", "other"), []).append(e.name)
     return out
 

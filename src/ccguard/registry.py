@@ -1,12 +1,14 @@
-"""One registry for every plugin kind: transforms, decoded views, LLM backends and classifiers.
+"""One registry for every plugin kind (:data:`KINDS`): prompt transforms, LLM transforms, decoded views, response
+voices, LLM backends, evaluation baselines and classifier backbones.
 
-Built-ins register with the same decorator third-party plugins use. Third-party packages expose modules through
-the ``ccguard`` entry-point group; importing such a module registers its plugins.
+Built-ins and third-party plugins are found the same way: a package declares, for each kind, modules in the
+entry-point group ``ccguard.<kind>`` (ccguard's own are in its ``pyproject.toml``), and importing such a module
+registers its plugins with :func:`register`. The first lookup of a kind loads its group. The older catch-all group
+``ccguard`` is loaded too.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,19 +19,15 @@ from ccguard.errors import CcguardError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Modules whose import registers the built-in plugins of each kind.
-_BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
-    "transform": (
-        "ccguard.transforms.encoding",
-        "ccguard.transforms.style",
-        "ccguard.transforms.framing",
-        "ccguard.transforms.structure",
-        "ccguard.transforms.keyword",
-        "ccguard.transforms.llm",
-    ),
-    "view": ("ccguard.views",),
-    "voice": ("ccguard.synth.voices",),
-    "backend": ("ccguard.llm.local", "ccguard.llm.openai_compat", "ccguard.llm.anthropic"),
+# Every kind and what its factories return; ccguard ships built-ins of each.
+KINDS = {
+    "transform": "a prompt transform (ccguard.transforms.base.Transform), built with its recorded arguments",
+    "llm_transform": "a transform that asks an LLM backend (ccguard.transforms.llm.LLMTransform)",
+    "view": "a decoder: text -> decoded text, or None when it does not apply (ccguard.views)",
+    "voice": "a response voice: re-voices a seed answer in a style (ccguard.synth.voices)",
+    "backend": "an LLM backend (ccguard.llm.base.LLMBackend)",
+    "baseline": "an evaluation baseline: BaselineContext -> a scorer with .score(texts) (ccguard.evaluate.baselines)",
+    "backbone": "a classifier backbone: () -> a local path or hub id for from_pretrained (ccguard.classifiers.backbone)",
 }
 
 
@@ -53,6 +51,7 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], Entry] = {}
         self._loaded: set[str] = set()
+        self._failed: dict[str, list[str]] = {}  # kind -> plugin modules that could not be imported, and why
 
     def register(self, kind: str, name: str, **meta: Any) -> Callable[[F], F]:
         """Decorator: register a factory under (kind, name). ``meta`` holds e.g. the transform family."""
@@ -71,10 +70,15 @@ class Registry:
         if kind in self._loaded:
             return
         self._loaded.add(kind)
-        for mod in _BUILTIN_MODULES.get(kind, ()):
-            importlib.import_module(mod)
-        for ep in entry_points(group="ccguard"):
-            ep.load()
+        found = list(entry_points(group=f"ccguard.{kind}"))
+        if kind in KINDS and not found:
+            raise CcguardError(f"no {kind} plugins are installed: the ccguard.{kind} entry points are missing, so the "
+                               "package metadata is stale; reinstall it (pip install -e . in a checkout)")
+        for ep in [*found, *entry_points(group="ccguard")]:
+            try:
+                ep.load()
+            except ImportError as e:  # an optional dependency is missing: its plugins are unavailable, the rest work
+                self._failed.setdefault(kind, []).append(f"{ep.value} ({e})")
 
     def names(self, kind: str) -> list[str]:
         self._load(kind)
@@ -89,7 +93,9 @@ class Registry:
             return self._entries[(kind, name)]
         except KeyError:
             known = ", ".join(self.names(kind)) or "none"
-            raise CcguardError(f"unknown {kind} {name!r} (known: {known})") from None
+            failed = self._failed.get(kind)
+            hint = f"; plugin modules that failed to import: {'; '.join(failed)}" if failed else ""
+            raise CcguardError(f"unknown {kind} {name!r} (known: {known}){hint}") from None
 
     def create(self, kind: str, name: str, **args: Any) -> Any:
         """Build a plugin from its factory; the arguments are part of the plugin's recorded spec."""

@@ -16,7 +16,7 @@ import base64
 import binascii
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ccguard.registry import REGISTRY, register
@@ -24,8 +24,10 @@ from ccguard.transforms.encoding import HOMOGLYPHS, LEET, MORSE, ZERO_WIDTH, atb
 
 Decoder = Callable[[str], str | None]
 
-# Normalisation runs first (it undoes disguises every other decoder would trip on); the rest are tried at each level.
-ORDER = ("normalize", "base64", "hex", "binary", "morse", "spaced", "leetspeak", "cipher", "reversed")
+# Views register an ``order``: lower runs first. Normalisation (order 0) runs once before the others (it undoes
+# disguises every other decoder would trip on); the rest are tried at each level in their order. A plugin view
+# without one runs after the built-ins.
+DEFAULT_ORDER = 1000
 MAX_DEPTH = 3  # decodings of decodings
 MAX_VIEWS = 10  # raw included: every view is a full extra scoring pass
 MAX_SPAN = 2000  # characters: longer letter-cipher spans are cut, so per-span work is bounded
@@ -88,7 +90,7 @@ def _disguised(text: str) -> bool:
     return False
 
 
-@register("view", "normalize")
+@register("view", "normalize", order=0)
 def normalize() -> Decoder:
     """NFKC (fullwidth to ASCII), strip zero-width characters, map Cyrillic/Greek homoglyphs to Latin.
 
@@ -152,7 +154,7 @@ def _encoded_like(s: str) -> bool:
     return bool(_HEX.fullmatch(t) or _BIN.fullmatch(t) or _MORSE.fullmatch(t) or _B64.fullmatch(t))
 
 
-@register("view", "base64")
+@register("view", "base64", order=10)
 def b64() -> Decoder:
     """Decode runs of base64 (standard or URL-safe) that yield printable UTF-8 text."""
 
@@ -177,7 +179,7 @@ def b64() -> Decoder:
     return lambda text: _replace_runs(text, _B64, one)
 
 
-@register("view", "hex")
+@register("view", "hex", order=20)
 def hex_() -> Decoder:
     """Decode runs of hex byte pairs (optionally space- or colon-separated)."""
 
@@ -190,7 +192,7 @@ def hex_() -> Decoder:
     return lambda text: _replace_runs(text, _HEX, one)
 
 
-@register("view", "binary")
+@register("view", "binary", order=30)
 def binary() -> Decoder:
     """Decode runs of 8-bit binary groups."""
 
@@ -206,7 +208,7 @@ def binary() -> Decoder:
 _INV_MORSE = {v: k for k, v in MORSE.items()}
 
 
-@register("view", "morse")
+@register("view", "morse", order=40)
 def morse() -> Decoder:
     """Decode runs of Morse code (letters separated by spaces, words by '/')."""
 
@@ -221,7 +223,7 @@ def morse() -> Decoder:
 _SPACED = re.compile(r"(?:\S {1,3}){5,}\S")
 
 
-@register("view", "spaced")
+@register("view", "spaced", order=50)
 def spaced() -> Decoder:
     """Join text written one character at a time ('h o w   t o'); wider gaps mark word breaks."""
 
@@ -313,14 +315,14 @@ def _per_span(text: str, candidate: Callable[[str], str], margin: float) -> str 
     return "".join(parts)
 
 
-@register("view", "cipher")
+@register("view", "cipher", order=70)
 def cipher() -> Decoder:
     """Undo Caesar shifts (ROT13 included) and Atbash on each span of cipher-looking words, where the result reads
     clearly more like English; the instruction around the span is kept."""
     return lambda text: _per_span(text, _cipher_candidate, 1.6)
 
 
-@register("view", "reversed")
+@register("view", "reversed", order=80)
 def reversed_() -> Decoder:
     """Reverse spans that read clearly more like English backwards."""
     return lambda text: _per_span(text, lambda s: s[::-1], 1.4)
@@ -358,7 +360,7 @@ def _leet_word(word: str) -> bool:
     )
 
 
-@register("view", "leetspeak")
+@register("view", "leetspeak", order=60)
 def leetspeak() -> Decoder:
     """Map digits and symbols inside words back to letters (h4ck3r -> hacker), in text with clear leetspeak."""
 
@@ -395,8 +397,13 @@ def leetspeak() -> Decoder:
     return dec
 
 
-def decoders(names: tuple[str, ...] = ORDER) -> list[tuple[str, Decoder]]:
-    return [(n, REGISTRY.create("view", n)) for n in names]
+def view_names() -> list[str]:
+    """Every registered view, in the order decoding tries them."""
+    return sorted(REGISTRY.names("view"), key=lambda n: (REGISTRY.get("view", n).meta.get("order", DEFAULT_ORDER), n))
+
+
+def decoders(names: Sequence[str] | None = None) -> list[tuple[str, Decoder]]:
+    return [(n, REGISTRY.create("view", n)) for n in (view_names() if names is None else names)]
 
 
 def decoded_views(

@@ -13,7 +13,7 @@ from ccguard.views import decoded_views
 FRAMINGS = load_framings()
 POOL = (("What is 2+2?", "4."), ("Name a primary colour.", "Red."))
 SAMPLE = "Explain how vaccines train the immune system to recognise a virus"
-NAMES = [n for n in REGISTRY.names("transform") if not REGISTRY.get("transform", n).meta.get("llm")]
+NAMES = REGISTRY.names("transform")
 
 
 def ctx(seed: int = 0) -> TransformContext:
@@ -24,8 +24,7 @@ def test_enough_transforms_in_every_family():
     fams = {REGISTRY.get("transform", n).meta["family"] for n in NAMES}
     assert len(NAMES) >= 25
     assert {"encoding", "style", "framing", "structure", "keyword"} <= fams
-    llm = {n for n in REGISTRY.names("transform") if REGISTRY.get("transform", n).meta.get("llm")}
-    assert {"paraphrase", "translate", "persona_rewrite", "decompose"} <= llm
+    assert {"paraphrase", "translate", "persona_rewrite", "decompose"} <= set(REGISTRY.names("llm_transform"))
 
 
 def test_llm_transforms_need_a_backend():

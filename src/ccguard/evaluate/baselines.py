@@ -5,6 +5,10 @@
 - ``minilm_lr``: frozen all-MiniLM-L6-v2 mean-pooled embeddings + logistic regression, same training data.
 - ``no_augmentation``: ccguard's own input classifier trained without stage II (the ablation); trained on demand
   and cached in the run directory.
+
+Each is registered (kind ``baseline``) as ``factory(ctx: BaselineContext) -> Scorer``; a plugin baseline registers
+the same way, with ``needs_data=True`` when it trains on the run's data and ``needs_constitution=True`` when it reads
+the constitution; without them it is skipped.
 """
 
 from __future__ import annotations
@@ -19,12 +23,68 @@ import numpy as np
 
 from ccguard.constitution import Constitution
 from ccguard.records import Example, render_prompt
+from ccguard.registry import register
 
 
 class Scorer(Protocol):
     name: str
 
     def score(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class BaselineContext:
+    """What a baseline may build from: the constitution, and the guard's run directory (its data splits)."""
+
+    const: Constitution | None
+    run_dir: Path | None
+    guard: Any = None
+    console: Any = None
+    _train: list[Example] | None = None
+
+    @property
+    def train(self) -> list[Example]:
+        """The run's training split (read once)."""
+        if self._train is None:
+            from ccguard.records import read_examples
+
+            if self.run_dir is None:
+                raise ValueError("this baseline needs the run's data")
+            self._train = read_examples(self.run_dir / "data" / "train.jsonl")
+        return self._train
+
+
+@register("baseline", "keyword", needs_data=False, needs_constitution=True)
+def keyword(ctx: BaselineContext) -> Scorer:
+    """Case-insensitive regex over the constitution's harmful terms; score = 1 - exp(-hits)."""
+    if ctx.const is None:
+        raise ValueError("the keyword baseline needs the guard's constitution")
+    return KeywordBaseline.from_constitution(ctx.const)
+
+
+@register("baseline", "tfidf_lr", needs_data=True)
+def _tfidf_lr(ctx: BaselineContext) -> Scorer:
+    """TF-IDF word and character n-grams + logistic regression on the run's training split."""
+    return tfidf_lr(ctx.train)
+
+
+@register("baseline", "minilm_lr", needs_data=True)
+def _minilm_lr(ctx: BaselineContext) -> Scorer:
+    """Frozen all-MiniLM-L6-v2 mean-pooled embeddings + logistic regression on the run's training split."""
+    return minilm_lr(ctx.train)
+
+
+@register("baseline", "no_augmentation", needs_data=True, needs_constitution=True)
+def _no_augmentation(ctx: BaselineContext) -> Scorer:
+    """The ablation: ccguard's input classifier retrained on the same split without stage II variants (cached)."""
+    from ccguard.train.args import TrainArgs
+
+    if ctx.const is None or ctx.run_dir is None or ctx.guard is None:
+        raise ValueError("the no_augmentation baseline needs the guard, its constitution and its run directory")
+    args = TrainArgs.from_dict(ctx.guard.manifest.input.training["args"])
+    if ctx.console is not None:
+        ctx.console.print("training the no-augmentation ablation (cached for later evals) ...")
+    return no_augmentation(ctx.run_dir, ctx.const, args)
 
 
 @dataclass

@@ -18,7 +18,12 @@ from ccguard.evaluate.suite import EvalItem, Suite, compose_set, expand, load_se
 from ccguard.policy import stop_char
 from ccguard.records import atomic_write_text
 
-ALL_BASELINES = ("keyword", "tfidf_lr", "minilm_lr", "no_augmentation")
+
+def all_baselines() -> tuple[str, ...]:
+    """Every registered baseline (built-in and plugin)."""
+    from ccguard.registry import REGISTRY
+
+    return tuple(REGISTRY.names("baseline"))
 # A 200-token everyday request, for compute per request (the same text benchmarks/input_latency.py times).
 EVERYDAY_TEXT = (
     "I'm planning a two-week trip to Portugal in late September with my partner and our two kids, aged 7 and 11. "
@@ -66,29 +71,24 @@ def _breakdown(items: list[EvalItem], s: np.ndarray, threshold: float, key: str)
 
 def _load_baselines(names: tuple[str, ...], guard: Any, run_dir: Path | None, const: Any, console: Console) -> tuple[dict[str, Any], dict[str, float]]:
     """Build the requested baselines and calibrate each at the guard's target FPR on the run's val split."""
-    from ccguard.evaluate import baselines as B
+    from ccguard.evaluate.baselines import BaselineContext
     from ccguard.records import read_examples, render_prompt
+    from ccguard.registry import REGISTRY
 
     out: dict[str, Any] = {}
-    if "keyword" in names and const is not None:
-        out["keyword"] = B.KeywordBaseline.from_constitution(const)
-    needs_data = [n for n in names if n != "keyword"]
-    if needs_data and (run_dir is None or not (run_dir / "data" / "train.jsonl").is_file()):
-        console.print(f"[yellow]baselines {', '.join(needs_data)} skipped: the guard has no run data beside it[/]")
-        needs_data = []
+    has_data = run_dir is not None and (run_dir / "data" / "train.jsonl").is_file()
+    ctx = BaselineContext(const=const, run_dir=run_dir, guard=guard, console=console)
+    skipped = []
+    for name in names:
+        entry = REGISTRY.get("baseline", name)
+        if (entry.meta.get("needs_data") and not has_data) or (entry.meta.get("needs_constitution") and const is None):
+            skipped.append(name)
+            continue
+        out[name] = entry.factory(ctx)
+    if skipped:
+        console.print(f"[yellow]baselines {', '.join(skipped)} skipped: the guard has no run data or constitution beside it[/]")
     thresholds: dict[str, float] = {}
     if run_dir is not None and (run_dir / "data" / "val.jsonl").is_file():
-        train = read_examples(run_dir / "data" / "train.jsonl")
-        if "tfidf_lr" in needs_data:
-            out["tfidf_lr"] = B.tfidf_lr(train)
-        if "minilm_lr" in needs_data:
-            out["minilm_lr"] = B.minilm_lr(train)
-        if "no_augmentation" in needs_data and const is not None:
-            from ccguard.train.args import TrainArgs
-
-            args = TrainArgs.from_dict(guard.manifest.input.training["args"])
-            console.print("training the no-augmentation ablation (cached for later evals) ...")
-            out["no_augmentation"] = B.no_augmentation(run_dir, const, args)
         val = [e for e in read_examples(run_dir / "data" / "val.jsonl") if e.label == "harmless"]
         target = float(guard.manifest.config.get("target_fpr", 0.005))
         texts = [render_prompt(e.prompt) for e in val]
@@ -241,7 +241,7 @@ def run_eval(
     suites: list[Suite],
     out_dir: Path,
     *,
-    baselines: tuple[str, ...] = ALL_BASELINES,
+    baselines: tuple[str, ...] | None = None,
     max_items: int | None = None,
     wall: bool = False,
     judge: Any = None,
@@ -258,7 +258,7 @@ def run_eval(
     const = C.load(const_file) if const_file.is_file() else None
     terms = tuple(const.harmful_terms()) if const else ()
     t_all = time.perf_counter()
-    systems, thresholds = _load_baselines(baselines, guard, run_dir, const, console)
+    systems, thresholds = _load_baselines(all_baselines() if baselines is None else baselines, guard, run_dir, const, console)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"guard": str(guard_dir), "constitution": guard.manifest.constitution, "suites": {}, "skipped": {}}
     plot_files: list[tuple[str, Path]] = []

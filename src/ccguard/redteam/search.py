@@ -71,7 +71,7 @@ def redteam(
     clf: Any, queries: Sequence[Example], threshold: float, ctx: TransformContext, cfg: SearchConfig
 ) -> tuple[list[Example], dict[str, Any]]:
     """Search every query; return the evasions (as harmful examples with lineage) and summary stats."""
-    names = [e.name for e in REGISTRY.entries("transform") if e.name not in cfg.exclude and not e.meta.get("llm")]
+    names = [e.name for e in REGISTRY.entries("transform") if e.name not in cfg.exclude]
     evasions: list[Example] = []
     found = 0
     tried = 0

@@ -92,12 +92,11 @@ class Transform:
 
 def build(name: str, **args: Any) -> Transform:
     """Build a registered transform with recorded arguments."""
-    entry = REGISTRY.get("transform", name)
-    if entry.meta.get("llm"):
+    if name not in REGISTRY.names("transform") and name in REGISTRY.names("llm_transform"):
         from ccguard.errors import CcguardError
 
         raise CcguardError(f"transform {name!r} needs an LLM backend (see ccguard.transforms.llm.llm_augment)")
-    t = entry.factory(**args)
+    t = REGISTRY.get("transform", name).factory(**args)
     if not isinstance(t, Transform):
         raise TypeError(f"transform factory {name!r} must return a Transform")
     return t

@@ -1,7 +1,7 @@
 """LLM transforms: paraphrase, translation, persona/jailbreak rewrite and multi-turn decomposition.
 
-They are registered beside the offline transforms (kind ``transform``, family ``llm``, ``llm=True``), but need a
-backend, so offline augmentation and search-based red teaming skip them. :func:`llm_augment` runs them as a
+They are their own registry kind (``llm_transform``), since they need a backend: offline augmentation and
+search-based red teaming use the ``transform`` kind only. :func:`llm_augment` runs them as a
 resumable, cached job; each variant keeps its parent's label and group and records the step in its lineage.
 """
 
@@ -60,7 +60,7 @@ def single_reply(reply: str, original: str) -> str | None:
 
 
 def _register(name: str, choices: dict[str, Sequence[str]] | None = None) -> Callable[[Callable[..., LLMTransform]], Callable[..., LLMTransform]]:
-    return REGISTRY.register("transform", name, family="llm", llm=True, choices=dict(choices or {}))
+    return REGISTRY.register("llm_transform", name, family="llm", choices=dict(choices or {}))
 
 
 @_register("paraphrase")
@@ -131,14 +131,14 @@ def decompose(turns: int = 3) -> LLMTransform:
 
 
 def llm_transform_names() -> list[str]:
-    return [e.name for e in REGISTRY.entries("transform") if e.meta.get("llm")]
+    return REGISTRY.names("llm_transform")
 
 
 def build_llm(name: str, rng: random.Random, **args: Any) -> LLMTransform:
     """Build an LLM transform; arguments it has choices for and that are not given are drawn with ``rng``."""
-    entry = REGISTRY.get("transform", name)
-    if not entry.meta.get("llm"):
+    if name not in REGISTRY.names("llm_transform") and name in REGISTRY.names("transform"):
         raise CcguardError(f"transform {name!r} is not an LLM transform")
+    entry = REGISTRY.get("llm_transform", name)
     for key, options in entry.meta.get("choices", {}).items():
         args.setdefault(key, rng.choice(list(options)))
     return entry.factory(**args)
