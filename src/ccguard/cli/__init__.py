@@ -9,6 +9,7 @@ import typer
 from ccguard.cli import cascade as cascade_cmd
 from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import eval as eval_cmd
+from ccguard.cli import export as export_cmd
 from ccguard.cli import generate as generate_cmd
 from ccguard.cli import probe as probe_cmd
 from ccguard.cli import push as push_cmd
@@ -34,6 +35,7 @@ app.command("redteam")(redteam_cmd.redteam)
 app.command("probe")(probe_cmd.probe)
 app.command("cascade")(cascade_cmd.cascade)
 app.command("push")(push_cmd.push)
+app.command("export")(export_cmd.export)
 app.add_typer(constitution_cmd.app, name="constitution")
 
 
@@ -50,7 +52,7 @@ EXTRAS = {
 
 # What each command needs in full, so that one install fixes it (not one missing module at a time).
 COMMAND_EXTRAS = {"run": "all", "eval": "all", "redteam": "all", "cascade": "all,cascade", "probe": "all",
-                  "generate": "train", "serve": "server"}
+                  "generate": "train", "serve": "server", "export": "fast"}
 
 
 def missing_extra(e: ModuleNotFoundError, command: str | None = None) -> str | None:
