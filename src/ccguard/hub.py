@@ -26,8 +26,14 @@ from ccguard.errors import CcguardError
 from ccguard.records import atomic_write_text
 
 CARD = "README.md"
-# What a guard repository holds besides its own card; other files in a guard directory (reports, logs) stay local.
-GUARD_FILES = ("guard.json", "constitution.yaml", "input/**", "output/**", "probe/**", "cascade/**")
+
+
+def guard_files(manifest: Any) -> tuple[str, ...]:
+    """What a guard repository holds besides its card: guard.json, the constitution, and every folder guard.json
+    points at (the classifiers and any extra stages). Anything else in the directory stays local."""
+    dirs = [manifest.input.path, *([manifest.output.path] if manifest.output else [])]
+    dirs += [st["path"] for st in manifest.stages.values() if isinstance(st, dict) and isinstance(st.get("path"), str)]
+    return ("guard.json", "constitution.yaml", *(f"{d.strip('/')}/**" for d in dirs))
 
 
 def _pct(x: Any) -> str:
@@ -140,9 +146,10 @@ def _staged(guard_dir: Path, manifest: Any, repo_id: str | None, into: Path) -> 
     import fnmatch
 
     files = []
+    keep = guard_files(manifest)
     for p in sorted(guard_dir.rglob("*")):
         rel = p.relative_to(guard_dir).as_posix()
-        if p.is_file() and not p.is_symlink() and any(fnmatch.fnmatch(rel, g) for g in GUARD_FILES):
+        if p.is_file() and not p.is_symlink() and any(fnmatch.fnmatch(rel, g) for g in keep):
             (into / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, into / rel)
             files.append(rel)
