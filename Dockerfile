@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 # The CPU build of torch first: a plain requirement would pull a multi-GB CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<3"
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.6,<3"
 
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./

@@ -113,7 +113,11 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
         raise CcguardError("ccguard export needs onnxruntime: pip install 'ccguard-classifiers[fast]'") from None
     from ccguard.guard import Guard
 
-    guard_dir, out_dir = Path(guard_dir), Path(out_dir)
+    guard_dir, out_dir = Path(guard_dir).resolve(), Path(out_dir).resolve()
+    if out_dir == guard_dir or guard_dir.is_relative_to(out_dir) or out_dir.is_relative_to(guard_dir):
+        raise CcguardError("must not be the guard directory, inside it, or around it", where=f"--out {out_dir}")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "export.json").is_file())):
+        raise CcguardError("exists and is not an earlier ccguard export: choose a new directory", where=f"--out {out_dir}")
     g = Guard.load(guard_dir)
     m = g.manifest
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -158,9 +162,13 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
         atomic_write_text(tmp / "export.json", json.dumps(info, indent=2))
         atomic_write_text(tmp / "README.md", _readme(info))
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        old = None
+        if out_dir.exists():  # an earlier export (checked above): moved aside, replaced, then deleted
+            old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name[-8:]}")
+            out_dir.rename(old)
         tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

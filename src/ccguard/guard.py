@@ -164,7 +164,7 @@ class Guard:
         if manifest.format_version > FORMAT_VERSION:
             raise CcguardError(f"guard format {manifest.format_version} is newer than this ccguard supports", where=str(guard_dir))
         torch_setup()
-        inp = InputClassifier.load(guard_dir / manifest.input.path)
+        inp = InputClassifier.load(_inside(guard_dir, manifest.input.path, "input.path"))
         # Run in the precision the threshold was calibrated in (guards before this field: fp32), unless
         # CCGUARD_PRECISION says otherwise or the hardware lacks bf16.
         calibrated = manifest.config.get("input_precision", "no")
@@ -177,7 +177,7 @@ class Guard:
         if manifest.output is not None:
             from ccguard.classifiers.output import OutputClassifier
 
-            out = OutputClassifier.load(guard_dir / manifest.output.path)
+            out = OutputClassifier.load(_inside(guard_dir, manifest.output.path, "output.path"))
         if device is not None:
             inp.model.to(_device(device))
             if out is not None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +28,7 @@ from ccguard.errors import CcguardError
 from ccguard.records import atomic_write_text
 
 CARD = "README.md"
+log = logging.getLogger("ccguard.hub")
 
 
 def guard_files(manifest: Any) -> tuple[str, ...]:
@@ -159,7 +162,7 @@ def _staged(guard_dir: Path, manifest: Any, repo_id: str | None, into: Path) -> 
 
 def _repo_folder(repo_id: str) -> str:
     parts = repo_id.split("/")
-    if not 1 <= len(parts) <= 2 or not all(parts) or any(p in (".", "..") for p in parts):
+    if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts) or any(".." in p for p in parts):
         raise CcguardError("must look like 'name' or 'org/name'", where=f"repo_id {repo_id!r}")
     return "models--" + "--".join(parts)
 
@@ -172,12 +175,17 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+
+
 def push_local(staged: Path, files: list[str], repo_id: str, hub_dir: Path, revision: str = "main") -> str:
     """Write a staged repository into a local hub folder in the Hub's cache layout; returns the commit hash.
 
     Blobs are content-addressed (so pushing the same weights twice stores them once), the snapshot is assembled
     under a temporary name and renamed into place, and ``refs/<revision>`` is replaced last and atomically: a
     reader sees the old commit or the new one, never a half-written one."""
+    if not _REVISION.fullmatch(revision) or ".." in revision:
+        raise CcguardError("must be a branch name (letters, digits, '.', '_', '-', '/')", where=f"revision {revision!r}")
     repo = Path(hub_dir) / _repo_folder(repo_id)
     blobs = repo / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -233,13 +241,33 @@ def push_to_hub(guard_dir: Path, manifest: Any, repo_id: str, *, local_hub: str 
         return str(getattr(info, "commit_url", info))
 
 
+HF_PREFIX = "hf://"
+
+
+def _repo_id(ref: str) -> str | None:
+    """The Hub repo id a reference names, or None when it names a local path. ``hf://org/name`` is always a repo;
+    a bare ``org/name`` is one only when nothing local could be meant (no such folder, and its first part is not a
+    local folder either), so a mistyped or unmounted path never turns into a download of someone else's guard."""
+    if ref.startswith(HF_PREFIX):
+        return ref[len(HF_PREFIX):]
+    if ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).exists():
+        return None
+    parts = ref.split("/")
+    if len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
+        return None
+    return ref
+
+
 def resolve(path_or_repo_id: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,
             token: str | None = None, local_files_only: bool = False) -> Path:
-    """A local guard directory for a path, or for a Hub repo id (downloaded, or found in ``cache_dir`` offline)."""
+    """A local guard directory for a path, or for a Hub repo id (``hf://org/name``, or a bare ``org/name`` that
+    cannot be a local path), downloaded or found in ``cache_dir`` offline."""
     p = Path(path_or_repo_id)
     if p.is_dir():
         return p
-    repo_id = str(path_or_repo_id)
+    repo_id = _repo_id(str(path_or_repo_id))
+    if repo_id is None:
+        raise CcguardError("no guard directory here (for a Hub repository, write hf://org/name)", where=str(path_or_repo_id))
     _repo_folder(repo_id)  # a clear error for something that is neither a folder nor a repo id
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -256,4 +284,5 @@ def resolve(path_or_repo_id: str | Path, *, revision: str | None = None, cache_d
         raise CcguardError(f"could not fetch from the Hub: {e}", where=repo_id) from None
     if not (Path(folder) / "guard.json").is_file():
         raise CcguardError("has no guard.json: not a ccguard guard", where=repo_id)
+    log.info("guard %s loaded at commit %s", repo_id, Path(folder).name)
     return Path(folder)

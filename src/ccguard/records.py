@@ -55,7 +55,8 @@ class Message(BaseModel):
     role: str = Field(description="'system', 'developer', 'user', 'assistant' or 'tool'.")
     content: str = Field(description="The message text (the text parts, joined).")
     other_parts: tuple[str, ...] = Field(
-        default=(), description="Types of the content parts that are not text ('image_url', 'input_audio', 'file', "
+        default=(), exclude=True,  # a runtime fact about a request; data files stay as they were
+        description="Types of the content parts that are not text ('image_url', 'input_audio', 'file', "
         "...): a text guard cannot read them, and verdicts name them.")
     name: str | None = Field(default=None, description="Optional participant name (OpenAI's 'name').")
     tool_calls: list[dict[str, Any]] | None = Field(default=None, description="Assistant tool calls, in OpenAI's shape.")
@@ -65,7 +66,10 @@ class Message(BaseModel):
     @classmethod
     def _content_parts(cls, data: Any) -> Any:
         if isinstance(data, dict) and not isinstance(data.get("content", ""), str):
-            text, others = content_text(data.get("content"))
+            try:
+                text, others = content_text(data.get("content"))
+            except CcguardError as e:  # a ValueError, so pydantic reports it with the record's location
+                raise ValueError(str(e)) from None
             data = {**data, "content": text, "other_parts": tuple(data.get("other_parts") or ()) + tuple(others)}
         return data
 
@@ -136,10 +140,13 @@ def parse_prompt(value: Any, *, where: str) -> Prompt:
             if isinstance(m, Message):
                 out.append(m)
                 continue
+            if isinstance(m, dict) and not isinstance(m.get("content", ""), str):
+                try:
+                    content_text(m.get("content"), where=f"prompt[{i}].content")
+                except CcguardError as e:
+                    raise CcguardError(f"field '{e.where}': {e.message}", where=where) from None
             try:
                 out.append(Message.model_validate(m))
-            except CcguardError as e:
-                raise CcguardError(f"field 'prompt[{i}].{e.where}': {e.message}", where=where) from None
             except ValidationError as e:
                 err = e.errors()[0]
                 raise CcguardError(f"field 'prompt[{i}]': each message needs 'role' and 'content' ({err['msg']})",

@@ -69,16 +69,18 @@ class Registry:
     def _load(self, kind: str) -> None:
         if kind in self._loaded:
             return
-        self._loaded.add(kind)
         found = list(entry_points(group=f"ccguard.{kind}"))
         if kind in KINDS and not found:
             raise CcguardError(f"no {kind} plugins are installed: the ccguard.{kind} entry points are missing, so the "
                                "package metadata is stale; reinstall it (pip install -e . in a checkout)")
+        failed = []
         for ep in [*found, *entry_points(group="ccguard")]:
             try:
                 ep.load()
-            except ImportError as e:  # an optional dependency is missing: its plugins are unavailable, the rest work
-                self._failed.setdefault(kind, []).append(f"{ep.value} ({e})")
+            except Exception as e:  # noqa: BLE001 - e.g. a missing optional dependency: that plugin is out, the rest work
+                failed.append(f"{ep.value} ({type(e).__name__}: {e})")
+        self._failed[kind] = failed
+        self._loaded.add(kind)  # only once every entry point has been tried
 
     def names(self, kind: str) -> list[str]:
         self._load(kind)

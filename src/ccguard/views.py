@@ -398,8 +398,14 @@ def leetspeak() -> Decoder:
 
 
 def view_names() -> list[str]:
-    """Every registered view, in the order decoding tries them."""
-    return sorted(REGISTRY.names("view"), key=lambda n: (REGISTRY.get("view", n).meta.get("order", DEFAULT_ORDER), n))
+    """Every registered view, in the order decoding tries them (normalisation always first)."""
+    return sorted(REGISTRY.names("view"),
+                  key=lambda n: (n != "normalize", REGISTRY.get("view", n).meta.get("order", DEFAULT_ORDER), n))
+
+
+def builtin_view_names() -> list[str]:
+    """ccguard's own views, in order: what a classifier that recorded no view list was calibrated with."""
+    return [n for n in view_names() if REGISTRY.get("view", n).factory.__module__.startswith("ccguard.")]
 
 
 def decoders(names: Sequence[str] | None = None) -> list[tuple[str, Decoder]]:

@@ -64,9 +64,21 @@ def test_exported_models_reproduce_the_guard(exported: Path, smoke_guard):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_export_errors_are_clean(tmp_path: Path):
+def test_export_never_replaces_what_is_not_an_export(smoke_run: Path, exported: Path, tmp_path: Path):
     from ccguard.cli import app
 
     res = CliRunner().invoke(app, ["export", "--guard", str(tmp_path), "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "guard.json" in str(res.exception or res.output)
     assert not (tmp_path / "x").exists()
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    for out in (keep, smoke_run / "guard", smoke_run):
+        res = CliRunner().invoke(app, ["export", "--guard", str(smoke_run / "guard"), "--out", str(out)])
+        assert res.exit_code != 0, out
+    assert (keep / "notes.txt").read_text() == "precious" and (smoke_run / "guard" / "guard.json").is_file()
+    # An earlier export is replaced.
+    (exported / "stale.txt").write_text("x")
+    res = CliRunner().invoke(app, ["export", "--guard", str(smoke_run / "guard"), "--out", str(exported)])
+    assert res.exit_code == 0, res.output
+    assert (exported / "export.json").is_file() and not (exported / "stale.txt").exists()

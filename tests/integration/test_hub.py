@@ -57,14 +57,31 @@ def test_a_new_push_moves_main_and_keeps_the_old_revision(smoke_run: Path, tmp_p
     assert second != first
     assert Guard.from_pretrained("cbrn-guard", cache_dir=hub).policy.input_threshold == 0.5
     assert Guard.from_pretrained("cbrn-guard", cache_dir=hub, revision=first).policy.input_threshold != 0.5
+    with pytest.raises(CcguardError, match="branch name"):
+        Guard.load(src).push_to_hub("cbrn-guard", local_hub=hub, revision="../../outside")
+    assert not (tmp_path / "outside").exists()
+    # guard.json may not point a classifier outside its directory.
+    manifest["input"]["path"] = "../elsewhere"
+    (src / "guard.json").write_text(json.dumps(manifest))
+    with pytest.raises(CcguardError, match="outside the guard directory"):
+        Guard.load(src)
 
 
 def test_bad_references_are_clear_errors(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CcguardError, match="not in the hub cache"):
         Guard.from_pretrained("acme/no-such-guard", cache_dir=tmp_path)
-    with pytest.raises(CcguardError, match="org/name"):
+    # A path that is not there never turns into a download of someone else's repository.
+    with pytest.raises(CcguardError, match="hf://"):
         Guard.from_pretrained("a/b/c/d", cache_dir=tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CcguardError, match="no guard directory here"):
+        Guard.from_pretrained("runs/cbrn", cache_dir=tmp_path)
+    with pytest.raises(CcguardError, match="not in the hub cache"):
+        Guard.from_pretrained("hf://runs/cbrn", cache_dir=tmp_path)
+    with pytest.raises(CcguardError, match="org/name"):
+        Guard.from_pretrained("hf://acme/../x", cache_dir=tmp_path)
     # A hub repository that is not a guard.
     snap = tmp_path / "models--acme--other" / "snapshots" / ("0" * 40)
     snap.mkdir(parents=True)

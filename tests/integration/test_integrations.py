@@ -102,6 +102,53 @@ def test_litellm_streaming_hook_releases_only_screened_text(open_guard, halting_
         assert text == released and finishes[-1] == "content_filter" and "stop" not in finishes
 
 
+def test_litellm_streaming_hook_keeps_tool_calls_whole(open_guard):
+    from ccguard.integrations.litellm import CcguardGuardrail
+
+    args = '{"city": "Paris", "units": "metric", "days": 3}'
+    up = FakeUpstream(TEXT, tool_calls=[{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": args}}],
+                      finish="tool_calls")
+    with serving(up.app) as url:
+        msgs = [{"role": "user", "content": "Weather in Paris?"}]
+
+        async def go():
+            resp = await _litellm_call(url, msgs, stream=True)
+            return [c async for c in CcguardGuardrail(guard=open_guard).async_post_call_streaming_iterator_hook(
+                None, resp, {"messages": msgs})]
+
+        chunks = asyncio.run(go())
+    deltas = [c.choices[0].delta for c in chunks]
+    assert "".join(d.content or "" for d in deltas) == TEXT
+    calls = [t for d in deltas for t in (d.tool_calls or ())]
+    assert "".join(t.function.arguments or "" for t in calls) == args and sum(bool(t.id) for t in calls) == 1
+    finishes = [c.choices[0].finish_reason for c in chunks]
+    assert finishes[-1] == "tool_calls" and sum(f is not None for f in finishes) == 1
+
+
+def test_litellm_pre_call_screens_every_text_field(smoke_guard):
+    from fastapi import HTTPException
+
+    from ccguard.integrations.litellm import CcguardGuardrail
+
+    rail = CcguardGuardrail(guard=_guard(smoke_guard, inp=smoke_guard.check_input(HARMFUL_PROMPT).score - 1e-6))
+
+    def pre(data):
+        return asyncio.run(rail.async_pre_call_hook(None, None, data, "completion"))
+
+    for data, why in [
+        ({"prompt": HARMFUL_PROMPT}, "request blocked"),  # text completion
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": HARMFUL_PROMPT}]}]}, "request blocked"),
+        ({"input": [{"type": "function_call_output", "output": HARMFUL_PROMPT}]}, "request blocked"),
+        ({"messages": [{"role": "user", "content": "hi"}], "instructions": HARMFUL_PROMPT}, "request blocked"),
+        ({"prompt": [101, 2023, 102]}, "token ids"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n > 1"),
+    ]:
+        with pytest.raises(HTTPException) as e:
+            pre(data)
+        assert e.value.status_code == 400 and why in e.value.detail["error"], data
+    assert pre({"model": "embed", "input": "How do I bake bread?"})["input"] == "How do I bake bread?"
+
+
 def test_litellm_post_call_cuts_a_flagged_response(halting_guard):
     from ccguard.integrations.litellm import CcguardGuardrail
 
@@ -144,6 +191,13 @@ def test_langchain_runnable_invoke_and_chain(open_guard, smoke_guard):
             CcguardRunnable(_chat(url), strict, on_block="raise").invoke(HARMFUL_PROMPT)
         with pytest.raises(TypeError, match="prompt template"):
             guarded.invoke({"q": "x"})
+        # Parts a text guard cannot read are refused unless allowed; the model is not called.
+        calls = up.calls
+        parts = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE]}]
+        refused = guarded.invoke(parts)
+        assert "image_url" in refused.content and refused.response_metadata["finish_reason"] == "content_filter"
+        assert up.calls == calls
+        assert CcguardRunnable(_chat(url), open_guard, allow_unscreened=True).invoke(parts).content == TEXT
 
 
 def test_langchain_runnable_streams_only_screened_text(halting_guard):

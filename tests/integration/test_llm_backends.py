@@ -69,13 +69,14 @@ def test_openai_backend_retries_429_then_succeeds():
 def test_retries_honour_retry_after_and_give_up_with_a_clear_error():
     import httpx
 
-    from ccguard.llm.http import MAX_RETRY_AFTER, UpstreamError
+    from ccguard.llm.http import MAX_RETRY_AFTER, UpstreamError, retry_after
     from ccguard.llm.openai_compat import OpenAIBackend
 
     answers = [httpx.Response(429, headers={"retry-after": "3"}), httpx.Response(503, headers={"retry-after-ms": "1500"}),
-               httpx.Response(429, headers={"retry-after": "86400"}), httpx.Response(500),
+               httpx.Response(429, headers={"retry-after": "86400"}), httpx.Response(429, headers={"retry-after": "soon"}),
                httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {}})]
     b = OpenAIBackend("m", base_url="http://test/v1", transport=httpx.MockTransport(lambda r: answers.pop(0)), max_retries=4)
+    assert retry_after(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 -0000"})) == 0.0  # past, zone-less
     waits: list[float] = []
 
     async def record(seconds: float) -> None:
@@ -83,7 +84,7 @@ def test_retries_honour_retry_after_and_give_up_with_a_clear_error():
 
     b.sleep = record
     assert asyncio.run(b.generate(MSG)).text == "ok"
-    # What the server asked for (bounded), then jittered exponential backoff when it says nothing.
+    # What the server asked for (bounded), then jittered exponential backoff when it says nothing readable.
     assert waits[:3] == [3.0, 1.5, MAX_RETRY_AFTER] and 0 <= waits[3] <= 8
 
     b = OpenAIBackend("m", base_url="http://test/v1", transport=httpx.MockTransport(lambda r: httpx.Response(429)), max_retries=2)

@@ -31,7 +31,7 @@ def test_wheel_installs_alone_and_gives_a_working_guard(smoke_run: Path, smoke_g
     assert "ccguard/py.typed" in names and "ccguard/constitutions/cbrn.yaml" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert "License-Expression: Apache-2.0" in meta and "Requires-Dist: torch<3,>=2.4" in meta
+    assert "License-Expression: Apache-2.0" in meta and "Requires-Dist: torch<3,>=2.6" in meta
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ccguard.classifiers.backbone import load_tokenizer, resolve_precision
 from ccguard.errors import CcguardError
-from ccguard.views import Decoder, decoded_views, decoders
+from ccguard.views import Decoder, builtin_view_names, decoded_views, decoders
 
 Strategy = Literal["windows", "head_tail"]
 
@@ -34,6 +34,10 @@ class WindowSpec:
     strategy: Strategy = "windows"
     max_windows: int = 48
     views: bool = True
+    # The decoded views this classifier was trained and calibrated with, in order (recorded at training, so a view
+    # plugin installed later does not change a trained guard's scores); None for classifiers from before the
+    # field: ccguard's own views.
+    view_names: tuple[str, ...] | None = None
     # A prompt longer than one window also gets its first and last paragraphs scored on their own, when they are
     # short: that is where a request sits in front of a pasted passage or after a jailbreak template.
     edges: bool = True
@@ -162,7 +166,8 @@ class InputClassifier:
         # scores at ``exact_from`` or above are scored again by ``model``, so scores near a threshold stay exact.
         self.runner: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
         self.exact_from: float | None = None
-        self._decoders: list[tuple[str, Decoder]] = decoders() if spec.views else []
+        names = spec.view_names if spec.view_names is not None else builtin_view_names()
+        self._decoders: list[tuple[str, Decoder]] = decoders(names) if spec.views else []
         self._prefix, self._suffix = _special_affixes(tokenizer)
 
     # --- tokenisation -------------------------------------------------------------------------------------
@@ -300,4 +305,7 @@ class InputClassifier:
         encoder = AutoModel.from_config(config, attn_implementation="sdpa")
         model = InputModel(encoder, len(meta["categories"]))
         load_model(model, str(path / "model.safetensors"))
-        return cls(model, load_tokenizer(path), WindowSpec(**meta["window"]), list(meta["categories"]))
+        window = dict(meta["window"])
+        if window.get("view_names") is not None:
+            window["view_names"] = tuple(window["view_names"])
+        return cls(model, load_tokenizer(path), WindowSpec(**window), list(meta["categories"]))

@@ -9,8 +9,8 @@ import typer
 
 
 def export(
-    guard: Annotated[Path, typer.Option(help="Guard artifact directory, or a Hub repo id (org/name).")],
-    out: Annotated[Path, typer.Option(help="Directory to write (replaced atomically).")],
+    guard: Annotated[str, typer.Option(help="Guard artifact directory, or a Hub repo id (hf://org/name).")],
+    out: Annotated[Path, typer.Option(help="Directory to write: a new one, or an earlier export (replaced).")],
     opset: Annotated[int, typer.Option(min=14, help="ONNX opset.")] = 17,
 ) -> None:
     """Export both classifiers to ONNX (full precision, verified against the torch models before writing), with
@@ -18,6 +18,6 @@ def export(
     from ccguard.export import export_guard
     from ccguard.hub import resolve
 
-    info = export_guard(resolve(str(guard)), out, opset=opset)
+    info = export_guard(resolve(guard), out, opset=opset)
     sides = ", ".join(f"{s} (max error {info[s]['max_err_vs_torch']:.1e})" for s in ("input", "output") if s in info)
     typer.echo(f"exported {sides} to {out}")

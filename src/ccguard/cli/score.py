@@ -87,7 +87,7 @@ def _write_parquet(out: Path, records: list[dict[str, Any]], added: list[dict[st
 
 
 def score(
-    guard: Annotated[Path, typer.Option("--guard", help="Guard artifact directory, or a Hub repo id (org/name).")],
+    guard: Annotated[str, typer.Option("--guard", help="Guard artifact directory, or a Hub repo id (hf://org/name).")],
     in_: Annotated[Path, typer.Option("--in", help="Input: JSONL ({id, prompt[, response]} per line) or .parquet.")],
     out: Annotated[Path, typer.Option("--out", help="Output, written atomically: .parquet, else JSONL.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Records scored per batch.")] = 64,
@@ -107,18 +107,18 @@ def score(
     check_runtime(runtime)
     from ccguard.hub import resolve
 
-    guard = resolve(str(guard))
-    manifest = read_manifest(guard)  # fail fast on a wrong --guard before reading the input
+    guard_dir = resolve(guard)
+    manifest = read_manifest(guard_dir)  # fail fast on a wrong --guard before reading the input
     rows, table = _read(in_)
     if manifest.output is None and any(r.get("response") is not None for r in rows):
         raise CcguardError("records have responses but this guard has no output classifier", where=str(guard))
     with tqdm(total=len(rows), desc="scoring", unit="rec", disable=not sys.stderr.isatty()) as bar:
         if engine == "ray":
-            added = score_on_ray(guard, rows, workers=workers, batch_size=batch_size, runtime=runtime, progress=bar.update)
+            added = score_on_ray(guard_dir, rows, workers=workers, batch_size=batch_size, runtime=runtime, progress=bar.update)
         else:
             from ccguard.guard import Guard
 
-            g = Guard.load(guard, runtime=runtime)
+            g = Guard.load(guard_dir, runtime=runtime)
             added = []
             for i in range(0, len(rows), batch_size):
                 batch = rows[i : i + batch_size]

@@ -41,7 +41,7 @@ class _JsonFormatter(logging.Formatter):
 
 
 def serve(
-    guard: Annotated[Path, typer.Option(help="Guard artifact directory, or a Hub repo id (org/name) from the hub cache.")],
+    guard: Annotated[str, typer.Option(help="Guard artifact directory, or a Hub repo id (hf://org/name, or org/name when no such local path exists).")],
     upstream: Annotated[str, typer.Option(help="OpenAI-compatible base URL (…/v1), or local[:MODEL].")] = "local",
     host: Annotated[str, typer.Option(help="Bind address. Beyond loopback, --api-keys is required.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
@@ -74,7 +74,7 @@ def serve(
     logging.getLogger("ccguard").handlers[:] = [handler]
     logging.getLogger("ccguard").setLevel(logging.INFO)
 
-    g = Guard.from_pretrained(str(guard), device=device, runtime=runtime)
+    g = Guard.from_pretrained(guard, device=device, runtime=runtime)
     if history_margin is not None:
         g.policy = g.policy.model_copy(update={"history_margin": history_margin})
     local = upstream == "local" or upstream.startswith("local:")

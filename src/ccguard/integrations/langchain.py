@@ -17,6 +17,7 @@ instead. Streaming releases only text the guard has scored, and nothing from the
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
@@ -50,7 +51,15 @@ def to_prompt(value: Any) -> list[dict[str, Any]]:
     else:
         raise TypeError(f"CcguardRunnable takes chat input (a string, messages or a PromptValue), not {type(value).__name__}; "
                         "put the prompt template before it: prompt | CcguardRunnable(model, guard)")
-    return [{"role": _ROLES.get(m.type, "user"), "content": _content(m.content)} for m in messages]
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": _ROLES.get(m.type, "user"), "content": _content(m.content)}
+        calls = getattr(m, "tool_calls", None)
+        if calls:  # earlier tool calls are read by the model: their arguments are screened too
+            msg["tool_calls"] = [{"type": "function", "function": {"name": c.get("name", ""), "arguments": json.dumps(c.get("args", {}))}}
+                                 for c in calls]
+        out.append(msg)
+    return out
 
 
 def _content(content: Any) -> Any:
@@ -75,10 +84,19 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
     """Wraps ``runnable`` (a chat model, or anything with chat input and message output) with ``guard``."""
 
     def __init__(self, runnable: Runnable[Any, Any], guard: Guard, *,
-                 on_block: Literal["refuse", "raise"] = "refuse") -> None:
+                 on_block: Literal["refuse", "raise"] = "refuse", allow_unscreened: bool = False) -> None:
         if on_block not in ("refuse", "raise"):
             raise ValueError(f"on_block must be 'refuse' or 'raise', not {on_block!r}")
         self.runnable, self.guard, self.on_block = runnable, guard, on_block
+        self.allow_unscreened = allow_unscreened
+
+    def _input(self, v: Verdict) -> tuple[Verdict, str]:
+        """The input verdict as this runnable applies it (parts a text guard cannot read block unless allowed),
+        and the text to answer a blocked request with."""
+        if v.allowed and v.unscreened and not self.allow_unscreened:
+            return v.model_copy(update={"allowed": False}), (
+                "This request contains content that the guard cannot screen: " + ", ".join(v.unscreened) + ".")
+        return v, self.guard.refusal
 
     def _blocked(self, v: Verdict, text: str, chunk: bool = False) -> BaseMessage:
         if self.on_block == "raise":
@@ -93,27 +111,27 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> BaseMessage:
         prompt = to_prompt(input)
-        v = self.guard.check_input(prompt)
+        v, refusal = self._input(self.guard.check_input(prompt))
         if not v.allowed:
-            return self._blocked(v, self.guard.refusal)
+            return self._blocked(v, refusal)
         out = self.runnable.invoke(input, config, **kwargs)
         text = _text(out)
         return self._finished(out, self.guard.check_output(prompt, text), text)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> BaseMessage:
         prompt = to_prompt(input)
-        v = await self.guard.acheck_input(prompt)
+        v, refusal = self._input(await self.guard.acheck_input(prompt))
         if not v.allowed:
-            return self._blocked(v, self.guard.refusal)
+            return self._blocked(v, refusal)
         out = await self.runnable.ainvoke(input, config, **kwargs)
         text = _text(out)
         return self._finished(out, await self.guard.acheck_output(prompt, text), text)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[BaseMessage]:
         prompt = to_prompt(input)
-        v = self.guard.check_input(prompt)
+        v, refusal = self._input(self.guard.check_input(prompt))
         if not v.allowed:
-            yield self._blocked(v, self.guard.refusal, chunk=True)
+            yield self._blocked(v, refusal, chunk=True)
             return
         for x in self.guard.screen_items(prompt, self.runnable.stream(input, config, **kwargs), _text):
             if (out := self._emit(x)) is not None:
@@ -121,18 +139,24 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[BaseMessage]:
         prompt = to_prompt(input)
-        v = await self.guard.acheck_input(prompt)
+        v, refusal = self._input(await self.guard.acheck_input(prompt))
         if not v.allowed:
-            yield self._blocked(v, self.guard.refusal, chunk=True)
+            yield self._blocked(v, refusal, chunk=True)
             return
         async for x in self.guard.ascreen_items(prompt, self.runnable.astream(input, config, **kwargs), _text):
             if (out := self._emit(x)) is not None:
                 yield out
 
     def _emit(self, x: tuple[Any, str] | Verdict) -> BaseMessage | None:
+        """A chunk as it goes out: its text replaced by the text released now, everything else (tool-call chunks,
+        usage, metadata) kept; None when there is nothing to send."""
         if isinstance(x, Verdict):
             return None if x.allowed else self._blocked(x, "", chunk=True)
         item, released = x
-        if released:
-            return AIMessageChunk(content=released, id=getattr(item, "id", None))
-        return None
+        if item is None:
+            return AIMessageChunk(content=released) if released else None
+        if isinstance(item, AIMessageChunk):
+            if released or item.tool_call_chunks or item.usage_metadata or item.response_metadata:
+                return item.model_copy(update={"content": released})
+            return None
+        return AIMessageChunk(content=released) if released else None

@@ -35,6 +35,7 @@ from fastapi import HTTPException
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from litellm.integrations.custom_guardrail import CustomGuardrail  # noqa: E402
 
+from ccguard.conversation import string_leaves, texts_of  # noqa: E402
 from ccguard.guard import Guard  # noqa: E402
 from ccguard.policy import Verdict  # noqa: E402
 
@@ -44,15 +45,76 @@ def _detail(message: str, v: Verdict) -> dict[str, Any]:
             "stage": v.stage, "unscreened": v.unscreened}
 
 
+def _reject(message: str, v: Verdict | None = None) -> HTTPException:
+    return HTTPException(status_code=400, detail=_detail(message, v) if v is not None else {"error": message})
+
+
+def _choices(chunk: Any) -> list[Any]:
+    return list(getattr(chunk, "choices", None) or [])
+
+
 def _delta_text(chunk: Any) -> str:
-    choices = getattr(chunk, "choices", None) or []
+    choices = _choices(chunk)
     delta = getattr(choices[0], "delta", None) if choices else None
     return (getattr(delta, "content", None) or "") if delta is not None else ""
 
 
+def _finish(chunk: Any) -> Any:
+    choices = _choices(chunk)
+    return getattr(choices[0], "finish_reason", None) if choices else None
+
+
+def _text_chunk(template: Any, text: str | None, finish: Any) -> Any:
+    """A fresh chunk like ``template`` (id, model, created) whose only delta is ``text``: no role, no tool calls."""
+    from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
+
+    return ModelResponseStream(
+        id=getattr(template, "id", None), model=getattr(template, "model", None), created=getattr(template, "created", None),
+        choices=[StreamingChoices(index=0, delta=Delta(content=text or None), finish_reason=finish)],
+    )
+
+
+def _without_text(chunk: Any, released: str) -> Any:
+    """``chunk`` with its text replaced by the text released now (its other delta fields kept) and no finish."""
+    out = copy.deepcopy(chunk)
+    out.choices[0].delta.content = released or None
+    out.choices[0].finish_reason = None
+    return out
+
+
+def _request_prompt(data: dict) -> list[dict[str, Any]] | None:
+    """Everything in a LiteLLM request that the model will read, as chat messages for the guard: the messages, a
+    text-completion ``prompt``, a Responses-API ``input`` and ``instructions``, a ``system`` field. None when the
+    request carries no text (nothing to screen)."""
+    msgs: list[dict[str, Any]] = []
+    for key in ("system", "instructions"):
+        if isinstance(data.get(key), str) and data[key]:
+            msgs.append({"role": "system", "content": data[key]})
+    for m in data.get("messages") or ():
+        if isinstance(m, dict):
+            m = {k: v for k, v in m.items() if k in ("role", "content", "name", "tool_calls", "tool_call_id")}
+            if m.get("function_call"):  # the legacy form of a tool call is read by the model too
+                m["tool_calls"] = [{"type": "function", "function": m["function_call"]}]
+            msgs.append(m)
+        else:
+            raise ValueError("each message must be an object")
+    for key in ("prompt", "input"):
+        value = data.get(key)
+        items = [value] if isinstance(value, str | dict) else value if isinstance(value, list) else []
+        if any(isinstance(i, int) or (isinstance(i, list) and i and isinstance(i[0], int)) for i in items):
+            raise ValueError(f"'{key}' as token ids cannot be screened; send text")
+        for item in items:
+            if isinstance(item, dict) and "role" in item:  # a Responses-API message
+                msgs.append(item)
+            else:  # a string, or any other item (a tool output ...): every string in it is read by the model
+                msgs += [{"role": "user", "content": t} for t in texts_of(string_leaves(item))]
+    return msgs or None
+
+
 class CcguardGuardrail(CustomGuardrail):
     """ccguard as a LiteLLM guardrail. ``guard``: a loaded ``Guard``, or a directory or Hub repo id (default: the
-    ``CCGUARD_GUARD`` environment variable)."""
+    ``CCGUARD_GUARD`` environment variable). ``allow_unscreened``: let requests with parts a text guard cannot read
+    (images, audio, files) through, screening their text only."""
 
     use_native_lifecycle_hooks = True  # LiteLLM calls the hooks below, not its generic apply_guardrail path
 
@@ -68,69 +130,63 @@ class CcguardGuardrail(CustomGuardrail):
         self.allow_unscreened = allow_unscreened
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> dict:
-        messages = data.get("messages")
-        if not messages:
-            return data
+        if (data.get("n") or 1) > 1:
+            # Each choice would need its own stream gate; refusing is safer than mixing them.
+            raise _reject("ccguard: n > 1 is not supported")
         try:
-            v = await self.guard.acheck_input(messages)
+            prompt = _request_prompt(data)
+            if prompt is None:
+                return data
+            v = await self.guard.acheck_input(prompt)
         except Exception as e:  # noqa: BLE001 - a malformed request is the client's 400, not a server error
-            raise HTTPException(status_code=400, detail={"error": f"ccguard: bad request: {e}"}) from None
+            raise _reject(f"ccguard: bad request: {e}") from None
         if not v.allowed:
-            raise HTTPException(status_code=400, detail=_detail("ccguard: request blocked", v))
+            raise _reject("ccguard: request blocked", v)
         if v.unscreened and not self.allow_unscreened:
-            raise HTTPException(status_code=400, detail=_detail(
-                "ccguard: content a text guard cannot screen: " + ", ".join(v.unscreened), v))
+            raise _reject("ccguard: content a text guard cannot screen: " + ", ".join(v.unscreened), v)
         return data
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
-        choices = getattr(response, "choices", None) or []
-        for choice in choices:
+        prompt = _request_prompt(data) or ""
+        for choice in _choices(response):
             message = getattr(choice, "message", None)
             text = getattr(message, "content", None)
             if not isinstance(text, str) or not text:
                 continue
-            v = await self.guard.acheck_output(data.get("messages") or "", text)
+            v = await self.guard.acheck_output(prompt, text)
             if not v.allowed:
                 message.content = text[: v.stop_char or 0]
+                if getattr(message, "tool_calls", None):
+                    message.tool_calls = None  # nothing the model produced after the flag goes out
                 choice.finish_reason = "content_filter"
         return response
 
     async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any,
                                                       request_data: dict) -> AsyncGenerator[Any, None]:
-        last = finish = None  # the latest chunk, and the finishing chunk held back until the guard is done
-        async for x in self.guard.ascreen_items(request_data.get("messages") or "", response, _delta_text):
+        """Each chunk goes out with only the text the guard has released (its other delta fields as they came).
+        The finishing chunk and any chunks without choices (usage) are held until the guard has seen the end."""
+        last = finish = None  # the latest chunk with choices, and the finish reason held back
+        trailing: list[Any] = []  # chunks without choices (usage), sent after the finish
+        async for x in self.guard.ascreen_items(_request_prompt(request_data) or "", response, _delta_text):
             if isinstance(x, Verdict):
-                if not x.allowed and last is not None:
-                    yield _with_text(last, "", finish="content_filter")
-                elif finish is not None:
-                    yield finish
+                if last is not None:
+                    yield _text_chunk(last, None, (finish or "stop") if x.allowed else "content_filter")
+                if x.allowed:
+                    for chunk in trailing:
+                        yield chunk
                 return
             item, released = x
             if item is None:  # the end of an unflagged stream: the text the last chunk held back
                 if released and last is not None:
-                    yield _with_text(last, released, finish=None)
+                    yield _text_chunk(last, released, None)
+                continue
+            if not _choices(item):
+                trailing.append(item)
                 continue
             last = item
-            if released or not _delta_text(item) and _finish(item) is None or _has_other_delta(item):
-                yield _with_text(item, released, finish=None)
-            if _finish(item) is not None:
-                finish = _with_text(item, "", finish=_finish(item))
-
-
-def _finish(chunk: Any) -> Any:
-    choices = getattr(chunk, "choices", None) or []
-    return getattr(choices[0], "finish_reason", None) if choices else None
-
-
-def _has_other_delta(chunk: Any) -> bool:
-    choices = getattr(chunk, "choices", None) or []
-    delta = getattr(choices[0], "delta", None) if choices else None
-    return bool(delta is not None and (getattr(delta, "tool_calls", None) or getattr(delta, "role", None)))
-
-
-def _with_text(chunk: Any, text: str, *, finish: Any) -> Any:
-    out = copy.deepcopy(chunk)
-    if out.choices:
-        out.choices[0].delta.content = text or None
-        out.choices[0].finish_reason = finish
-    return out
+            finish = _finish(item) or finish
+            out = _without_text(item, released)
+            delta = out.choices[0].delta
+            if released or getattr(delta, "tool_calls", None) or getattr(delta, "role", None) \
+                    or getattr(delta, "function_call", None):
+                yield out

@@ -5,7 +5,9 @@ exponentially with jitter, and Server-Sent Events read with httpx-sse."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -58,8 +60,14 @@ def retry_after(headers: httpx.Headers) -> float | None:
     try:
         return min(MAX_RETRY_AFTER, max(0.0, float(value)))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value.strip() else None
-        return None if when is None else min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
+        pass
+    try:  # an HTTP date; one without a zone ('-0000') is UTC
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: back off as if there were no header
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
 
 
 def _wait(state: RetryCallState) -> float:
@@ -156,8 +164,8 @@ class HTTPBackend(LLMBackend):
                     r = await cm.__aenter__()
                     try:
                         check_status(r)
-                    except _Retry:
-                        await cm.__aexit__(None, None, None)
+                    except BaseException:
+                        await cm.__aexit__(*sys.exc_info())
                         raise
         except (_Retry, httpx.TimeoutException, httpx.TransportError) as e:
             raise self._failed(e) from None

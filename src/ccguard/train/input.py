@@ -29,6 +29,7 @@ from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, p
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import TrainArgs
 from ccguard.train.loop import make_accelerator, make_loader, optimizer_step
+from ccguard.views import view_names
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def train_input(
         encoder = load_encoder(args.backbone, num_layers=args.num_layers)
         tokenizer = load_tokenizer(resolve_backbone(args.backbone))
         model = InputModel(encoder, len(harmful_categories))
-        spec = WindowSpec(max_len=args.max_len, stride=args.stride)
+        spec = WindowSpec(max_len=args.max_len, stride=args.stride, view_names=tuple(view_names()))
     clf = InputClassifier(model, tokenizer, spec, harmful_categories)
 
     cat_index = {c: i for i, c in enumerate(harmful_categories)}
