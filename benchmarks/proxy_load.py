@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+from httpx_sse import EventSource
 
 TEXTS = {
     "benign": "To bake crusty bread, use a hot oven, add steam for the first minutes, and let the dough proof slowly "
@@ -42,10 +43,10 @@ async def one_stream(
         if r.status_code == 503:
             await r.aread()
             return {"kind": kind, "shed": True, "retry_after": float(r.headers.get("retry-after", "1"))}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            ev = json.loads(line[6:])
+        async for sse in EventSource(r).aiter_sse():
+            if sse.data == "[DONE]":
+                break
+            ev = json.loads(sse.data)
             if "error" in ev:
                 error = ev["error"]
                 break
