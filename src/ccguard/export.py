@@ -111,9 +111,10 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
         import onnxruntime as ort
     except ImportError:
         raise CcguardError("ccguard export needs onnxruntime: pip install 'ccguard-classifiers[fast]'") from None
-    from ccguard.guard import Guard
+    from ccguard.guard import Guard, read_manifest
 
     guard_dir, out_dir = Path(guard_dir).resolve(), Path(out_dir).resolve()
+    read_manifest(guard_dir)  # a clear error for something that is not a guard, before anything else
     if out_dir == guard_dir or guard_dir.is_relative_to(out_dir) or out_dir.is_relative_to(guard_dir):
         raise CcguardError("must not be the guard directory, inside it, or around it", where=f"--out {out_dir}")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "export.json").is_file())):

@@ -134,7 +134,7 @@ def test_missing_ray_names_the_extra_to_install(tmp_path: Path):
     code = "import sys; sys.modules['ray'] = None; sys.argv[0] = 'ccguard'; from ccguard.cli import main; main()"
     r = subprocess.run([sys.executable, "-c", code, "score", "--guard", str(tmp_path), "--in", "x.jsonl", "--out",
                         "y.jsonl", "--engine", "ray"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "pip install 'ccguard[ray]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "pip install 'ccguard-classifiers[ray]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_generate_fans_out_over_ray_with_the_local_engines_records(ray_address: str, tmp_path: Path):
