@@ -134,6 +134,9 @@ def test_litellm_pre_call_screens_every_text_field(smoke_guard):
         ({"input": [{"role": "user", "content": [{"type": "input_text", "text": HARMFUL_PROMPT}]}]}, "request blocked"),
         ({"input": [{"type": "function_call_output", "output": HARMFUL_PROMPT}]}, "request blocked"),
         ({"messages": [{"role": "user", "content": "hi"}], "instructions": HARMFUL_PROMPT}, "request blocked"),
+        ({"messages": [{"role": "user", "content": "Look it up."},  # a legacy function call, read by the model
+                       {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": HARMFUL_PROMPT}}]},
+         "request blocked"),
         ({"prompt": [101, 2023, 102]}, "token ids"),
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n > 1"),
     ]:

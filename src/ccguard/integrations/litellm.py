@@ -92,10 +92,10 @@ def _request_prompt(data: dict) -> list[dict[str, Any]] | None:
             msgs.append({"role": "system", "content": data[key]})
     for m in data.get("messages") or ():
         if isinstance(m, dict):
-            m = {k: v for k, v in m.items() if k in ("role", "content", "name", "tool_calls", "tool_call_id")}
-            if m.get("function_call"):  # the legacy form of a tool call is read by the model too
-                m["tool_calls"] = [{"type": "function", "function": m["function_call"]}]
-            msgs.append(m)
+            msg = {k: v for k, v in m.items() if k in ("role", "content", "name", "tool_calls", "tool_call_id")}
+            if isinstance(m.get("function_call"), dict):  # the legacy form of a tool call is read by the model too
+                msg["tool_calls"] = [*(msg.get("tool_calls") or []), {"type": "function", "function": m["function_call"]}]
+            msgs.append(msg)
         else:
             raise ValueError("each message must be an object")
     for key in ("prompt", "input"):
@@ -130,7 +130,7 @@ class CcguardGuardrail(CustomGuardrail):
         self.allow_unscreened = allow_unscreened
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> dict:
-        if (data.get("n") or 1) > 1:
+        if isinstance(data.get("n"), int | float) and data["n"] > 1:
             # Each choice would need its own stream gate; refusing is safer than mixing them.
             raise _reject("ccguard: n > 1 is not supported")
         try:
