@@ -124,7 +124,10 @@ def test_litellm_pre_call_screens_every_text_field(smoke_guard):
 
     from ccguard.integrations.litellm import CcguardGuardrail
 
-    rail = CcguardGuardrail(guard=_guard(smoke_guard, inp=smoke_guard.check_input(HARMFUL_PROMPT).score - 1e-6))
+    # Midway between a benign and the harmful request: batching moves bf16 scores a little, so no 1e-6 margins here.
+    hi, lo = smoke_guard.check_input(HARMFUL_PROMPT).score, smoke_guard.check_input("How do I bake bread?").score
+    assert hi > lo + 0.02
+    rail = CcguardGuardrail(guard=_guard(smoke_guard, inp=(hi + lo) / 2))
 
     def pre(data):
         return asyncio.run(rail.async_pre_call_hook(None, None, data, "completion"))
