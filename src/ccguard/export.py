@@ -123,6 +123,7 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
     m = g.manifest
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    old: Path | None = None
     try:
         info: dict[str, Any] = {"format": "ccguard-onnx/1", "constitution": m.constitution, "opset": opset}
         inp = g.input_classifier
@@ -163,7 +164,6 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
         atomic_write_text(tmp / "export.json", json.dumps(info, indent=2))
         atomic_write_text(tmp / "README.md", _readme(info))
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
-        old = None
         if out_dir.exists():  # an earlier export (checked above): moved aside, replaced, then deleted
             old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name[-8:]}")
             out_dir.rename(old)
@@ -172,6 +172,8 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out_dir.exists():
+            old.rename(out_dir)  # interrupted between the renames: the earlier export comes back
         raise
     return info
 

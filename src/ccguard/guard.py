@@ -29,7 +29,7 @@ __all__ = ["FORMAT_VERSION", "ClassifierInfo", "Guard", "GuardManifest", "Policy
 
 log = logging.getLogger("ccguard.guard")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: classifier.json records the input classifier's decoded views (older ccguard refuses cleanly)
 DECODE_EVERY_CHARS = 256  # how often a stream that was asked for an encoded answer re-screens its decoded view
 
 
@@ -122,7 +122,8 @@ class Guard:
     def from_pretrained(cls, path_or_repo_id: str | Path, *, revision: str | None = None,
                         cache_dir: str | Path | None = None, token: str | None = None, local_files_only: bool = False,
                         **load_kwargs: Any) -> Guard:
-        """Load a guard from a directory or a Hub repository id (``org/name``), as ``transformers`` models load.
+        """Load a guard from a directory or a Hub repository (``hf://org/name``; a bare ``org/name`` too when no local
+        path could be meant), as ``transformers`` models load.
         A repository is fetched with ``huggingface_hub`` into ``cache_dir`` (the Hub cache by default); with
         ``HF_HUB_OFFLINE=1`` or ``local_files_only`` only the cache is read. ``load_kwargs`` go to :meth:`load`."""
         from ccguard.hub import resolve
@@ -135,7 +136,7 @@ class Guard:
                     create_pr: bool = False) -> str:
         """Publish this guard's directory with a model card (YAML metadata: constitution hash, thresholds, eval
         table, intended use, limits) to the Hub, or with ``local_hub`` to a local hub folder in the Hub's cache
-        layout, which ``from_pretrained(repo_id, cache_dir=local_hub)`` reads offline. Returns the commit URL (Hub)
+        layout, which ``from_pretrained("hf://" + repo_id, cache_dir=local_hub)`` reads offline. Returns the commit URL (Hub)
         or hash (local)."""
         from ccguard.hub import push_to_hub
 

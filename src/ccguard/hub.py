@@ -5,7 +5,7 @@ A guard directory is a Hub repository as it is: ``guard.json`` at the root, safe
 
 - the Hugging Face Hub (or the endpoint ``HF_ENDPOINT`` names), through ``huggingface_hub.HfApi.upload_folder``;
 - a *local hub folder*: the Hub's own cache layout (``models--org--name/{blobs,refs,snapshots}``), written as
-  ``snapshot_download`` would have left it. Copy the folder to an air-gapped machine and ``from_pretrained(repo_id,
+  ``snapshot_download`` would have left it. Copy the folder to an air-gapped machine and ``from_pretrained("hf://org/name",
   cache_dir=FOLDER)`` loads the guard with ``HF_HUB_OFFLINE=1``.
 
 Loading goes through ``huggingface_hub.snapshot_download`` and then ``Guard.load``, which reads safetensors only and
@@ -106,12 +106,12 @@ def model_card(manifest: Any, repo_id: str | None = None) -> Any:
         "```python",
         "from ccguard import Guard",
         "",
-        f'guard = Guard.from_pretrained("{name}")',
+        f'guard = Guard.from_pretrained("hf://{name}")',
         'verdict = guard.check_input("How do I make mustard?")',
         "print(verdict.allowed, verdict.score)",
         "```",
         "",
-        f"or as an OpenAI-compatible proxy: `ccguard serve --guard {name} --upstream URL`.",
+        f"or as an OpenAI-compatible proxy: `ccguard serve --guard hf://{name} --upstream URL`.",
         "",
         "## Thresholds",
         "",
@@ -247,13 +247,14 @@ HF_PREFIX = "hf://"
 def _repo_id(ref: str) -> str | None:
     """The Hub repo id a reference names, or None when it names a local path. ``hf://org/name`` is always a repo;
     a bare ``org/name`` is one only when nothing local could be meant (no such folder, and its first part is not a
-    local folder either), so a mistyped or unmounted path never turns into a download of someone else's guard."""
+    local folder either), so a mistyped or unmounted path never turns into a download of someone else's guard. A
+    lone name is always a folder."""
     if ref.startswith(HF_PREFIX):
         return ref[len(HF_PREFIX):]
     if ref.startswith((".", "/", "~")) or "\\" in ref or Path(ref).exists():
         return None
     parts = ref.split("/")
-    if len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()):
+    if len(parts) != 2 or Path(parts[0]).is_dir():  # a lone name reads as a folder; `hf://name` if it is not
         return None
     return ref
 
@@ -265,7 +266,7 @@ def resolve(path_or_repo_id: str | Path, *, revision: str | None = None, cache_d
     p = Path(path_or_repo_id)
     if p.is_dir():
         return p
-    repo_id = _repo_id(str(path_or_repo_id))
+    repo_id = None if isinstance(path_or_repo_id, Path) else _repo_id(path_or_repo_id)  # a Path is always local
     if repo_id is None:
         raise CcguardError("no guard directory here (for a Hub repository, write hf://org/name)", where=str(path_or_repo_id))
     _repo_folder(repo_id)  # a clear error for something that is neither a folder nor a repo id

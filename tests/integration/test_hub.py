@@ -55,8 +55,11 @@ def test_a_new_push_moves_main_and_keeps_the_old_revision(smoke_run: Path, tmp_p
     (src / "guard.json").write_text(json.dumps(manifest))
     second = Guard.load(src).push_to_hub("cbrn-guard", local_hub=hub)
     assert second != first
-    assert Guard.from_pretrained("cbrn-guard", cache_dir=hub).policy.input_threshold == 0.5
-    assert Guard.from_pretrained("cbrn-guard", cache_dir=hub, revision=first).policy.input_threshold != 0.5
+    # A lone name reads as a local folder; hf:// names the repository.
+    assert Guard.from_pretrained("hf://cbrn-guard", cache_dir=hub).policy.input_threshold == 0.5
+    assert Guard.from_pretrained("hf://cbrn-guard", cache_dir=hub, revision=first).policy.input_threshold != 0.5
+    with pytest.raises(CcguardError, match="no guard directory here"):
+        Guard.from_pretrained("cbrn-guard", cache_dir=hub)
     with pytest.raises(CcguardError, match="branch name"):
         Guard.load(src).push_to_hub("cbrn-guard", local_hub=hub, revision="../../outside")
     assert not (tmp_path / "outside").exists()

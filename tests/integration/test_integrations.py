@@ -4,6 +4,7 @@ upstream, over a real smoke guard."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -117,6 +118,39 @@ def test_litellm_streaming_hook_keeps_tool_calls_whole(open_guard):
     assert "".join(t.function.arguments or "" for t in calls) == args and sum(bool(t.id) for t in calls) == 1
     finishes = [c.choices[0].finish_reason for c in chunks]
     assert finishes[-1] == "tool_calls" and sum(f is not None for f in finishes) == 1
+
+
+def test_tool_call_arguments_are_screened_before_they_go_out(smoke_guard):
+    """A harmful payload in a tool call's arguments halts the stream though the text is harmless."""
+    from ccguard.integrations.langchain import CcguardRunnable
+    from ccguard.integrations.litellm import CcguardGuardrail
+
+    msgs = [{"role": "user", "content": "Look it up."}]
+    args = json.dumps({"note": TEXT})
+    call = {"id": "call_1", "type": "function", "function": {"name": "notes", "arguments": args}}
+    text = "Let me check."
+    whole = smoke_guard.check_output(msgs, f"{text}\n[call notes] {args}").score
+    alone = smoke_guard.check_output(msgs, text).score
+    assert whole > alone + 0.01, (whole, alone)
+    g = _guard(smoke_guard, out=(whole + alone) / 2)
+    up = FakeUpstream(text, tool_calls=[call], finish="tool_calls")
+    with serving(up.app) as url:
+        async def go():
+            resp = await _litellm_call(url, msgs, stream=True)
+            return [c async for c in CcguardGuardrail(guard=g).async_post_call_streaming_iterator_hook(None, resp, {"messages": msgs})]
+
+        chunks = asyncio.run(go())
+        assert not any(c.choices[0].delta.tool_calls for c in chunks)
+        assert chunks[-1].choices[0].finish_reason == "content_filter"
+        streamed = list(CcguardRunnable(_chat(url), g).stream(msgs))
+        assert not any(getattr(c, "tool_call_chunks", None) for c in streamed)
+        assert streamed[-1].response_metadata["finish_reason"] == "content_filter"
+        # Allowed, the calls arrive whole after the text.
+        ok = list(CcguardRunnable(_chat(url), _guard(smoke_guard)).stream(msgs))
+        merged = ok[0]
+        for c in ok[1:]:
+            merged = merged + c
+        assert merged.content == text and merged.tool_calls[0]["name"] == "notes"
 
 
 def test_litellm_pre_call_screens_every_text_field(smoke_guard):

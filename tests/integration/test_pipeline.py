@@ -27,7 +27,7 @@ def test_artifact_layout_and_manifest(smoke_run: Path):
         assert (g / f).is_file(), f
     assert not list(g.rglob("*.bin")) and not list(g.rglob("*.pt")) and not list(g.rglob("*.pkl"))
     m = json.loads((g / "guard.json").read_text())
-    assert m["format_version"] == 1
+    assert m["format_version"] == 2
     assert m["constitution"]["name"] == "cbrn" and len(m["constitution"]["hash"]) == 64
     cal = m["input"]["calibration"]
     assert 0 <= cal["threshold"] <= 1 and cal["target_fpr"] > 0 and cal["fpr"]["n"] > 0

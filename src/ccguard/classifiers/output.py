@@ -326,9 +326,10 @@ class StreamSession:
     def decoded_score(self, upto: int) -> float | None:
         """The exchange score of the decoded view (base64, hex, ciphers, leetspeak ...) of the response's first
         ``upto`` characters; None when nothing in it decodes."""
-        from ccguard.views import decoded_views
+        from ccguard.views import builtin_view_names, decoded_views, decoders
 
-        views = decoded_views(self.text[:upto])
+        # ccguard's own views only: a view plugin installed later must not move a calibrated guard's scores.
+        views = decoded_views(self.text[:upto], decoders(builtin_view_names()))
         if len(views) < 2:
             return None
         return self.clf.score([self.prompt_text], [views[-1].text])[0].score

@@ -13,7 +13,7 @@ def push(
     repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository, 'org/name'.")],
     local_hub: Annotated[Path | None, typer.Option(
         help="Write to this local hub folder (the Hub's cache layout) instead of the Hub; load it offline with "
-        "Guard.from_pretrained(repo_id, cache_dir=FOLDER) or `ccguard serve --guard org/name` with HF_HUB_CACHE=FOLDER.")] = None,
+        "Guard.from_pretrained('hf://org/name', cache_dir=FOLDER) or `ccguard serve --guard hf://org/name` with HF_HUB_CACHE=FOLDER.")] = None,
     private: Annotated[bool, typer.Option(help="Create the Hub repository as private.")] = False,
     revision: Annotated[str | None, typer.Option(help="Branch to push to (default main).")] = None,
     create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing to the branch.")] = False,

@@ -25,6 +25,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, conv
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from ccguard.conversation import render_tool_calls
 from ccguard.guard import Guard
 from ccguard.policy import Verdict
 
@@ -105,8 +106,8 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
         return cls(content=text, response_metadata=_meta(v))
 
     def _finished(self, out: Any, v: Verdict, text: str) -> BaseMessage:
-        if not v.allowed:
-            return self._blocked(v, text[: v.stop_char or 0])
+        if not v.allowed:  # cut where the guard halted, tool calls dropped
+            return self._blocked(v, text[: min(v.stop_char or 0, len(text))])
         return out if isinstance(out, BaseMessage) else AIMessage(content=text)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> BaseMessage:
@@ -116,7 +117,7 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
             return self._blocked(v, refusal)
         out = self.runnable.invoke(input, config, **kwargs)
         text = _text(out)
-        return self._finished(out, self.guard.check_output(prompt, text), text)
+        return self._finished(out, self.guard.check_output(prompt, _screened(text, _calls(out))), text)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> BaseMessage:
         prompt = to_prompt(input)
@@ -125,7 +126,7 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
             return self._blocked(v, refusal)
         out = await self.runnable.ainvoke(input, config, **kwargs)
         text = _text(out)
-        return self._finished(out, await self.guard.acheck_output(prompt, text), text)
+        return self._finished(out, await self.guard.acheck_output(prompt, _screened(text, _calls(out))), text)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[BaseMessage]:
         prompt = to_prompt(input)
@@ -133,8 +134,11 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
         if not v.allowed:
             yield self._blocked(v, refusal, chunk=True)
             return
+        state = _Stream()
         for x in self.guard.screen_items(prompt, self.runnable.stream(input, config, **kwargs), _text):
-            if (out := self._emit(x)) is not None:
+            if isinstance(x, Verdict) and x.allowed and state.calls:
+                x = self.guard.check_output(prompt, state.screened())
+            if (out := self._emit(x, state)) is not None:
                 yield out
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[BaseMessage]:
@@ -143,20 +147,54 @@ class CcguardRunnable(Runnable[Any, BaseMessage]):
         if not v.allowed:
             yield self._blocked(v, refusal, chunk=True)
             return
+        state = _Stream()
         async for x in self.guard.ascreen_items(prompt, self.runnable.astream(input, config, **kwargs), _text):
-            if (out := self._emit(x)) is not None:
+            if isinstance(x, Verdict) and x.allowed and state.calls:
+                x = await self.guard.acheck_output(prompt, state.screened())
+            if (out := self._emit(x, state)) is not None:
                 yield out
 
-    def _emit(self, x: tuple[Any, str] | Verdict) -> BaseMessage | None:
-        """A chunk as it goes out: its text replaced by the text released now, everything else (tool-call chunks,
-        usage, metadata) kept; None when there is nothing to send."""
+    def _emit(self, x: tuple[Any, str] | Verdict, state: _Stream) -> BaseMessage | None:
+        """A chunk as it goes out: the text released now, with the chunk's usage and metadata. Tool-call chunks are
+        held back and go out whole once the text and the calls together were screened (the final verdict); other
+        extra fields (reasoning) are not passed on. None when there is nothing to send."""
         if isinstance(x, Verdict):
-            return None if x.allowed else self._blocked(x, "", chunk=True)
+            if not x.allowed:
+                return self._blocked(x, "", chunk=True)
+            return AIMessageChunk(content="", tool_call_chunks=state.calls) if state.calls else None
         item, released = x
-        if item is None:
+        state.text += released
+        if not isinstance(item, AIMessageChunk):
             return AIMessageChunk(content=released) if released else None
-        if isinstance(item, AIMessageChunk):
-            if released or item.tool_call_chunks or item.usage_metadata or item.response_metadata:
-                return item.model_copy(update={"content": released})
-            return None
-        return AIMessageChunk(content=released) if released else None
+        state.calls += list(item.tool_call_chunks)
+        if released or item.usage_metadata or item.response_metadata:
+            return AIMessageChunk(content=released, id=item.id, usage_metadata=item.usage_metadata,
+                                  response_metadata=item.response_metadata)
+        return None
+
+
+class _Stream:
+    """One stream's text released so far and the tool-call chunks held back."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.calls: list[Any] = []
+
+    def screened(self) -> str:
+        """The text and the joined tool calls, as the guard reads a response (see ccguard.conversation)."""
+        merged: dict[Any, dict[str, str]] = {}
+        for c in self.calls:
+            m = merged.setdefault(c.get("index"), {"name": "", "arguments": ""})
+            m["name"] += c.get("name") or ""
+            m["arguments"] += c.get("args") or ""
+        return _screened(self.text, [{"function": m} for m in merged.values()])
+
+
+def _calls(out: Any) -> list[dict[str, Any]]:
+    """A message's tool calls in OpenAI's shape."""
+    return [{"function": {"name": c.get("name", ""), "arguments": json.dumps(c.get("args", {}))}}
+            for c in (getattr(out, "tool_calls", None) or [])]
+
+
+def _screened(text: str, calls: list[dict[str, Any]]) -> str:
+    return "\n".join(t for t in (text, render_tool_calls(calls)) if t)

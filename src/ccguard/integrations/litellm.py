@@ -35,7 +35,7 @@ from fastapi import HTTPException
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from litellm.integrations.custom_guardrail import CustomGuardrail  # noqa: E402
 
-from ccguard.conversation import string_leaves, texts_of  # noqa: E402
+from ccguard.conversation import render_tool_calls, string_leaves, texts_of  # noqa: E402
 from ccguard.guard import Guard  # noqa: E402
 from ccguard.policy import Verdict  # noqa: E402
 
@@ -74,12 +74,55 @@ def _text_chunk(template: Any, text: str | None, finish: Any) -> Any:
     )
 
 
-def _without_text(chunk: Any, released: str) -> Any:
-    """``chunk`` with its text replaced by the text released now (its other delta fields kept) and no finish."""
-    out = copy.deepcopy(chunk)
-    out.choices[0].delta.content = released or None
-    out.choices[0].finish_reason = None
+def _released_chunk(chunk: Any, released: str) -> Any:
+    """``chunk`` carrying only what may go out now: its role and the text released now. Its tool calls are held
+    back (screened at the end), and reasoning, audio or anything else the guard does not read is dropped."""
+    from litellm.types.utils import Delta
+
+    out = copy.copy(chunk)
+    choice = copy.copy(chunk.choices[0])
+    choice.delta = Delta(content=released or None, role=getattr(chunk.choices[0].delta, "role", None))
+    choice.finish_reason = None
+    out.choices = [choice]
     return out
+
+
+def _calls_of(chunk: Any) -> list[Any]:
+    choices = _choices(chunk)
+    delta = getattr(choices[0], "delta", None) if choices else None
+    return list(getattr(delta, "tool_calls", None) or []) if delta is not None else []
+
+
+def _merge_calls(deltas: list[Any]) -> list[dict[str, Any]]:
+    """Streamed tool-call deltas joined into whole calls, in OpenAI's shape, by their index."""
+    calls: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        c = calls.setdefault(getattr(d, "index", 0) or 0, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        c["id"] = getattr(d, "id", None) or c["id"]
+        fn = getattr(d, "function", None)
+        if fn is not None:
+            c["function"]["name"] += getattr(fn, "name", None) or ""
+            c["function"]["arguments"] += getattr(fn, "arguments", None) or ""
+    return [calls[k] for k in sorted(calls)]
+
+
+def _calls_chunk(template: Any, calls: list[dict[str, Any]]) -> Any:
+    """One chunk that carries the screened tool calls whole."""
+    from litellm.types.utils import (
+        ChatCompletionDeltaToolCall,
+        Delta,
+        Function,
+        ModelResponseStream,
+        StreamingChoices,
+    )
+
+    deltas = [ChatCompletionDeltaToolCall(index=i, id=c["id"], type="function",
+                                          function=Function(name=c["function"]["name"], arguments=c["function"]["arguments"]))
+              for i, c in enumerate(calls)]
+    return ModelResponseStream(
+        id=getattr(template, "id", None), model=getattr(template, "model", None), created=getattr(template, "created", None),
+        choices=[StreamingChoices(index=0, delta=Delta(content=None, tool_calls=deltas), finish_reason=None)],
+    )
 
 
 def _request_prompt(data: dict) -> list[dict[str, Any]] | None:
@@ -147,35 +190,51 @@ class CcguardGuardrail(CustomGuardrail):
         return data
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        """A flagged answer is cut where the guard halts it; its tool calls, read as the proxy reads them (one
+        '[call name] arguments' line each, after the text), are screened with it and dropped on a flag."""
         prompt = _request_prompt(data) or ""
         for choice in _choices(response):
             message = getattr(choice, "message", None)
-            text = getattr(message, "content", None)
-            if not isinstance(text, str) or not text:
+            text = getattr(message, "content", None) or ""
+            calls = [c if isinstance(c, dict) else c.model_dump() for c in (getattr(message, "tool_calls", None) or [])]
+            screened = "\n".join(x for x in (text, render_tool_calls(calls)) if x)
+            if not isinstance(text, str) or not screened:
                 continue
-            v = await self.guard.acheck_output(prompt, text)
+            v = await self.guard.acheck_output(prompt, screened)
             if not v.allowed:
-                message.content = text[: v.stop_char or 0]
-                if getattr(message, "tool_calls", None):
-                    message.tool_calls = None  # nothing the model produced after the flag goes out
+                message.content = text[: min(v.stop_char or 0, len(text))]
+                if calls:
+                    message.tool_calls = None
                 choice.finish_reason = "content_filter"
         return response
 
     async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any,
                                                       request_data: dict) -> AsyncGenerator[Any, None]:
-        """Each chunk goes out with only the text the guard has released (its other delta fields as they came).
-        The finishing chunk and any chunks without choices (usage) are held until the guard has seen the end."""
+        """Each chunk goes out with only its role and the text the guard has released. Tool calls are held back and
+        screened with the whole text at the end (as the proxy reads them), then sent whole; the finishing chunk and
+        chunks without choices (usage) also wait for the end. Reasoning and audio deltas are not passed on."""
+        prompt = _request_prompt(request_data) or ""
         last = finish = None  # the latest chunk with choices, and the finish reason held back
         trailing: list[Any] = []  # chunks without choices (usage), sent after the finish
-        async for x in self.guard.ascreen_items(_request_prompt(request_data) or "", response, _delta_text):
+        call_deltas: list[Any] = []
+        text = ""
+        async for x in self.guard.ascreen_items(prompt, response, _delta_text):
             if isinstance(x, Verdict):
+                allowed = x.allowed
+                calls = _merge_calls(call_deltas)
+                if allowed and calls:
+                    v = await self.guard.acheck_output(prompt, "\n".join(t for t in (text, render_tool_calls(calls)) if t))
+                    allowed = v.allowed
+                    if allowed and last is not None:
+                        yield _calls_chunk(last, calls)
                 if last is not None:
-                    yield _text_chunk(last, None, (finish or "stop") if x.allowed else "content_filter")
-                if x.allowed:
+                    yield _text_chunk(last, None, (finish or "stop") if allowed else "content_filter")
+                if allowed:
                     for chunk in trailing:
                         yield chunk
                 return
             item, released = x
+            text += released
             if item is None:  # the end of an unflagged stream: the text the last chunk held back
                 if released and last is not None:
                     yield _text_chunk(last, released, None)
@@ -185,8 +244,7 @@ class CcguardGuardrail(CustomGuardrail):
                 continue
             last = item
             finish = _finish(item) or finish
-            out = _without_text(item, released)
-            delta = out.choices[0].delta
-            if released or getattr(delta, "tool_calls", None) or getattr(delta, "role", None) \
-                    or getattr(delta, "function_call", None):
+            call_deltas += _calls_of(item)
+            out = _released_chunk(item, released)
+            if released or out.choices[0].delta.role:
                 yield out
