@@ -78,6 +78,9 @@ class Registry:
             try:
                 ep.load()
             except Exception as e:  # noqa: BLE001 - e.g. a missing optional dependency: that plugin is out, the rest work
+                optional = isinstance(e, ModuleNotFoundError) and not (e.name or "").startswith("ccguard")
+                if ep.value.startswith("ccguard.") and not optional:
+                    raise  # a bug in ccguard's own plugins must not quietly switch them off
                 failed.append(f"{ep.value} ({type(e).__name__}: {e})")
         self._failed[kind] = failed
         self._loaded.add(kind)  # only once every entry point has been tried

@@ -51,6 +51,17 @@ def test_unknown_names_and_failed_plugins_are_named(monkeypatch):
     with pytest.raises(CcguardError, match="ccguard_no_such_plugin_module"):
         fresh.get("baseline", "from_the_broken_plugin")
 
+    # A broken module of ccguard's own is an error, never a quietly smaller registry.
+    def own(group: str):
+        out = list(real(group=group))
+        if group == "ccguard.view":
+            out.append(md.EntryPoint(name="broken", value="ccguard.no_such_views_module", group=group))
+        return out
+
+    monkeypatch.setattr("ccguard.registry.entry_points", own)
+    with pytest.raises(ModuleNotFoundError):
+        Registry().names("view")
+
 
 def test_views_decode_in_their_registered_order():
     from ccguard.views import decoders, view_names
