@@ -37,28 +37,22 @@ def test_unknown_names_and_failed_plugins_are_named(monkeypatch):
     # A plugin whose module cannot be imported leaves the rest working, and a lookup of the missing name says why.
     import importlib.metadata as md
 
-    fresh = Registry()
     real = md.entry_points
 
-    def eps(group: str):
-        out = list(real(group=group))
-        if group == "ccguard.baseline":
-            out.append(md.EntryPoint(name="broken", value="ccguard_no_such_plugin_module", group=group))
-        return out
+    def plus(kind: str, module: str):
+        """The installed entry points, and one more in ``ccguard.<kind>`` whose module does not exist."""
+        def eps(group: str):
+            extra = [md.EntryPoint(name="broken", value=module, group=group)] if group == f"ccguard.{kind}" else []
+            return [*real(group=group), *extra]
+        return eps
 
-    monkeypatch.setattr("ccguard.registry.entry_points", eps)
+    fresh = Registry()
+    monkeypatch.setattr("ccguard.registry.entry_points", plus("baseline", "ccguard_no_such_plugin_module"))
     fresh._entries = dict(REGISTRY._entries)  # the built-ins are already imported; re-importing adds nothing
     with pytest.raises(CcguardError, match="ccguard_no_such_plugin_module"):
         fresh.get("baseline", "from_the_broken_plugin")
-
     # A broken module of ccguard's own is an error, never a quietly smaller registry.
-    def own(group: str):
-        out = list(real(group=group))
-        if group == "ccguard.view":
-            out.append(md.EntryPoint(name="broken", value="ccguard.no_such_views_module", group=group))
-        return out
-
-    monkeypatch.setattr("ccguard.registry.entry_points", own)
+    monkeypatch.setattr("ccguard.registry.entry_points", plus("view", "ccguard.no_such_views_module"))
     with pytest.raises(ModuleNotFoundError):
         Registry().names("view")
 
