@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ccguard.errors import CcguardError
 from ccguard.records import atomic_write_text
@@ -35,8 +36,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def export_onnx(module: Any, path: Path, *, output: str, per_token: bool, opset: int = 17) -> None:
     """Trace ``module(input_ids, attention_mask)`` to ONNX with dynamic batch and length axes."""
-    import torch
-
     ids = torch.randint(1000, 2000, (2, 16))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -49,21 +48,15 @@ def export_onnx(module: Any, path: Path, *, output: str, per_token: bool, opset:
         )
 
 
-class _TokenLogits:
+class _TokenLogits(torch.nn.Module):
     """The output model as ``(ids, mask) -> per-token value logits``, for tracing."""
 
-    def __new__(cls, model: Any) -> Any:
-        import torch
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.model(input_ids, attention_mask)[0]
-
-        return Wrapped().eval()
+    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+        return self.model(input_ids, attention_mask)[0]
 
 
 def _eager(model: Any, attr: str) -> Any:
@@ -75,8 +68,6 @@ def _eager(model: Any, attr: str) -> Any:
 
 def _check(session: Any, reference: Any, *, causal: bool, vocab: int) -> float:
     """The largest logit difference between ONNX and torch on fresh inputs; raises if the causal mask leaks."""
-    import torch
-
     rng = np.random.default_rng(0)
     worst = 0.0
     for length in (7, 61, 203):
@@ -145,7 +136,7 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
         if g.output_classifier is not None:
             out = g.output_classifier
             (tmp / "output").mkdir()
-            model = _TokenLogits(_eager(out.model, "backbone"))
+            model = _TokenLogits(_eager(out.model, "backbone")).eval()
             export_onnx(model, tmp / "output" / "model.onnx", output="token_logits", per_token=True, opset=opset)
             err = _check(ort.InferenceSession(str(tmp / "output" / "model.onnx"), providers=["CPUExecutionProvider"]), model,
                          causal=True, vocab=out.model.backbone.config.vocab_size)

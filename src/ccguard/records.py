@@ -155,15 +155,13 @@ def parse_prompt(value: Any, *, where: str) -> Prompt:
     raise CcguardError("field 'prompt' must be a string or a list of chat messages", where=where)
 
 
-def unscreened_parts(prompt: Prompt, response: Any = None) -> list[str]:
-    """Where the content parts that a text guard cannot read sit, with their types: ``'prompt[1]: image_url'``,
-    ``'response: input_audio'``. Empty for plain text."""
+def unscreened_parts(prompt: Prompt) -> list[str]:
+    """Where the content parts of a prompt that a text guard cannot read sit, with their types:
+    ``'prompt[1]: image_url'``. Empty for plain text."""
     out = []
     if not isinstance(prompt, str):
         for i, m in enumerate(parse_prompt(list(prompt), where="prompt")):
             out += [f"prompt[{i}]: {t}" for t in m.other_parts]
-    if response is not None and not isinstance(response, str):
-        out += [f"response: {t}" for t in content_text(response, where="response")[1]]
     return out
 
 
