@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from ccguard.cli import arena as arena_cmd
 from ccguard.cli import cascade as cascade_cmd
 from ccguard.cli import constitution as constitution_cmd
 from ccguard.cli import eval as eval_cmd
@@ -37,6 +38,7 @@ app.command("cascade")(cascade_cmd.cascade)
 app.command("push")(push_cmd.push)
 app.command("export")(export_cmd.export)
 app.add_typer(constitution_cmd.app, name="constitution")
+app.add_typer(arena_cmd.app, name="arena")
 
 
 # Optional modules and the extra that installs each (`pip install ccguard-classifiers` alone gives the Python Guard).
@@ -47,12 +49,14 @@ EXTRAS = {
     "matplotlib": "reports", "markdown_it": "reports",
     "onnxruntime": "fast", "onnx": "fast", "ray": "ray", "pyarrow": "ray", "datasets": "hf",
     "litellm": "litellm", "langchain_core": "langchain",
+    "sqlalchemy": "arena", "alembic": "arena", "jinja2": "arena",
 }
 
 
 # What each command needs in full, so that one install fixes it (not one missing module at a time).
 COMMAND_EXTRAS = {"run": "all", "eval": "all", "redteam": "all", "cascade": "all,cascade", "probe": "all",
-                  "generate": "train", "serve": "server", "export": "fast"}
+                  "generate": "train", "serve": "server", "export": "fast",
+                  "arena": "arena"}
 
 
 def missing_extra(e: ModuleNotFoundError, command: str | None = None) -> str | None:

@@ -27,6 +27,7 @@ def redteam(
     no_cache: o.NoCache = False,
     llm_rounds: Annotated[int, typer.Option(min=1, max=20, help="With --backend: attack rounds per query.")] = 3,
     verify: Annotated[bool, typer.Option(help="With --backend: drop LLM attacks the attacker says lost the request.")] = True,
+    from_arena: Annotated[Path | None, typer.Option(help="Retrain on the successful attacks in this arena database instead of searching (held-out half by attempt).")] = None,
 ) -> None:
     """Beam-search transform compositions that evade the guard (and, with --backend, let an LLM write attacks),
     retrain on half of the evasions, and measure the block rate on the other half."""
@@ -36,8 +37,13 @@ def redteam(
     from ccguard.redteam.search import SearchConfig
 
     read_manifest(guard)
+    target = None if retrain_steps == 0 else (out_guard or guard.with_name(guard.name + "-redteam"))
+    if from_arena is not None:
+        from ccguard.arena.retrain import run_from_arena
+
+        run_from_arena(from_arena, guard, target, retrain_steps=retrain_steps)
+        return
     attacker = o.client_from_options(backend, model, base_url, api_key_env, None, llm_config, no_cache)
     attack_cfg = AttackConfig(rounds=llm_rounds, seed=seed, verify=verify)
-    target = None if retrain_steps == 0 else (out_guard or guard.with_name(guard.name + "-redteam"))
     run_redteam(guard, target, n_queries=queries, cfg=SearchConfig(beam=beam, depth=depth, proposals=proposals, seed=seed),
                 retrain_steps=retrain_steps, attacker=attacker, attack_cfg=attack_cfg)

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,34 @@ def load_api_keys(spec: str | None) -> frozenset[str]:
     if not keys:
         raise CcguardError(f"--api-keys {spec!r} holds no keys")
     return frozenset(keys)
+
+
+def make_upstream(guard: Any, upstream: str, upstream_model: str | None, key_env: str, timeout: float,
+                  slots: int | None) -> tuple[Any, int]:
+    """The upstream backend for ``--upstream URL|local[:MODEL]`` and its slot count (1 for a local model: a CPU runs
+    one local generation at a time; 8 for a URL)."""
+    from ccguard.llm.base import create_backend
+
+    local = upstream == "local" or upstream.startswith("local:")
+    n_slots = slots or (1 if local else 8)
+    if local:
+        backend = create_backend("local", model=upstream.partition(":")[2] or "smollm2")
+        if guard.probe is not None and guard.probe.spec.upstream == backend.model:
+            backend.probe = guard.probe  # the upstream's own hidden states feed the probe ensemble
+    elif upstream.startswith(("http://", "https://")):
+        backend = create_backend("openai", model=upstream_model or "default", base_url=upstream,
+                                 api_key=os.environ.get(key_env), timeout=timeout, concurrency=n_slots)
+    else:
+        raise CcguardError(f"--upstream must be an http(s) URL or local[:MODEL], not {upstream!r}")
+    return backend, n_slots
+
+
+def json_logging() -> None:
+    """ccguard's loggers write one JSON object per line to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.getLogger("ccguard").handlers[:] = [handler]
+    logging.getLogger("ccguard").setLevel(logging.INFO)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -66,28 +94,13 @@ def serve(
     import uvicorn
 
     from ccguard.guard import Guard
-    from ccguard.llm.base import create_backend
     from ccguard.server import ServerSettings, create_app
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.getLogger("ccguard").handlers[:] = [handler]
-    logging.getLogger("ccguard").setLevel(logging.INFO)
-
+    json_logging()
     g = Guard.from_pretrained(guard, device=device, runtime=runtime)
     if history_margin is not None:
         g.policy = g.policy.model_copy(update={"history_margin": history_margin})
-    local = upstream == "local" or upstream.startswith("local:")
-    n_slots = slots or (1 if local else 8)  # a CPU runs one local generation at a time
-    if local:
-        backend = create_backend("local", model=upstream.partition(":")[2] or "smollm2")
-        if g.probe is not None and g.probe.spec.upstream == backend.model:
-            backend.probe = g.probe  # the upstream's own hidden states feed the probe ensemble
-    elif upstream.startswith(("http://", "https://")):
-        backend = create_backend("openai", model=upstream_model or "default", base_url=upstream,
-                                 api_key=os.environ.get(upstream_key_env), timeout=upstream_timeout, concurrency=n_slots)
-    else:
-        raise CcguardError(f"--upstream must be an http(s) URL or local[:MODEL], not {upstream!r}")
+    backend, n_slots = make_upstream(g, upstream, upstream_model, upstream_key_env, upstream_timeout, slots)
     settings = ServerSettings(api_keys=keys, fail_open=fail_open, log_prompts=log_prompts, upstream_timeout=upstream_timeout,
                               slots=n_slots, slot_timeout=slot_timeout, screen_timeout=screen_timeout,
                               model_name=upstream_model or "ccguard")

@@ -35,10 +35,8 @@ def run_redteam(
     """Search-based red teaming (and LLM-driven, given an ``attacker`` :class:`~ccguard.llm.client.LLMClient`) on
     held-out harmful queries, then retraining on the evasions of half A and measuring on those of half B."""
     from ccguard import constitution as C
-    from ccguard.guard import Guard, GuardManifest
+    from ccguard.guard import Guard
     from ccguard.synth.pool import load_pool
-    from ccguard.train.args import TrainArgs
-    from ccguard.train.input import train_input
     from ccguard.transforms.base import TransformContext, load_framings
 
     console = console or Console(stderr=True)
@@ -98,8 +96,22 @@ def run_redteam(
         atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))
         return report
 
-    # Retrain: continue from the deployed classifier on the training split plus the evasions (oversampled, so a
-    # short run sees each several times), then recalibrate on the same validation split.
+    report["after"] = retrain_on_evasions(guard, run_dir, ev_a, ev_b, Path(out_guard), retrain_steps,
+                                          {k: v for k, v in before.items() if "rate" in k}, "evasions", console)
+    atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))
+    return report
+
+
+def retrain_on_evasions(guard: Any, run_dir: Path, ev_a: list[Any], ev_b: list[Any], out_guard: Path,
+                        retrain_steps: int, before: dict[str, Any], what: str, console: Console) -> dict[str, Any]:
+    """Continue training the guard's input classifier on the run's training split plus ``ev_a`` (oversampled, so a
+    short run sees each several times), recalibrate as the pipeline did, write the new guard to ``out_guard``, and
+    return the block rates on ``ev_a`` and the held-out ``ev_b`` after it. ``before`` goes into the manifest."""
+    from ccguard.guard import GuardManifest
+    from ccguard.train.args import TrainArgs
+    from ccguard.train.input import train_input
+
+    clf = guard.input_classifier
     train = read_examples(run_dir / "data" / "train.jsonl")
     args = TrainArgs.from_dict(guard.manifest.input.training["args"])
     args = replace(args, max_steps=retrain_steps, lr=args.lr / 2, warmup_ratio=0.0, max_examples=None)
@@ -121,12 +133,11 @@ def run_redteam(
         "val_fpr": cal.fpr.model_dump(),
         "val_tpr": cal.tpr.model_dump(),
         "val_tpr_before": guard.manifest.input.calibration.tpr.model_dump(),
-        "block_rate_train_evasions": block(ev_a, clf2, cal.threshold),
-        "block_rate_heldout_evasions": block(ev_b, clf2, cal.threshold),
+        f"block_rate_train_{what}": block(ev_a, clf2, cal.threshold),
+        f"block_rate_heldout_{what}": block(ev_b, clf2, cal.threshold),
         "training": stats,
     }
-    report["after"] = after
-    out_guard = Path(out_guard)
+    guard_dir = Path(guard.path)
     tmp = out_guard.with_name(out_guard.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(guard_dir, tmp)
@@ -138,14 +149,13 @@ def run_redteam(
     if (m.get("stages") or {}).pop("cascade", None) is not None:
         # Its thresholds were calibrated on the old stage 1's scores: re-run `ccguard cascade` on the new guard.
         shutil.rmtree(tmp / "cascade", ignore_errors=True)
-    m["input"]["training"] = {**m["input"]["training"], "redteam_retrain": {"args": args.to_dict(), **stats, "evasions": len(ev_a)}}
-    m.setdefault("metrics", {})["redteam"] = {"before": {k: v for k, v in before.items() if "rate" in k},
-                                              "after": {k: after[k] for k in ("block_rate_train_evasions", "block_rate_heldout_evasions")}}
+    m["input"]["training"] = {**m["input"]["training"], "redteam_retrain": {"args": args.to_dict(), **stats, what: len(ev_a)}}
+    m.setdefault("metrics", {})["redteam" if what == "evasions" else f"redteam_{what}"] = {
+        "before": before, "after": {k: after[k] for k in (f"block_rate_train_{what}", f"block_rate_heldout_{what}")}}
     atomic_write_text(tmp / "guard.json", GuardManifest.model_validate(m).model_dump_json(indent=2))
     shutil.rmtree(out_guard, ignore_errors=True)
     tmp.rename(out_guard)
-    atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))
-    b = after["block_rate_heldout_evasions"]
-    console.print(f"after retraining: held-out evasions blocked {b.get('rate', 0):.2f}, train evasions blocked "
-                  f"{after['block_rate_train_evasions'].get('rate', 0):.2f}, val FPR {cal.fpr.fmt()}; new guard {out_guard}")
-    return report
+    b = after[f"block_rate_heldout_{what}"]
+    console.print(f"after retraining: held-out {what} blocked {b.get('rate', 0):.2f}, train {what} blocked "
+                  f"{after[f'block_rate_train_{what}'].get('rate', 0):.2f}, val FPR {cal.fpr.fmt()}; new guard {out_guard}")
+    return after

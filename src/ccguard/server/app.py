@@ -76,6 +76,10 @@ class ServerSettings(BaseModel):
     max_moderation_inputs: int = Field(default=64, ge=1, description="Most texts in one /v1/moderations call.")
     screen_workers: int = Field(default=2, ge=1, description="Threads that decode and window prompts.")
     model_name: str = Field(default="ccguard", description="Model id reported when the upstream has none.")
+    report_verdicts: bool = Field(default=False, description="Add a 'ccguard' object (allowed, stage, category, "
+                                  "released characters) to each completion and to a stream's last chunk. Off by "
+                                  "default: scores help an attacker tune a prompt. The arena turns it on for its own "
+                                  "loopback proxy.")
 
 
 class ModerationRequest(BaseModel):
@@ -101,9 +105,12 @@ def _error(status: int, message: str, type_: str, code: str | None = None) -> JS
     return ApiError(status, message, type_, code).response()
 
 
-def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
-    body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+def _chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None,
+           report: dict[str, Any] | None = None) -> str:
+    body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if report is not None:
+        body["ccguard"] = report
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
@@ -234,6 +241,15 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             raise ApiError(503, "the guard is overloaded; retry shortly", "server_error", "server_overloaded",
                            headers={"Retry-After": "1"})
 
+    def report(verdict: Verdict | None, released: int | None = None) -> dict[str, Any] | None:
+        """The verdict as the arena reads it, when ``report_verdicts`` is on (no scores: only what a page shows)."""
+        if not settings.report_verdicts:
+            return None
+        if verdict is None:
+            return {"allowed": True, "stage": None, "category": None, "released_chars": released}
+        return {"allowed": verdict.allowed, "stage": None if verdict.allowed else verdict.stage,
+                "category": verdict.category, "released_chars": released}
+
     def failed_verdict(stage: Stage) -> Verdict:
         return guard.policy.failed(stage, fail_open=settings.fail_open)
 
@@ -334,7 +350,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             metrics.blocks.labels("input", verdict.category or "unknown").inc()
             metrics.requests.labels("chat", "blocked_input").inc()
             audit("blocked", prompt_text, verdict, dropped_fields=req.dropped() or None)
-            return refusal(req.stream, cid, model, created)
+            return refusal(req.stream, cid, model, created, report(verdict, 0))
 
         params = GenerateParams(
             max_tokens=min(req.max_completion_tokens or req.max_tokens or 512, settings.max_tokens_cap),
@@ -369,19 +385,22 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         finally:
             slot.release()
 
-    def refusal(stream: bool, cid: str, model: str, created: int) -> Any:
+    def refusal(stream: bool, cid: str, model: str, created: int, rep: dict[str, Any] | None) -> Any:
         text = guard.refusal
         if stream:
             async def gen() -> AsyncIterator[str]:
                 yield _chunk(cid, model, created, {"role": "assistant", "content": text}, None)
-                yield _chunk(cid, model, created, {}, "content_filter")
+                yield _chunk(cid, model, created, {}, "content_filter", rep)
                 yield "data: [DONE]\n\n"
             return StreamingResponse(gen(), media_type="text/event-stream")
-        return {
+        body = {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "content_filter"}],
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
+        if rep is not None:
+            body["ccguard"] = rep
+        return body
 
     async def complete_chat(request: Request, messages: list[Message], prompt_text: str, params: GenerateParams,
                             extra: dict[str, Any], cid: str, model: str, created: int) -> Any:
@@ -406,6 +425,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             metrics.upstream_errors.labels("error").inc()
             raise ApiError(502, f"upstream error: {e}", "upstream_error", "upstream_error") from None
         text, finish, calls = comp.text, comp.finish_reason, comp.tool_calls
+        ov: Verdict | None = None
         if guard.output_classifier is not None:
             screened = "\n".join(x for x in (text, render_tool_calls(calls)) if x)
             try:
@@ -423,11 +443,14 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = calls
-        return {
+        body = {
             "id": cid, "object": "chat.completion", "created": created, "model": comp.model or model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens},
         }
+        if (rep := report(ov, len(text))) is not None:
+            body["ccguard"] = rep
+        return body
 
     async def stream_chat(messages: list[Message], prompt_text: str, params: GenerateParams, extra: dict[str, Any],
                           cid: str, model: str, created: int, slot: _Slot) -> AsyncIterator[str]:
@@ -494,16 +517,19 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                 await agen.aclose()
             finally:
                 slot.release()
+        final: Verdict | None = None
         if finish == "content_filter":
             metrics.requests.labels("chat", "blocked_output").inc()
             if gate is not None and gate.halted:
-                v = gate.verdict(latency_ms=1000 * (time.perf_counter() - t_start))
+                final = gate.verdict(latency_ms=1000 * (time.perf_counter() - t_start))
                 metrics.blocks.labels("output", "unknown").inc()
-                audit("blocked", prompt_text, v)
+                audit("blocked", prompt_text, final)
+            else:  # a classifier failure, failing closed
+                final = failed_verdict("output")
         else:
             metrics.requests.labels("chat", "ok").inc()
             finish = upstream_finish
-        yield _chunk(cid, model, created, {}, finish)
+        yield _chunk(cid, model, created, {}, finish, report(final, relay.sent))
         yield "data: [DONE]\n\n"
 
     return app

@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,13 +42,15 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 
 
 class FakeUpstream:
-    """An OpenAI-compatible upstream that streams a fixed text at a fixed rate, optionally followed by tool calls
-    (their arguments streamed in pieces too); it can die mid-stream. It records the bodies it received."""
+    """An OpenAI-compatible upstream that streams a fixed text (or one built from the request by ``reply``) at a
+    fixed rate, optionally followed by tool calls (their arguments streamed in pieces too); it can die mid-stream. It
+    records the bodies it received."""
 
     def __init__(
         self, text: str, piece: int = 6, delay: float = 0.0, die_after: int | None = None, finish: str = "stop",
-        tool_calls: list[dict[str, Any]] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None, reply: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
+        self.reply = reply  # when given, the text is built from each request's body instead
         self.text, self.piece, self.delay, self.die_after, self.finish = text, piece, delay, die_after, finish
         self.tool_calls = tool_calls
         self.calls = 0
@@ -62,8 +64,9 @@ class FakeUpstream:
             body = await request.json()
             self.calls += 1
             self.bodies.append(body)
+            text = self.reply(body) if self.reply is not None else self.text
             if not body.get("stream"):
-                message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+                message: dict[str, Any] = {"role": "assistant", "content": text or None}
                 if self.tool_calls:
                     message["tool_calls"] = self.tool_calls
                 return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
@@ -72,10 +75,10 @@ class FakeUpstream:
 
             async def gen():
                 try:
-                    for i in range(0, len(self.text), self.piece):
+                    for i in range(0, len(text), self.piece):
                         if self.die_after is not None and i // self.piece >= self.die_after:
                             raise RuntimeError("upstream crashed")
-                        chunk = {"choices": [{"index": 0, "delta": {"content": self.text[i : i + self.piece]}, "finish_reason": None}]}
+                        chunk = {"choices": [{"index": 0, "delta": {"content": text[i : i + self.piece]}, "finish_reason": None}]}
                         self.sent_pieces += 1
                         yield f"data: {json.dumps(chunk)}\n\n"
                         await asyncio.sleep(self.delay)
