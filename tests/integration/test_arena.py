@@ -324,3 +324,33 @@ def test_export_then_retrain_on_successful_attacks(smoke_run: Path, permissive, 
     assert "redteam_attacks" in m["metrics"] and m["input"]["training"]["redteam_retrain"]["attacks"] == rep["train_half"]
     assert Guard.load(run / "guard-arena").check_input("hello").stage == "input"
     assert (run / "redteam" / "arena" / "report.json").is_file()
+
+
+def test_cli_refuses_open_registration_beyond_loopback_and_needs_a_guard(tmp_path: Path):
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ccguard.cli", "arena", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+
+    r = cli("--guard", "g", "--host", "0.0.0.0", "--open-registration")
+    assert r.returncode == 2 and "--open-registration is refused" in r.stderr and "Traceback" not in r.stderr
+    r = cli()
+    assert r.returncode == 2 and "--guard is required" in r.stderr
+    r = cli("invite", "carol", "--db", str(tmp_path / "a.sqlite"))
+    assert r.returncode == 0 and len(r.stdout.strip()) > 20
+    r = cli("invite", "carol", "--db", str(tmp_path / "a.sqlite"))
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_the_proxy_reports_verdicts_only_when_asked(smoke_guard):
+    from ccguard.llm.base import create_backend
+    from ccguard.server import create_app
+    from ccguard.server.loopback import FakeUpstream, serving
+
+    g = with_thresholds(smoke_guard, inp=0.0, out=1.0)  # everything is blocked at the input
+    up = FakeUpstream(BENIGN_TEXT)
+    with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="f", base_url=f"{up_url}/v1"))) as url:
+        body = {"model": "f", "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body).json()
+        assert r["choices"][0]["finish_reason"] == "content_filter" and "ccguard" not in r
+        raw = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}).text
+        assert "content_filter" in raw and '"ccguard"' not in raw
