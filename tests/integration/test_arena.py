@@ -297,10 +297,7 @@ def test_killed_mid_attempt_the_attempt_is_kept_and_marked_failed(smoke_run: Pat
 def test_export_then_retrain_on_successful_attacks(smoke_run: Path, permissive, tmp_path: Path):
     import shutil
 
-    from rich.console import Console
-
     from ccguard import Guard
-    from ccguard.arena.retrain import run_from_arena
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
@@ -317,13 +314,17 @@ def test_export_then_retrain_on_successful_attacks(smoke_run: Path, permissive, 
     assert r.returncode == 0, r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 4 + len(targets) and all(x["grade_passed"] for x in rows)
-    rep = run_from_arena(db, run / "guard", run / "guard-arena", retrain_steps=12, console=Console(quiet=True))
+    r = subprocess.run([sys.executable, "-m", "ccguard.cli", "redteam", "--guard", str(run / "guard"), "--from-arena",
+                        str(db), "--out-guard", str(run / "guard-arena"), "--retrain-steps", "12"],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "successful arena attacks" in r.stderr and "held-out attacks blocked" in r.stderr
+    rep = json.loads((run / "redteam" / "arena" / "report.json").read_text())
     assert rep["successful_attacks"] == len(rows) and rep["train_half"] > 0 and rep["heldout_half"] > 0
     assert "block_rate_heldout_attacks" in rep["before"] and "block_rate_heldout_attacks" in rep["after"]
     m = json.loads((run / "guard-arena" / "guard.json").read_text())
     assert "redteam_attacks" in m["metrics"] and m["input"]["training"]["redteam_retrain"]["attacks"] == rep["train_half"]
     assert Guard.load(run / "guard-arena").check_input("hello").stage == "input"
-    assert (run / "redteam" / "arena" / "report.json").is_file()
 
 
 def test_cli_refuses_open_registration_beyond_loopback_and_needs_a_guard(tmp_path: Path):
