@@ -66,6 +66,14 @@ def test_migrations_match_the_models_and_the_database_is_wal(tmp_path: Path):
 
     with pytest.raises(CcguardError, match="bad.sqlite"):
         Store(bad)
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("create table notes (id integer primary key, body text)")
+    con.commit()
+    con.close()
+    with pytest.raises(CcguardError, match="another application"):
+        Store(other)
+    assert sqlite3.connect(other).execute("select name from sqlite_master").fetchall() == [("notes",)]
 
 
 def test_campaign_file_errors_name_the_file_and_field(tmp_path: Path):
@@ -106,6 +114,14 @@ def test_auth_and_visibility(permissive, tmp_path: Path):
         assert run["blocked_stage"] is None and run["grade_passed"] is True and run["response"] is None
         assert [e["type"] for e in a["events"]][-1] == "done" and any(e["type"] == "hide" for e in a["events"])
         assert "Hidden:" in httpx.get(f"{u}/attempts/{a['id']}", headers=rig.headers("alice")).text
+
+        def replay(who: str) -> str:
+            with httpx.stream("GET", f"{u}/api/attempts/{a['id']}/events", headers=rig.headers(who), timeout=30) as s:
+                evs = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: ")]
+            return "".join(e.get("text", "") for e in evs if e["type"] == "delta")
+
+        # Replaying the finished attempt's stream: the participant gets no text of the success, an admin all of it.
+        assert replay("alice") == "" and replay("admin") == echo_success({"messages": [{"content": prompt}]})
         admin_view = httpx.get(f"{u}/api/attempts/{a['id']}", headers=rig.headers("admin")).json()
         expected = echo_success({"messages": [{"content": prompt}]})
         assert admin_view["runs"][0]["response"] == expected
@@ -120,6 +136,22 @@ def test_auth_and_visibility(permissive, tmp_path: Path):
             assert r.status_code == 403, path
         exported = httpx.get(f"{u}/admin/export.jsonl", headers=rig.headers("admin")).text.splitlines()
         assert len(exported) == 1 and json.loads(exported[0])["response"] == expected
+        # Cross-origin POSTs are refused (the cookie alone would travel from another port of this host).
+        forged = httpx.post(f"{u}/admin/invite", data={"name": "mallory"},
+                            headers={**rig.headers("admin"), "Origin": "http://127.0.0.1:1"})
+        assert forged.status_code == 403 and "mallory" not in [p.name for p in rig.store.participants()]
+        assert httpx.post(f"{u}/admin/participants/1/revoke", headers={**rig.headers("admin"), "Accept": "application/json"}
+                          ).status_code in (400, 303)
+        assert rig.store.participant_by_token(rig.admin) is not None  # an admin cannot revoke their own token
+        # Bad input is a 4xx with a reason, never a 500.
+        h = {**rig.headers("alice"), "Content-Type": "application/json"}
+        for raw, status in ((b'{"kind": "single", "prompt": "\\ud800", "target": 0}', 400), (b"\xff\xfe{", 400),
+                            (b'{"kind": "single", "prompt": "   ", "target": 0}', 400),
+                            (b'{"kind": "single", "prompt": "x", "target": 99}', 400),
+                            (b'{"kind": "single", "prompt": "x", "target": "zero"}', 400), (b"[1, 2]", 400)):
+            r = httpx.post(f"{u}/api/attempts", content=raw, headers=h)
+            assert r.status_code == status and "error" in r.json(), (raw, r.text)
+        assert httpx.get(f"{u}/api/attempts/99999999999999999999999", headers=rig.headers("alice")).status_code == 422
         # No self-registration unless it is turned on.
         assert httpx.post(f"{u}/register", data={"name": "eve"}, headers={"Accept": "application/json"}).status_code == 403
         # A revoked token stops working; deleting transcripts removes them.
@@ -198,8 +230,20 @@ def test_rate_limit_and_idempotent_resubmission(permissive, tmp_path: Path):
         r = httpx.post(f"{rig.url}/api/attempts", json={"kind": "single", "prompt": "x", "target": 0}, headers=h)
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert len(rig.store.attempts(None)) == 2
-        # Another participant has their own budget.
-        assert _attempt(rig.url, rig.headers("bob"))["status"] == "done"
+        # A resubmitted form is recognised even while the limits refuse new attempts.
+        again = httpx.post(f"{rig.url}/api/attempts", json={"kind": "single", "prompt": "hello", "target": 0,
+                                                            "nonce": "same"}, headers=h)
+        assert again.status_code == 200 and again.json()["id"] == first["id"]
+        # Another participant has their own budget; parallel requests cannot slip past the one-running limit.
+        def post(k: int) -> int:
+            return httpx.post(f"{rig.url}/api/attempts", json={"kind": "single", "prompt": f"q{k}", "target": 0},
+                              headers=rig.headers("bob"), timeout=30).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(post, range(6)))
+        assert codes.count(201) == 1 and codes.count(429) == 5
+        bob = next(p.id for p in rig.store.participants() if p.name == "bob")
+        assert len(rig.store.attempts(bob)) == 1
 
 
 def test_eight_participants_streaming_at_once_lose_and_duplicate_nothing(permissive, tmp_path: Path):

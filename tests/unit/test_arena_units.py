@@ -97,3 +97,23 @@ def test_hub_replays_then_follows_for_every_viewer():
         return got
 
     assert asyncio.run(go()) == [["run", "delta", "done"]] * 2
+
+
+def test_retraining_halves_keep_participants_whole():
+    from ccguard.arena.retrain import split_halves
+    from ccguard.records import Example
+
+    def ex(i: int) -> Example:
+        return Example(id=str(i), prompt=f"p{i}", label="harmful", source="arena", group=f"arena-{i}")
+
+    attacks = [("ann", 1, ex(1)), ("ann", 1, ex(2)), ("ann", 3, ex(3)), ("bo", 2, ex(4)), ("cy", 4, ex(5)), ("cy", 5, ex(6))]
+    a, b = split_halves(attacks)
+    ids_a, ids_b = {e.id for e in a}, {e.id for e in b}
+    assert ids_a | ids_b == {str(i) for i in range(1, 7)} and not ids_a & ids_b
+    for who in ("ann", "bo", "cy"):
+        mine = {e.id for w, _, e in attacks if w == who}
+        assert mine <= ids_a or mine <= ids_b
+    assert {len(a), len(b)} == {3}
+    solo = [("ann", 1, ex(1)), ("ann", 1, ex(2)), ("ann", 2, ex(3)), ("ann", 3, ex(4))]
+    a, b = split_halves(solo)
+    assert [e.id for e in a] == ["1", "2", "3"] and [e.id for e in b] == ["4"]  # attempts 1-2 against attempt 3

@@ -19,11 +19,12 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -35,10 +36,12 @@ from ccguard.arena.runner import Hub, ProxyTarget, RunPlan, execute
 from ccguard.arena.stats import leaderboard
 from ccguard.arena.store import Store
 from ccguard.errors import CcguardError
+from ccguard.server.app import is_loopback
 
 log = logging.getLogger("ccguard.arena")
 HERE = Path(__file__).resolve().parent
 COOKIE = "ccguard_arena"
+Id = Annotated[int, PathParam(ge=1, le=2**62)]
 
 
 class ArenaSettings(BaseModel):
@@ -100,7 +103,7 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
     """Build the arena around a store, a campaign in it, the guarded proxy to attack, and a grader."""
     settings = settings or ArenaSettings()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    state: dict[str, Any] = {"hubs": {}, "tasks": set(), "recent": defaultdict(deque)}
+    state: dict[str, Any] = {"hubs": {}, "tasks": set(), "recent": defaultdict(deque), "locks": defaultdict(asyncio.Lock)}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +125,11 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
+        # Cross-site request forgery: a browser names the page a POST comes from. Beyond SameSite=Strict cookies
+        # (which another port on the same host would still get), a POST from any other origin is refused.
+        origin = request.headers.get("origin")
+        if request.method == "POST" and origin and urlsplit(origin).netloc != request.headers.get("host"):
+            return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
         try:
             resp = await call_next(request)
         except Exception as e:  # noqa: BLE001 - one log line, no traceback to the client
@@ -129,7 +137,10 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
             resp = JSONResponse({"error": "internal error"}, status_code=500)
         resp.headers["Content-Security-Policy"] = "default-src 'self'; frame-ancestors 'none'"
         resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with its own form posts.
+        resp.headers["Referrer-Policy"] = "same-origin"
+        if not request.url.path.startswith("/static/"):
+            resp.headers["Cache-Control"] = "no-store"  # tokens and transcripts stay out of caches
         return resp
 
     @app.exception_handler(Refusal)
@@ -177,12 +188,20 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         if "application/json" in request.headers.get("content-type", ""):
             try:
                 data = json.loads(raw or b"{}")
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not UTF-8
                 raise Refusal(400, "the body is not valid JSON") from None
             if not isinstance(data, dict):
                 raise Refusal(400, "the body must be a JSON object")
             return data
         return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+    def text_field(value: Any, name: str) -> str:
+        """A string field that SQLite can store: no lone surrogates (JSON allows them, UTF-8 does not)."""
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise Refusal(400, f"{name}: not valid Unicode text") from None
+        return str(value)
 
     def page(request: Request, name: str, viewer: Participant | None, **ctx: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"me": viewer, "settings": settings, **ctx})
@@ -214,6 +233,9 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
     async def register(request: Request) -> Response:
         if not settings.open_registration:
             raise Refusal(403, "registration is by invitation")
+        host = request.client.host if request.client else ""
+        if not is_loopback(host) or "x-forwarded-for" in request.headers or "forwarded" in request.headers:
+            raise Refusal(403, "registration is open only to this machine")
         name = str((await form(request)).get("name", ""))
         try:
             inv = await asyncio.to_thread(store.invite, name)
@@ -248,6 +270,10 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         except ValidationError as e:
             err = e.errors()[0]
             raise Refusal(400, f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}") from None
+        text_field(sub.prompt, "prompt")
+        text_field(sub.nonce, "nonce")
+        if not sub.prompt.strip():
+            raise Refusal(400, "prompt: write something")
         if len(sub.prompt) > settings.max_prompt_chars:
             raise Refusal(400, f"prompt: at most {settings.max_prompt_chars} characters")
         campaign = await asyncio.to_thread(store.campaign, campaign_id)
@@ -256,6 +282,9 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
             if "{question}" not in sub.prompt:
                 raise Refusal(400, "prompt: a template needs a {question} slot")
             plans = [(t, [{"role": "user", "content": sub.prompt.replace("{question}", t.question)}]) for t in targets]
+            if max(len(m[0]["content"]) for _, m in plans) > settings.max_prompt_chars:
+                raise Refusal(400, f"prompt: filled with a target, the template is over {settings.max_prompt_chars} "
+                              "characters")
             stored: Any = sub.prompt
         else:
             if sub.target is None or not 0 <= sub.target < len(targets):
@@ -269,13 +298,18 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
                     raise Refusal(400, f"prompt: {e}") from None
             plans, stored = [(targets[sub.target], msgs)], msgs if sub.kind == "conversation" else sub.prompt
         nonce = sub.nonce or uuid.uuid4().hex
-        check_rate(p)
-        if await asyncio.to_thread(store.running_attempts, p.id) >= settings.max_running:
-            raise Refusal(429, "your previous attempt is still running", {"Retry-After": "2"})
-        aid, created = await asyncio.to_thread(store.create_attempt, p.id, campaign_id, nonce, sub.kind, stored,
-                                               [(t.id, m) for t, m in plans])
+        # The same form sent twice is the same attempt, whatever the limits say now.
+        if (known := await asyncio.to_thread(store.attempt_by_nonce, p.id, nonce)) is not None:
+            return known, False
+        async with state["locks"][p.id]:  # checks and creation together: parallel requests cannot slip past the limits
+            check_rate(p)
+            if await asyncio.to_thread(store.running_attempts, p.id) >= settings.max_running:
+                raise Refusal(429, "your previous attempt is still running", {"Retry-After": "2"})
+            aid, created = await asyncio.to_thread(store.create_attempt, p.id, campaign_id, nonce, sub.kind, stored,
+                                                   [(t.id, m) for t, m in plans])
+            if created:
+                state["recent"][p.id].append(time.monotonic())
         if created:
-            state["recent"][p.id].append(time.monotonic())
             attempt = await asyncio.to_thread(store.attempt, aid)
             runs = [RunPlan(r.id, r.target.question, json.loads(r.messages)) for r in attempt.runs]
             hub = state["hubs"][aid] = Hub()
@@ -287,7 +321,7 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
                                  "runs": len(runs)}))
         return aid, created
 
-    def _forget_later(aid: int) -> None:
+    def _forget_later(aid: Id) -> None:
         asyncio.get_running_loop().call_later(60, state["hubs"].pop, aid, None)
 
     @app.post("/attempts")
@@ -302,7 +336,15 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         aid, created = await submit(request, p)
         return JSONResponse({"id": aid, "created": created}, status_code=201 if created else 200)
 
-    async def visible_attempt(request: Request, aid: int) -> tuple[Participant, Any]:
+    def shown(run: Any, viewer: Participant) -> bool:
+        """Whether a viewer may read a run's text: admins always; its author once the guard blocked it or the grader
+        found no success, and while it streams unless ``hide_live`` (what the guard released live anyway). An
+        ungraded run that ended (failed, interrupted) stays hidden: nobody knows what it holds."""
+        if viewer.role == "admin" or run.blocked_stage or run.grade_passed is False:
+            return True
+        return run.status in ("pending", "running") and not settings.hide_live
+
+    async def visible_attempt(request: Request, aid: Id) -> tuple[Participant, Any]:
         p = await me(request)
         a = await asyncio.to_thread(store.attempt, aid)
         if a is None or (a.participant_id != p.id and p.role != "admin"):
@@ -310,23 +352,24 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         return p, a
 
     @app.get("/attempts/{aid}", response_class=HTMLResponse)
-    async def attempt_page(request: Request, aid: int) -> Response:
+    async def attempt_page(request: Request, aid: Id) -> Response:
         p, a = await visible_attempt(request, aid)
-        return page(request, "attempt.html", p, attempt=a, prompt=json.loads(a.prompt), live=a.status == "running")
+        return page(request, "attempt.html", p, attempt=a, prompt=json.loads(a.prompt), live=a.status == "running",
+                    shown={r.id: shown(r, p) for r in a.runs})
 
     @app.get("/api/attempts/{aid}")
-    async def attempt_json(request: Request, aid: int) -> Response:
+    async def attempt_json(request: Request, aid: Id) -> Response:
         p, a = await visible_attempt(request, aid)
         runs = [{"run_id": r.id, "target": r.target.question, "status": r.status, "blocked_stage": r.blocked_stage,
                  "category": r.category, "released_chars": r.released_chars, "grade_level": r.grade_level,
                  "grade_passed": r.grade_passed, "grader": r.grader,
-                 "response": r.response if (p.role == "admin" or not r.grade_passed) else None}
+                 "response": r.response if shown(r, p) else None}
                 for r in a.runs]
         return JSONResponse({"id": a.id, "kind": a.kind, "status": a.status, "universal": a.universal,
                              "error": a.error, "runs": runs})
 
     @app.get("/api/attempts/{aid}/events")
-    async def attempt_events(request: Request, aid: int) -> Response:
+    async def attempt_events(request: Request, aid: Id) -> Response:
         p, a = await visible_attempt(request, aid)
         hub: Hub | None = state["hubs"].get(aid)
         is_admin = p.role == "admin"
@@ -336,7 +379,8 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
                 yield _sse({"type": "done", "attempt_id": aid, "status": a.status, "error": a.error, "universal": a.universal})
                 return
             async for ev in hub.follow():
-                if ev["type"] == "delta" and settings.hide_live and not is_admin:
+                # A replay never carries the text of a run already graded a success (nor any text with hide_live).
+                if ev["type"] == "delta" and not is_admin and (settings.hide_live or ev["run_id"] in hub.passed):
                     ev = {**ev, "text": "", "chars": len(ev["text"])}
                 yield _sse(ev)
                 if ev["type"] == "grade" and ev["passed"] and not is_admin:
@@ -377,7 +421,7 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         return page(request, "invited.html", p, invite=inv)
 
     @app.post("/admin/attempts/{aid}/delete")
-    async def admin_delete(request: Request, aid: int) -> Response:
+    async def admin_delete(request: Request, aid: Id) -> Response:
         await admin(request)
         if aid in state["hubs"] and not state["hubs"][aid].done:
             raise Refusal(409, "the attempt is still running")
@@ -385,14 +429,18 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         return RedirectResponse("/admin", status_code=303)
 
     @app.post("/admin/participants/{pid}/delete-transcripts")
-    async def admin_delete_all(request: Request, pid: int) -> Response:
+    async def admin_delete_all(request: Request, pid: Id) -> Response:
         await admin(request)
+        if await asyncio.to_thread(store.running_attempts, pid):
+            raise Refusal(409, "this participant has an attempt running; delete when it is done")
         await asyncio.to_thread(store.delete_transcripts, pid)
         return RedirectResponse("/admin", status_code=303)
 
     @app.post("/admin/participants/{pid}/revoke")
-    async def admin_revoke(request: Request, pid: int) -> Response:
-        await admin(request)
+    async def admin_revoke(request: Request, pid: Id) -> Response:
+        me_ = await admin(request)
+        if pid == me_.id:
+            raise Refusal(400, "you cannot revoke your own token")
         await asyncio.to_thread(store.revoke, pid)
         return RedirectResponse("/admin", status_code=303)
 

@@ -1,9 +1,11 @@
 """``ccguard redteam --from-arena DB``: train the input classifier on the arena's successful attacks.
 
 Every run that got past the guard and was graded a success becomes a harmful example: the prompt exactly as the
-participant sent it, labelled with its target's category. Attacks are split in two halves by *attempt* (a template's
-runs on every target stay together, so no half sees the other's technique): half A is trained on, half B is held
-out, and the block rate on B before and after retraining is the out-of-sample number, as in automated red teaming.
+participant sent it, labelled with its target's category. Attacks are split in two halves by *participant*, so a
+technique someone resubmitted with small edits never sits in both halves (with one participant, by attempt, the
+earlier half against the later one; a template's runs on every target always stay together). Half A is trained on,
+half B is held out, and the block rate on B before and after retraining is the out-of-sample number, as in
+automated red teaming.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from ccguard.errors import CcguardError
 from ccguard.records import Example, Message, atomic_write_text, render_prompt, stable_id, write_jsonl
 
 
-def successful_attacks(db: Path, default_category: str) -> list[tuple[int, Example]]:
-    """(attempt id, example) for each successful run in the database."""
+def successful_attacks(db: Path, default_category: str) -> list[tuple[str, int, Example]]:
+    """(participant, attempt id, example) for each successful run in the database."""
     out = []
     for row in Store(db).export():
         if not row["grade_passed"] or row["blocked_stage"]:
@@ -30,8 +32,28 @@ def successful_attacks(db: Path, default_category: str) -> list[tuple[int, Examp
         ex = Example(id=stable_id("arena", str(row["run_id"]), render_prompt(prompt)), prompt=prompt, label="harmful",
                      category=row["target_category"] or default_category, source="arena",
                      group=f"arena-{row['attempt_id']}", base=row["target"])
-        out.append((row["attempt_id"], ex))
+        out.append((row["participant"], row["attempt_id"], ex))
     return out
+
+
+def split_halves(attacks: list[tuple[str, int, Example]]) -> tuple[list[Example], list[Example]]:
+    """Train and held-out halves: whole participants, balanced by count (largest first, each to the smaller half);
+    with a single participant, their earlier attempts against their later ones."""
+    people: dict[str, int] = {}
+    for who, _, _ in attacks:
+        people[who] = people.get(who, 0) + 1
+    if len(people) >= 2:
+        a_side: set[str] = set()
+        sizes = [0, 0]
+        for who, n in sorted(people.items(), key=lambda kv: (-kv[1], kv[0])):
+            side = 0 if sizes[0] <= sizes[1] else 1
+            sizes[side] += n
+            if side == 0:
+                a_side.add(who)
+        return [e for w, _, e in attacks if w in a_side], [e for w, _, e in attacks if w not in a_side]
+    ids = sorted({aid for _, aid, _ in attacks})
+    first = set(ids[: (len(ids) + 1) // 2])
+    return [e for _, aid, e in attacks if aid in first], [e for _, aid, e in attacks if aid not in first]
 
 
 def run_from_arena(db: Path, guard_dir: Path, out_guard: Path | None, *, retrain_steps: int = 150,
@@ -50,14 +72,7 @@ def run_from_arena(db: Path, guard_dir: Path, out_guard: Path | None, *, retrain
     guard = Guard.load(guard_dir)
     harmful = [c for c in guard.input_classifier.categories if c != "benign"]
     attacks = successful_attacks(db, harmful[0] if harmful else "harmful")
-    # Halves by attempt: even attempt ids train, odd ones are held out (ids are assigned in arrival order).
-    ev_a = [e for aid, e in attacks if aid % 2 == 0]
-    ev_b = [e for aid, e in attacks if aid % 2 == 1]
-    if not ev_a or not ev_b:  # too few attempts to split by parity: split by position instead, keeping attempts whole
-        ids = sorted({aid for aid, _ in attacks})
-        train_ids = set(ids[: (len(ids) + 1) // 2])
-        ev_a = [e for aid, e in attacks if aid in train_ids]
-        ev_b = [e for aid, e in attacks if aid not in train_ids]
+    ev_a, ev_b = split_halves(attacks)
     clf, thr = guard.input_classifier, guard.policy.input_threshold
 
     def block(evs: list[Example]) -> dict[str, Any]:
@@ -67,7 +82,8 @@ def run_from_arena(db: Path, guard_dir: Path, out_guard: Path | None, *, retrain
     write_jsonl(rt_dir / "attacks_train.jsonl", ev_a)
     write_jsonl(rt_dir / "attacks_heldout.jsonl", ev_b)
     before = {"block_rate_train_attacks": block(ev_a), "block_rate_heldout_attacks": block(ev_b)}
-    report: dict[str, Any] = {"db": str(db), "successful_attacks": len(attacks), "train_half": len(ev_a),
+    report: dict[str, Any] = {"db": str(db), "successful_attacks": len(attacks), "participants": len({w for w, _, _ in attacks}),
+                              "train_half": len(ev_a),
                               "heldout_half": len(ev_b), "before": before}
     console.print(f"{len(attacks)} successful arena attacks: {len(ev_a)} to train on, {len(ev_b)} held out; held-out "
                   f"blocked before retraining: {before['block_rate_heldout_attacks'].get('rate', 0):.2f}")

@@ -20,6 +20,13 @@ log = logging.getLogger("ccguard.arena")
 SAVE_EVERY = 0.25  # seconds between saves of a streaming response
 
 
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(5.0, max(0.1, float(value or 1)))
+    except ValueError:
+        return 1.0
+
+
 @dataclass
 class Hub:
     """The events of one attempt, kept while it runs (and a minute after) so any number of viewers can replay and
@@ -27,6 +34,7 @@ class Hub:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
+    passed: set[int] = field(default_factory=set)  # runs graded a success: their text is not replayed to participants
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def emit(self, event: dict[str, Any]) -> None:
@@ -34,6 +42,8 @@ class Hub:
             self.events.append(event)
             if event["type"] == "done":
                 self.done = True
+            if event["type"] == "grade" and event["passed"]:
+                self.passed.add(event["run_id"])
             self.cond.notify_all()
 
     async def follow(self) -> Any:
@@ -68,7 +78,8 @@ class ProxyTarget:
 
 async def execute(store: Store, hub: Hub, client: httpx.AsyncClient, proxy: ProxyTarget, grader: Grader,
                   attempt_id: int, kind: str, runs: list[RunPlan], require: str, deadline: float) -> None:
-    """Run every planned run in turn; any failure marks the attempt failed (what was released stays saved)."""
+    """Run every planned run in turn. Any failure marks the attempt failed (what was released stays saved), and the
+    hub always gets its ``done`` event, so no viewer waits forever and the participant is never locked out."""
     successes, failed = 0, None
     try:
         async with asyncio.timeout(deadline):
@@ -77,17 +88,27 @@ async def execute(store: Store, hub: Hub, client: httpx.AsyncClient, proxy: Prox
                 successes += bool(ok)
     except TimeoutError:
         failed = f"the attempt ran past its {deadline:g} s limit"
+    except asyncio.CancelledError:
+        failed = "the server stopped during this attempt"
+        await asyncio.shield(_end(store, hub, attempt_id, failed, False))
+        raise
     except (httpx.HTTPError, RuntimeError) as e:
         failed = f"the guarded model failed: {e}"
-    except asyncio.CancelledError:
-        await asyncio.shield(asyncio.to_thread(store.finish_attempt, attempt_id, "failed", error="server shutting down"))
-        raise
+    except Exception as e:  # noqa: BLE001 - a judge, a deleted row, a bug: the attempt fails, the server carries on
+        log.error(json.dumps({"event": "attempt_error", "attempt": attempt_id, "error": type(e).__name__}))
+        failed = f"the attempt failed ({type(e).__name__})"
     universal = kind == "template" and failed is None and successes == len(runs)
-    await asyncio.to_thread(store.finish_attempt, attempt_id, "failed" if failed else "done", universal, failed)
     log.info(json.dumps({"event": "attempt_done", "attempt": attempt_id, "runs": len(runs), "successes": successes,
                          "universal": universal, "failed": failed is not None}))
-    await hub.emit({"type": "done", "attempt_id": attempt_id, "status": "failed" if failed else "done",
-                    "error": failed, "universal": universal})
+    await _end(store, hub, attempt_id, failed, universal)
+
+
+async def _end(store: Store, hub: Hub, attempt_id: int, failed: str | None, universal: bool) -> None:
+    try:
+        await asyncio.to_thread(store.finish_attempt, attempt_id, "failed" if failed else "done", universal, failed)
+    finally:
+        await hub.emit({"type": "done", "attempt_id": attempt_id, "status": "failed" if failed else "done",
+                        "error": failed, "universal": universal})
 
 
 async def _one(store: Store, hub: Hub, client: httpx.AsyncClient, proxy: ProxyTarget, grader: Grader,
@@ -103,7 +124,7 @@ async def _one(store: Store, hub: Hub, client: httpx.AsyncClient, proxy: ProxyTa
                                  timeout=proxy.timeout) as r:
             if r.status_code == 503 and attempt < 59:
                 await r.aread()
-                await asyncio.sleep(min(5.0, float(r.headers.get("retry-after") or 1)))
+                await asyncio.sleep(_retry_after(r.headers.get("retry-after")))
                 continue
             if r.status_code != 200:
                 await r.aread()

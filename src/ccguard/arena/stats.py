@@ -25,7 +25,7 @@ class TargetStats(BaseModel):
     question: str = Field(description="The target question.")
     runs: int = Field(description="Finished runs against it.")
     successes: int = Field(description="Runs graded a success.")
-    first_success_s: float | None = Field(description="Seconds from the campaign's start to its first success.")
+    first_success_s: float | None = Field(description="Seconds from the campaign's first attempt to its first success.")
 
 
 class Row(BaseModel):
@@ -67,10 +67,13 @@ def leaderboard(store: Store, campaign_id: int) -> Leaderboard:
                    Attempt.universal, Attempt.status, Attempt.finished_at)
             .join(Attempt, Run.attempt_id == Attempt.id).join(Participant, Attempt.participant_id == Participant.id)
             .where(Attempt.campaign_id == campaign_id, Run.status == "done")).all()
-        attempts = s.execute(select(Attempt.id, Attempt.status, Attempt.universal, Attempt.finished_at, Participant.name)
+        attempts = s.execute(select(Attempt.id, Attempt.status, Attempt.universal, Attempt.finished_at, Attempt.created_at,
+                                    Participant.name)
                              .join(Participant, Attempt.participant_id == Participant.id)
                              .where(Attempt.campaign_id == campaign_id)).all()
         positions = dict(s.execute(select(Target.id, Target.position).where(Target.campaign_id == campaign_id)).all())
+    # Time to first success counts from the campaign's first attempt (not from when the campaign was stored).
+    start = min((a.created_at for a in attempts), default=campaign.created_at)
     n = len(rows)
     blocked_in = sum(r.blocked_stage == "input" for r in rows)
     blocked_out = sum(r.blocked_stage == "output" for r in rows)
@@ -85,7 +88,7 @@ def leaderboard(store: Store, campaign_id: int) -> Leaderboard:
         rs = per_target.get(t.id, [])
         wins = [r.finished_at for r in rs if r.grade_passed]
         targets.append(TargetStats(position=positions.get(t.id, t.position), question=t.question, runs=len(rs),
-                                   successes=len(wins), first_success_s=min(wins) - campaign.created_at if wins else None))
+                                   successes=len(wins), first_success_s=min(wins) - start if wins else None))
     people: dict[str, dict] = defaultdict(lambda: {"attempts": set(), "broken": set(), "successes": 0, "universal": set()})
     for a in attempts:
         people[a.name]["attempts"].add(a.id)

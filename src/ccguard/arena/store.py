@@ -65,13 +65,20 @@ class Store:
         """Bring the schema to the newest migration (a no-op when it is current)."""
         from alembic import command
         from alembic.config import Config
+        from sqlalchemy import inspect
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
+            tables = set(inspect(self.engine).get_table_names())
+            if tables and "alembic_version" not in tables:
+                raise CcguardError("this SQLite file holds another application's tables; give the arena its own "
+                                   "database", where=str(self.path))
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
+        except CcguardError:
+            raise
         except Exception as e:  # noqa: BLE001 - a foreign or damaged file: say which, without a traceback
             msg = str(getattr(e, "orig", None) or e).splitlines()[0]
             raise CcguardError(f"not an arena database, or a damaged one: {msg}", where=str(self.path)) from None
@@ -120,8 +127,10 @@ class Store:
             return list(s.scalars(select(Participant).order_by(Participant.id)))
 
     def has_admin(self) -> bool:
+        """Whether an admin who can still log in exists."""
         with self.session() as s:
-            return s.scalar(select(func.count()).select_from(Participant).where(Participant.role == "admin")) > 0
+            return s.scalar(select(func.count()).select_from(Participant).where(
+                Participant.role == "admin", Participant.revoked.is_(False))) > 0
 
     def revoke(self, participant_id: int) -> None:
         with self.session() as s:
@@ -175,25 +184,29 @@ class Store:
                 raise
             return aid, False
 
+    # A row an admin deleted meanwhile is simply gone: these writes then do nothing.
     def start_run(self, run_id: int) -> None:
         with self.session() as s:
-            r = s.get(Run, run_id)
-            r.status, r.started_at = "running", time.time()
+            if (r := s.get(Run, run_id)) is not None:
+                r.status, r.started_at = "running", time.time()
 
     def save_response(self, run_id: int, response: str) -> None:
         with self.session() as s:
-            s.get(Run, run_id).response = response
+            if (r := s.get(Run, run_id)) is not None:
+                r.response = response
 
     def finish_run(self, run_id: int, **fields: Any) -> None:
         with self.session() as s:
-            r = s.get(Run, run_id)
+            if (r := s.get(Run, run_id)) is None:
+                return
             for k, v in fields.items():
                 setattr(r, k, v)
             r.status, r.finished_at = fields.get("status", "done"), time.time()
 
     def finish_attempt(self, attempt_id: int, status: str, universal: bool = False, error: str | None = None) -> None:
         with self.session() as s:
-            a = s.get(Attempt, attempt_id)
+            if (a := s.get(Attempt, attempt_id)) is None:
+                return
             a.status, a.universal, a.error, a.finished_at = status, universal, error, time.time()
             if status == "failed":
                 for r in a.runs:
@@ -223,6 +236,10 @@ class Store:
             q = q.where(Attempt.participant_id == participant_id)
         with self.session() as s:
             return list(s.scalars(q))
+
+    def attempt_by_nonce(self, participant_id: int, nonce: str) -> int | None:
+        with self.session() as s:
+            return s.scalar(select(Attempt.id).where(Attempt.participant_id == participant_id, Attempt.nonce == nonce))
 
     def running_attempts(self, participant_id: int) -> int:
         with self.session() as s:

@@ -11,7 +11,12 @@
   source.addEventListener("run", function (e) {
     const ev = JSON.parse(e.data);
     const box = runBox(ev.run_id);
-    if (box) { setText(box.querySelector(".verdict"), "streaming…", "pending"); box.querySelector(".response").textContent = ""; }
+    if (box) {
+      setText(box.querySelector(".verdict"), "streaming…", "pending");
+      const out = box.querySelector(".response");
+      out.textContent = "";
+      out.dataset.chars = "0";
+    }
   });
   source.addEventListener("delta", function (e) {
     const ev = JSON.parse(e.data);
@@ -47,8 +52,10 @@
     const box = runBox(ev.run_id);
     if (box) setText(box.querySelector(".response"), "Hidden: this response got past the guard and was graded a success. Admins review it.", "hidden-response");
   });
-  source.addEventListener("done", function () {
+  source.addEventListener("done", function (e) {
     source.close();
-    window.location.reload();  // the server-rendered page now has the whole attempt
+    const ev = JSON.parse(e.data);
+    // The server-rendered page now has the whole attempt (reload only once it is stored as ended, never in a loop).
+    if (ev.status !== "running") window.location.reload();
   });
 })();
