@@ -467,7 +467,10 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             yield _chunk(cid, model, created, {"role": "assistant", "content": ""}, None)
             while True:
                 try:
-                    piece = await asyncio.wait_for(agen.__anext__(), settings.upstream_timeout)
+                    # In this task, not a wait_for task: when the server cancels the response (shutdown, a client
+                    # gone), the generator has stopped by the time the finally below closes it.
+                    async with asyncio.timeout(settings.upstream_timeout):
+                        piece = await agen.__anext__()
                 except StopAsyncIteration:
                     break
                 if isinstance(piece, StreamEnd):
