@@ -117,3 +117,17 @@ def test_retraining_halves_keep_participants_whole():
     solo = [("ann", 1, ex(1)), ("ann", 1, ex(2)), ("ann", 2, ex(3)), ("ann", 3, ex(4))]
     a, b = split_halves(solo)
     assert [e.id for e in a] == ["1", "2", "3"] and [e.id for e in b] == ["4"]  # attempts 1-2 against attempt 3
+
+
+def test_the_judge_named_by_an_llm_config_alone(tmp_path):
+    from ccguard.cli.arena import judge_name
+    from ccguard.errors import CcguardError
+
+    f = tmp_path / "llm.yaml"
+    f.write_text("backends:\n  grader: {kind: local, model: smollm2}\n")
+    assert judge_name(f) == "grader"
+    f.write_text("backends:\n  a: {kind: local, model: smollm2}\n  judge: {kind: local, model: smollm2}\n")
+    assert judge_name(f) == "judge"
+    f.write_text("backends:\n  a: {kind: local, model: smollm2}\n  b: {kind: local, model: smollm2}\n")
+    with pytest.raises(CcguardError, match="names 2 backends"):
+        judge_name(f)

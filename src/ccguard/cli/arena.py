@@ -44,8 +44,9 @@ def arena(
     api_key_env: o.ApiKeyEnv = None,
     llm_config: o.LLMConfigFile = None,
 ) -> None:
-    """Serve the arena. --backend/--llm-config name the LLM judge that grades responses; without one the offline
-    heuristic grades, and the pages say which ran. On first start the admin's token is printed once."""
+    """Serve the arena. --backend (or --llm-config alone: its backend named 'judge', or its only one) is the LLM judge
+    that grades responses; without one the offline heuristic grades, and the pages say which ran. On first start the
+    admin's token is printed once."""
     if ctx.invoked_subcommand is not None:
         return
     if guard is None:
@@ -71,6 +72,11 @@ def arena(
 
     json_logging()
     spec = camp.load(campaign) if campaign else None
+    if backend is None and llm_config is not None:
+        backend = judge_name(llm_config)
+    judge = o.client_from_options(backend, model, base_url, api_key_env, None, llm_config, False)
+    grader = JudgeGrader(judge, f"{judge.spec.kind}:{judge.spec.model}") if judge is not None else HeuristicGrader()
+
     g = Guard.from_pretrained(guard)
     if spec is None:
         spec = camp.from_constitution(C.load(Path(g.path) / "constitution.yaml"), require=require)  # type: ignore[arg-type]
@@ -79,8 +85,6 @@ def arena(
     if not store.has_admin():
         inv = store.invite("admin", "admin")
         print(f"arena admin token (shown once; only its hash is stored): {inv.token}", file=sys.stderr)
-    judge = o.client_from_options(backend, model, base_url, api_key_env, None, llm_config, False)
-    grader = JudgeGrader(judge, f"{judge.spec.kind}:{judge.spec.model}") if judge is not None else HeuristicGrader()
     up, n_slots = make_upstream(g, upstream, upstream_model, upstream_key_env, upstream_timeout, slots)
     key = secrets.token_urlsafe(24)  # the arena's own proxy listens on loopback and takes only this key
     proxy_app = create_app(g, up, ServerSettings(api_keys=frozenset({key}), report_verdicts=True, slots=n_slots,
@@ -93,6 +97,19 @@ def arena(
         print(f"arena on http://{host}:{port} (campaign {spec.name}, {len(spec.targets)} targets, grader: {grader.name})",
               file=sys.stderr)
         uvicorn.run(arena_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+
+
+def judge_name(llm_config: Path) -> str:
+    """The judge in an --llm-config given without --backend: the backend named 'judge', or the only one."""
+    from ccguard.llm.config import load_llm_config
+
+    names = sorted(load_llm_config(llm_config).backends)
+    if "judge" in names:
+        return "judge"
+    if len(names) == 1:
+        return names[0]
+    raise CcguardError(f"--llm-config names {len(names)} backends ({', '.join(names) or 'none'}): pass --backend NAME "
+                       "for the judge, or name one 'judge'", where=str(llm_config))
 
 
 @app.command()
