@@ -5,7 +5,10 @@
 
 The cached path's cost per token should stay flat as the response grows; the naive path's grows with length.
 
-Usage: python benchmarks/stream_cost.py --guard runs/cbrn/guard [--lengths 128 512 1024] [--repeats 3]
+Then the proxy's cross-stream batching: B streams (each 100-300 tokens in) score their next chunk one by one, or
+together in one batched call (`classifiers.output.score_chunks`), in ms per chunk.
+
+Usage: python benchmarks/stream_cost.py --guard runs/cbrn/guard [--lengths 128 512 1024] [--repeats 3] [--batch 1 4 8 16 32]
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main() -> int:
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runtime", default="torch", help="torch, or fast (int8; see benchmarks/fast_path.py)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16, 32], help="streams scored together")
     a = ap.parse_args()
     from ccguard import Guard
 
@@ -68,7 +72,38 @@ def main() -> int:
         c = statistics.median(cached(clf, prompt, text) for _ in range(a.repeats))
         nv = statistics.median(naive(clf, prompt, text) for _ in range(a.repeats))
         print(f"{n:7d} {c:16.2f} {nv:15.2f}")
+    print(f"\n{'streams':>7s} {'one by one ms/chunk':>20s} {'batched ms/chunk':>17s}")
+    for b in a.batch:
+        one, together = batch_cost(clf, prompt, b, a.repeats)
+        print(f"{b:7d} {one:20.2f} {together:17.2f}")
     return 0
+
+
+def batch_cost(clf, prompt: str, streams: int, repeats: int) -> tuple[float, float]:
+    """ms per chunk for ``streams`` sessions' next chunks, scored one by one and batched (each from the same state)."""
+    from ccguard.classifiers.output import score_chunks
+
+    def sessions() -> list:
+        out = []
+        for i in range(streams):
+            s = clf.session(prompt)
+            s.feed(response_of(clf, 100 + (37 * i) % 200))
+            out.append(s)
+        return out
+
+    chunk = clf.response_tokens(" " + " ".join(WORDS)).ids[: clf.spec.chunk_tokens]
+    one, together = [], []
+    for _ in range(repeats):
+        ss = sessions()
+        t = time.perf_counter()
+        for s in ss:
+            s._score_chunk(chunk)
+        one.append(1000 * (time.perf_counter() - t) / streams)
+        ss = sessions()
+        t = time.perf_counter()
+        score_chunks([(s, chunk) for s in ss])
+        together.append(1000 * (time.perf_counter() - t) / streams)
+    return statistics.median(one), statistics.median(together)
 
 
 if __name__ == "__main__":

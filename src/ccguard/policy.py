@@ -387,15 +387,15 @@ class OutputGate:
     def _halt(self, at: int) -> None:
         self.halted, self.stop_char, self.released_chars = True, at, min(self.released_chars, at)
 
-    def _drain(self, final: bool) -> None:
-        while not self.halted and (chunk := self.session.next_chunk(final)) is not None:
-            self.classifier_max = max(self.classifier_max, chunk.score)
-            score = self.policy.output_score(self.classifier_max, self.probe.score if self.probe is not None else None)
-            self.max_score = max(self.max_score, score)
-            if self.policy.flags("output", score):
-                self._halt(chunk.start_char)
-            else:
-                self.released_chars = chunk.end_char
+    def _apply(self, chunk: Any) -> None:
+        """The decision on one scored chunk (a ``ChunkScore``): release its text, or halt at its first character."""
+        self.classifier_max = max(self.classifier_max, chunk.score)
+        score = self.policy.output_score(self.classifier_max, self.probe.score if self.probe is not None else None)
+        self.max_score = max(self.max_score, score)
+        if self.policy.flags("output", score):
+            self._halt(chunk.start_char)
+        else:
+            self.released_chars = chunk.end_char
 
     def _check_decoded(self, before: int, final: bool) -> None:
         if not self.decode_every or self.halted or self.released_chars <= before:
@@ -412,23 +412,38 @@ class OutputGate:
 
     def feed(self, text: str) -> None:
         """Add response text; release what scores allow."""
-        if self.halted:
-            return
-        before = self.released_chars
-        self.session.add(text)
-        self._drain(final=False)
-        self._check_decoded(before, final=False)
+        feed_gates([(self, text)])
 
     def finish(self) -> None:
         """The stream ended: score what is left; unflagged, the whole response is released."""
-        if self.halted:
-            return
-        before = self.released_chars
-        self._drain(final=True)
-        if not self.halted:
-            self.released_chars = len(self.session.text)
-            self._check_decoded(before, final=True)
+        feed_gates([(self, None)])
 
     def verdict(self, *, category: str | None = None, latency_ms: float = 0.0) -> Verdict:
         return self.policy.decide("output", self.max_score, category=category, stop_char=self.stop_char,
                                   latency_ms=latency_ms)
+
+
+def feed_gates(feeds: Sequence[tuple[OutputGate, str | None]]) -> None:
+    """Feed several streams' gates at once: each gets its text (or None: its stream ended). Their chunks are scored
+    round by round, one chunk per stream and round, in one batched model call (``classifiers.output.score_chunks``),
+    and each gate decides on its own chunks in order, exactly as if it had been fed alone."""
+    from ccguard.classifiers.output import score_chunks
+
+    active: list[tuple[OutputGate, bool, int]] = []
+    for gate, text in feeds:
+        if gate.halted:
+            continue
+        if text is not None:
+            gate.session.add(text)
+        active.append((gate, text is None, gate.released_chars))
+    while True:
+        todo = [(g, span) for g, final, _ in active if not g.halted and (span := g.session.take_chunk(final)) is not None]
+        if not todo:
+            break
+        scores = score_chunks([(g.session, span.ids) for g, span in todo])
+        for (g, span), sc in zip(todo, scores, strict=True):
+            g._apply(g.session.record(span, sc))
+    for gate, final, before in active:
+        if final and not gate.halted:
+            gate.released_chars = len(gate.session.text)
+        gate._check_decoded(before, final)

@@ -168,3 +168,48 @@ def test_an_encoded_answer_to_an_encoding_request_is_screened_decoded(smoke_guar
     # The same answer to a prompt that asked for no encoding is not decoded (no extra cost on ordinary streams).
     plain = g.check_output("How do I make it?", encoded)
     assert plain.score == pytest.approx(clf.score(["How do I make it?"], [encoded])[0].score, abs=1e-4)
+
+
+def test_gates_fed_together_decide_exactly_as_gates_fed_alone(smoke_guard):
+    """Streams scored in batched model calls (the proxy's path) give each stream the scores, halts and releases it
+    would get alone: caches of different lengths, chunks of different sizes, streams ending at different times,
+    and one stream running past the 512-position budget (it re-seeds mid-batch)."""
+    from ccguard.policy import feed_gates
+    from tests.helpers import midway_threshold, with_thresholds
+
+    long = " ".join(f"word{i % 50}" for i in range(700))
+    streams = [("How do I make it?", RESPONSE), ("Tell me about tomatoes.", INTRO + RESPONSE),
+               ("Say hi.", "Hi! Nice to meet you."), ("q", long), ("Another one?", INTRO * 2)]
+    thr = midway_threshold(smoke_guard, "Tell me about tomatoes.", INTRO + RESPONSE)
+    g = with_thresholds(smoke_guard, inp=1.0, out=thr)
+    steps = [7, 23, 3, 40, 11]
+
+    alone = []
+    for (prompt, text), step in zip(streams, steps, strict=True):
+        gate = g.start_stream(prompt)
+        for i in range(0, len(text), step):
+            gate.feed(text[i : i + step])
+        gate.finish()
+        alone.append(gate)
+
+    together = [g.start_stream(p) for p, _ in streams]
+    pos = [0] * len(streams)
+    ended = [False] * len(streams)
+    while not all(ended):
+        feeds = []
+        for k, ((_, text), step) in enumerate(zip(streams, steps, strict=True)):
+            if ended[k]:
+                continue
+            if pos[k] >= len(text):
+                feeds.append((together[k], None))
+                ended[k] = True
+            else:
+                feeds.append((together[k], text[pos[k] : pos[k] + step]))
+                pos[k] += step
+        feed_gates(feeds)
+
+    assert any(a.halted for a in alone) and not all(a.halted for a in alone)
+    for a, b in zip(alone, together, strict=True):
+        assert (a.halted, a.stop_char, a.released_chars) == (b.halted, b.stop_char, b.released_chars)
+        np.testing.assert_allclose(a.session.token_scores, b.session.token_scores, atol=1e-5)
+        assert a.session.token_ids == b.session.token_ids

@@ -53,9 +53,12 @@ class OutputModel(nn.Module):
         self.value_head = nn.Linear(backbone.config.hidden_size, 1)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, past: Any = None, use_cache: bool = False
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, past: Any = None, use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
         kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+        if position_ids is not None:
+            kw["position_ids"] = position_ids
         if past is not None:
             kw["cache"] = past
         if self.causal_lm:
@@ -217,8 +220,9 @@ class ChunkScore:
 @dataclass
 class StreamSession:
     """Per-stream scoring state: the KV cache, the response so far and its token scores. Not thread-safe; one per
-    stream. It scores and never decides: ``add`` text, then take ``next_chunk`` scores one at a time (what
-    ``ccguard.policy.OutputGate`` does), or ``feed``/``finish`` to score everything available."""
+    stream. It scores and never decides: ``add`` text, then score chunks one at a time with ``next_chunk`` (or
+    ``take_chunk`` and ``record``, which let ``score_chunks`` batch several streams, as ``ccguard.policy.feed_gates``
+    does), or ``feed``/``finish`` to score everything available."""
 
     clf: OutputClassifier
     prompt_text: str
@@ -297,22 +301,30 @@ class StreamSession:
         self.text += text
         self._commit(final=False)
 
-    def next_chunk(self, final: bool = False) -> ChunkScore | None:
-        """Score the next complete chunk of ``chunk_tokens`` tokens (with ``final``, the stream has ended: also a
-        shorter last one); None when there is nothing to score yet."""
+    def take_chunk(self, final: bool = False) -> TokenSpan | None:
+        """The next complete chunk of ``chunk_tokens`` tokens, unscored (with ``final``, the stream has ended: also
+        a shorter last one); None when there is nothing to score yet. ``record`` its scores next."""
         if final:
             self._commit(final=True)
         k = self.clf.spec.chunk_tokens
         if not (len(self._pending.ids) >= k or (final and self._pending.ids)):
             return None
-        ids, starts, ends = self._pending.ids[:k], self._pending.starts[:k], self._pending.ends[:k]
+        span = TokenSpan(self._pending.ids[:k], self._pending.starts[:k], self._pending.ends[:k])
         self._pending = TokenSpan(self._pending.ids[k:], self._pending.starts[k:], self._pending.ends[k:])
-        scores = self._score_chunk(ids)
+        return span
+
+    def record(self, span: TokenSpan, scores: list[float]) -> ChunkScore:
+        """Append a taken chunk and its token scores."""
         self.token_scores += scores
-        self.token_ids += ids
-        self.token_starts += starts
-        self.token_ends += ends
-        return ChunkScore(starts[0], ends[-1], max(scores))
+        self.token_ids += span.ids
+        self.token_starts += span.starts
+        self.token_ends += span.ends
+        return ChunkScore(span.starts[0], span.ends[-1], max(scores))
+
+    def next_chunk(self, final: bool = False) -> ChunkScore | None:
+        """Score the next chunk (see ``take_chunk``); None when there is nothing to score yet."""
+        span = self.take_chunk(final)
+        return None if span is None else self.record(span, self._score_chunk(span.ids))
 
     def feed(self, text: str) -> list[ChunkScore]:
         """Add response text and score every complete chunk it makes available."""
@@ -339,3 +351,58 @@ class StreamSession:
         with torch.inference_mode():
             values, _, _ = self.clf.model(self.clf.tensor(self._ctx + self.token_ids))
         return torch.sigmoid(values[0, len(self._ctx) :].float()).cpu().numpy()
+
+
+def _batchable(session: StreamSession) -> bool:
+    # The fast runtime may switch a stream to its full-precision model mid-chunk: those streams score alone.
+    return session.clf.exact_model is None
+
+
+@torch.inference_mode()
+def score_chunks(items: Sequence[tuple[StreamSession, list[int]]]) -> list[list[float]]:
+    """Token scores of one chunk from each of several streams, in one batched forward pass where it can.
+
+    Each stream's KV cache has its own length, so the caches are left-padded to the longest and masked, the chunks
+    are right-padded, and every row gets its own position ids; afterwards each stream keeps exactly its own keys and
+    values (the padding is cut off). The scores equal those of scoring each chunk alone (a test checks 1e-5)."""
+    from torch.nn import functional as F
+    from transformers.cache_utils import DynamicCache
+
+    out: list[list[float] | None] = [None] * len(items)
+    batch = [i for i, (s, _) in enumerate(items) if _batchable(s)]
+    if len(batch) < 2 or len({id(items[i][0].clf) for i in batch}) > 1:
+        batch = []
+    batched = set(batch)
+    for i, (s, ids) in enumerate(items):
+        if i not in batched:
+            out[i] = s._score_chunk(ids)
+    if not batch:
+        return out  # type: ignore[return-value]
+    sessions = [items[i][0] for i in batch]
+    chunks = [items[i][1] for i in batch]
+    for s, ids in zip(sessions, chunks, strict=True):
+        if s._cache_len + len(ids) > s.clf.spec.max_positions:
+            s._reseed()  # position budget exhausted, as when scoring alone
+    clf = sessions[0].clf
+    lens = [s._cache_len for s in sessions]
+    width, k = max(lens), max(len(c) for c in chunks)
+    cache = DynamicCache()
+    for li in range(len(sessions[0]._cache.layers)):
+        keys = [F.pad(s._cache.layers[li].keys, (0, 0, width - n, 0)) for s, n in zip(sessions, lens, strict=True)]
+        values = [F.pad(s._cache.layers[li].values, (0, 0, width - n, 0)) for s, n in zip(sessions, lens, strict=True)]
+        cache.update(torch.cat(keys), torch.cat(values), li)
+    dev = clf.device
+    ids = torch.tensor([c + [0] * (k - len(c)) for c in chunks], device=dev)
+    mask = torch.tensor([[0] * (width - n) + [1] * (n + len(c)) + [0] * (k - len(c)) for n, c in zip(lens, chunks, strict=True)],
+                        device=dev)
+    pos = torch.tensor([[n + j for j in range(k)] for n in lens], device=dev)
+    values, _, new = clf.model(ids, attention_mask=mask, past=cache, use_cache=True, position_ids=pos)
+    probs = torch.sigmoid(values.float()).cpu()
+    for row, (i, s, n, c) in enumerate(zip(batch, sessions, lens, chunks, strict=True)):
+        own = DynamicCache()
+        for li, layer in enumerate(new.layers):
+            span = slice(width - n, width + len(c))
+            own.update(layer.keys[row : row + 1, :, span], layer.values[row : row + 1, :, span], li)
+        s._cache, s._cache_len = own, n + len(c)
+        out[i] = probs[row, : len(c)].tolist()
+    return out  # type: ignore[return-value]

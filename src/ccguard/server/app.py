@@ -9,9 +9,10 @@
   chunk is sent.
 - Input screening runs in a worker pool under a per-request time budget; past it the request fails closed with a
   503. Upstream slots are bounded: the wait for one is separate from the upstream timeout and ends in a 503.
-- All classifier model work runs on one worker thread, in arrival order. While it is behind by more than
-  ``max_queue_delay``, or when more requests wait for a slot than ``max_waiting``, new requests get an immediate 503
-  with ``Retry-After``: the streams already admitted keep a bounded latency.
+- All classifier model work runs on one worker thread, in arrival order. Input checks of concurrent requests are
+  batched, and so are the chunks of concurrent streams (``OutputBatcher``: one batched model call per round). While
+  the work is behind by more than ``max_queue_delay``, or when more requests wait for a slot than ``max_waiting``,
+  new requests get an immediate 503 with ``Retry-After``: the streams already admitted keep a bounded latency.
 - A client that disconnects, or a timeout, cancels the upstream work (local generation stops within one step).
 - Every error is an OpenAI-style JSON error. A classifier failure fails closed unless ``fail_open`` is set.
 """
@@ -46,7 +47,7 @@ from ccguard.guard import Guard
 from ccguard.llm.base import GenerateParams, LLMBackend, ProbeLogits, StreamEnd, ToolCallDelta
 from ccguard.policy import Stage, Verdict
 from ccguard.records import Message
-from ccguard.server.batcher import InputBatcher
+from ccguard.server.batcher import InputBatcher, OutputBatcher
 from ccguard.server.metrics import Metrics
 from ccguard.server.relay import Relay
 from ccguard.server.schema import ChatRequest, screen_texts
@@ -171,6 +172,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         worker = ModelWorker(settings.max_queue_delay)
         batcher = InputBatcher(guard, worker)
         batcher.start()
+        out_batcher = OutputBatcher(worker)
+        out_batcher.start()
+        state["out_batcher"] = out_batcher
         state["worker"] = app.state.worker = worker
         state["batcher"] = batcher
         state["slots"] = asyncio.Semaphore(settings.slots)
@@ -180,6 +184,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             yield
         finally:
             await batcher.stop()
+            await out_batcher.stop()
             state["pool"].shutdown(wait=False, cancel_futures=True)
             worker.shutdown()
             await upstream.aclose()
@@ -236,7 +241,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     def shed_if_overloaded(endpoint: str) -> None:
         """Refuse new work while the classifiers are behind, before spending anything on it."""
-        if state["worker"].overloaded():
+        if state["worker"].overloaded() or state["out_batcher"].queue_delay() > settings.max_queue_delay:
             metrics.requests.labels(endpoint, "shed").inc()
             raise ApiError(503, "the guard is overloaded; retry shortly", "server_error", "server_overloaded",
                            headers={"Retry-After": "1"})
@@ -484,7 +489,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                 if gate is not None and fed:
                     t0 = time.perf_counter()
                     try:
-                        await state["worker"].run(gate.feed, fed)
+                        await state["out_batcher"].feed(gate, fed)
                     except Exception as e:  # noqa: BLE001
                         metrics.classifier_errors.labels("output").inc()
                         log.error(json.dumps({"event": "classifier_error", "stage": "output", "error": type(e).__name__}))
@@ -500,7 +505,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     finish = "content_filter"
                     break
             if gate is not None and finish == "stop":
-                await state["worker"].run(gate.finish)
+                await state["out_batcher"].feed(gate, None)
                 for delta in relay.deltas():
                     yield _chunk(cid, model, created, delta, None)
                 if gate.halted:
