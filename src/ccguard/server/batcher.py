@@ -1,6 +1,7 @@
-"""Batches the model half of input checks from concurrent requests into one classifier call, off the event loop.
-Requests arrive already prepared (decoded views and windows, see ``Guard.prepare_input``), so one slow-to-decode
-prompt never holds up a batch."""
+"""Batches model work from concurrent requests into one classifier call on the app's model worker, off the event
+loop: the input checks of concurrent requests, and the output gates of concurrent streams. Requests arrive already
+prepared (decoded views and windows, see ``Guard.prepare_input``), so one slow-to-decode prompt never holds up a
+batch."""
 
 from __future__ import annotations
 
@@ -8,17 +9,13 @@ import asyncio
 from typing import Any
 
 
-class InputBatcher:
-    """Collects prepared prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together on the
-    app's model worker. One per app; created inside the running event loop."""
+class _Loop:
+    """A batcher's background task: ``start`` inside the running event loop, ``stop`` on shutdown."""
 
-    def __init__(self, guard: Any, worker: Any, max_batch: int = 32, max_wait_ms: float = 4.0) -> None:
-        self.guard = guard
-        self.worker = worker
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000
-        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         if self._task is None:
@@ -32,6 +29,18 @@ class InputBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+
+class InputBatcher(_Loop):
+    """Collects prepared prompts for up to ``max_wait_ms`` (or ``max_batch`` prompts) and scores them together on the
+    app's model worker. One per app; created inside the running event loop."""
+
+    def __init__(self, guard: Any, worker: Any, max_batch: int = 32, max_wait_ms: float = 4.0) -> None:
+        self.guard = guard
+        self.worker = worker
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
 
     async def check(self, prompt: Any) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -65,7 +74,7 @@ class InputBatcher:
                     f.set_result(v)
 
 
-class OutputBatcher:
+class OutputBatcher(_Loop):
     """Feeds the output gates of concurrent streams together. Every feed waiting when the model worker frees up
     goes into one ``feed_gates`` call, whose chunk scoring is batched across the streams; nothing waits to fill a
     batch, so a lone stream is fed at once. One per app; created inside the running event loop."""
@@ -75,20 +84,6 @@ class OutputBatcher:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[Any, str | None, asyncio.Future[None], float]] = asyncio.Queue()
         self._waiting: list[float] = []  # enqueue times of feeds not yet taken into a batch
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     def queue_delay(self) -> float:
         """Seconds the oldest waiting feed has waited (0 when none waits): part of the proxy's overload signal."""
