@@ -36,7 +36,7 @@ from ccguard.arena.runner import Hub, ProxyTarget, RunPlan, execute
 from ccguard.arena.stats import leaderboard
 from ccguard.arena.store import Store
 from ccguard.errors import CcguardError
-from ccguard.server.app import is_loopback
+from ccguard.server.app import ApiError, _read_bounded, is_loopback
 
 log = logging.getLogger("ccguard.arena")
 HERE = Path(__file__).resolve().parent
@@ -173,15 +173,10 @@ def create_arena_app(store: Store, campaign_id: int, proxy: ProxyTarget, grader:
         return p
 
     async def body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise Refusal(413, "request too large")
-        buf = bytearray()
-        async for piece in request.stream():
-            buf += piece
-            if len(buf) > settings.max_body_bytes:
-                raise Refusal(413, "request too large")
-        return bytes(buf)
+        try:
+            return await _read_bounded(request, settings.max_body_bytes)  # the proxy's bounded reader
+        except ApiError as e:
+            raise Refusal(e.status, e.message) from None
 
     async def form(request: Request) -> dict[str, str]:
         raw = await body(request)

@@ -1,5 +1,6 @@
-"""Loopback helpers for tests, demos and benchmarks: run an app under uvicorn in a thread, and a fixed-rate
-OpenAI-compatible upstream that streams a fixed text (and can die mid-stream)."""
+"""Loopback helpers: run an app under uvicorn in a thread (tests, benchmarks, and `ccguard arena`, which runs its
+private guarded proxy this way), and a fixed-rate OpenAI-compatible upstream for tests and benchmarks that streams
+a fixed text (and can die mid-stream)."""
 
 from __future__ import annotations
 
