@@ -17,7 +17,8 @@ from ccguard.registry import REGISTRY, register
 
 Voice = Callable[[str, str, random.Random], str]
 
-_SENT = re.compile(r"(?<=[.!?。！？])\s+")
+# Latin end punctuation ends a sentence before whitespace; CJK end punctuation ends one wherever it stands.
+_SENT = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
 
 
 def sentences(text: str) -> list[str]:
@@ -187,10 +188,55 @@ def disclaimer() -> Voice:
     return lambda r, q, rng: rng.choice(_DISCLAIM_PRE) + _strip_opener(r) + rng.choice(_DISCLAIM_POST)
 
 
+# A sentence this short at the start is an opener ("Sure.", "Claro.", "Good question."), not an answer.
+_OPENER_WORDS = 4
+
+
+def _is_opener(s: str) -> bool:
+    cjk = sum("\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" for ch in s)
+    return (cjk <= 6) if cjk else len(s.split()) <= _OPENER_WORDS
+
+
 @register("voice", "terse")
 def terse() -> Voice:
-    """Only the first one or two sentences."""
-    return lambda r, q, rng: " ".join(sentences(r)[: rng.choice((1, 2))])
+    """Only the first one or two sentences of substance: a leading opener is skipped, so no variant is an opener
+    alone (an empty result means the response had nothing but openers, and the variant is dropped)."""
+
+    def v(r: str, q: str, rng: random.Random) -> str:
+        ss = sentences(r)
+        while ss and _is_opener(ss[0]):
+            ss = ss[1:]
+        return " ".join(ss[: rng.choice((1, 2))])
+
+    return v
+
+
+_SECTION_TITLES = (
+    ("Overview", "Details", "Final notes"), ("Summary", "Key points", "Next steps"),
+    ("The short answer", "In more detail", "What to keep in mind"), ("Background", "How it goes", "Wrapping up"),
+)  # fmt: skip
+
+
+@register("voice", "markdown_sections")
+def markdown_sections() -> Voice:
+    """The shape most chat models answer in: bold section titles and bullet points, sometimes a heading."""
+
+    def v(r: str, q: str, rng: random.Random) -> str:
+        ss = sentences(_strip_opener(r))
+        titles = rng.choice(_SECTION_TITLES)
+        k = min(len(titles), max(1, len(ss) // 2))
+        size = -(-len(ss) // k)
+        parts = []
+        for i in range(k):
+            chunk = ss[i * size : (i + 1) * size]
+            if not chunk:
+                break
+            title = f"### {titles[i]}" if rng.random() < 0.3 else f"**{titles[i]}**"
+            body = "\n".join(f"- {s}" for s in chunk) if rng.random() < 0.7 else " ".join(chunk)
+            parts.append(f"{title}\n{body}")
+        return "\n\n".join(parts)
+
+    return v
 
 
 @register("voice", "letter")
