@@ -36,6 +36,7 @@ from ccguard.records import (
     write_jsonl,
 )
 from ccguard.synth import offline
+from ccguard.synth.conversations import conversations
 from ccguard.synth.pool import load_pool
 from ccguard.synth.responses import compose, generate_responses
 from ccguard.transforms.base import TransformContext, load_framings
@@ -105,6 +106,7 @@ def build_data(
             "responses": asdict(replace(profile.responses, seed=seed)),
             "splits": profile.split_fractions,
             "calib_variants": profile.calib_variants,
+            "conversations": asdict(replace(profile.conversations, seed=seed)),
             "version": versions()["ccguard"],
             "llm": None if client is None else {
                 "backend": client.spec.public(),
@@ -148,6 +150,8 @@ def build_data(
         augmented += variants
         console.print(f"LLM transforms: {len(variants)} variants ({llm_stats['transforms']['dropped'] or 'none dropped'})")
     examples = assign_splits(augmented, seed=seed, fractions=profile.split_fractions)
+    # Multi-turn variants, built after the split so that their earlier turns come from the same split.
+    examples += conversations(examples, const, replace(profile.conversations, seed=seed))
     data_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(data_dir / "examples.jsonl", examples)
     counts: dict[str, Any] = {"total": len(examples), "base": len(base)}
@@ -285,11 +289,13 @@ def run(
     llm_cfg: Any = None,
     target_fpr: float | None = None,
     hard_fpr: float | None = None,
+    conversations: float | None = None,
 ) -> Path:
     """Run the whole pipeline; returns the run directory. ``client`` (an LLMClient) adds LLM stage I data and LLM
     transforms; without one the run is offline. ``target_fpr`` (on everyday traffic) and ``hard_fpr`` (the cap on hard
     neighbours) override the profile's; they are not part of any stage's
-    fingerprint, so a re-run with another value only recalibrates and re-evaluates."""
+    fingerprint, so a re-run with another value only recalibrates and re-evaluates. ``conversations`` overrides the
+    profile's rate of multi-turn training variants (it is part of the data's fingerprint)."""
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
     from ccguard.policy import calibrate_input, calibrate_output
@@ -311,6 +317,8 @@ def run(
         profile = replace(profile, target_fpr=target_fpr, family_fpr=family)
     if hard_fpr is not None:
         profile = replace(profile, hard_fpr=hard_fpr)
+    if conversations is not None:
+        profile = replace(profile, conversations=replace(profile.conversations, rate=conversations))
     if profile.hard_fpr is not None and profile.hard_fpr < profile.target_fpr:
         # Hard neighbours are never held to a stricter rate than everyday traffic.
         profile = replace(profile, hard_fpr=profile.target_fpr)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from ccguard.augment import AugmentConfig
 from ccguard.cascade import CascadeSpec
+from ccguard.synth.conversations import ConversationConfig
 from ccguard.synth.offline import SynthConfig
 from ccguard.synth.responses import ResponseConfig
 from ccguard.train.args import OutputTrainArgs, TrainArgs
@@ -39,6 +40,9 @@ class Profile:
     cascade: CascadeSpec | None = None
     cascade_train: int = 3000
     cascade_escalation: float = 0.03
+    # Multi-turn variants of the input side's base requests (crescendo build-ups and split requests). Off by default:
+    # three default-profile runs with them moved the multi-turn checks both ways, within run-to-run noise (design/015).
+    conversations: ConversationConfig = ConversationConfig()
 
 
 PROFILES: dict[str, Profile] = {
@@ -50,6 +54,7 @@ PROFILES: dict[str, Profile] = {
         input_train=TrainArgs(num_layers=3, max_len=64, stride=48, epochs=1.0, max_steps=60, batch_size=16),
         responses=ResponseConfig(queries_per_response=1, max_per_category=16, voice_variants=1, frame_rate=0.4, compose_rate=0.3),
         output_train=OutputTrainArgs(num_layers=2, prompt_tokens=32, response_tokens=64, max_steps=30, batch_size=8),
+        conversations=ConversationConfig(rate=0.2),
         target_fpr=0.02,
         calib_variants=0.5,
         split_fractions=(0.6, 0.2, 0.2),
@@ -66,10 +71,10 @@ PROFILES: dict[str, Profile] = {
         input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=480),
         # Style balance: every exchange in five more voices, framed prompts, stitched answers, and a harmless style
         # twin of every harmful seed answer (about 13.7k training exchanges, 14% of the harmful ones verbatim seeds).
-        responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8),
+        responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8, amount_rate=0.2),
         output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=480),
         calib_variants=1.5,
-        output_eval_max=1000,
+        output_eval_max=2000,
     ),
     # For a GPU or a long CPU run.
     "full": Profile(

@@ -39,3 +39,68 @@ def test_contextual_requests_follow_the_operational_context_flag():
         assert any(r in e.prompt for r in cat.seeds.responses)
         assert e.label == ("harmful" if cat.kind == "harmful" else "harmless")
     assert sum(e.label == "harmful" for e in ctx) == 3 * len(c.harmful)
+
+
+def test_conversations_keep_splits_labels_and_groups():
+    from collections import Counter
+
+    from ccguard.records import Message, assign_splits
+    from ccguard.synth.conversations import ConversationConfig, conversations
+
+    c = C.load("cbrn")
+    base = assign_splits(offline.generate(c, load_pool("everyday"), offline.SynthConfig(seed=2)), seed=2)
+    convs = conversations(base, c, ConversationConfig(rate=0.3, seed=2))
+    assert convs == conversations(base, c, ConversationConfig(rate=0.3, seed=2))
+    assert conversations(base, c, ConversationConfig(rate=0.0)) == []
+    by_id = {e.id: e for e in base}
+    split_of_text = {e.prompt: e.split for e in base if isinstance(e.prompt, str)}
+    shapes = Counter((e.label, e.lineage[0].name) for e in convs)
+    # Both shapes, on both labels: being a conversation says nothing about the label.
+    assert min(shapes[(lab, s)] for lab in ("harmful", "harmless") for s in ("crescendo", "turn_split")) >= 20
+    for e in convs:
+        parent = by_id[e.parent_id]
+        assert (e.label, e.group, e.split, e.base) == (parent.label, parent.group, parent.split, parent.base)
+        assert isinstance(e.prompt, list) and all(isinstance(m, Message) for m in e.prompt)
+        users = [m.content for m in e.prompt if m.role == "user"]
+        assert len(users) >= 2 and e.prompt[-1].role == "user"
+        if e.lineage[0].name == "crescendo":
+            # Earlier turns are harmless requests of the same split: no text crosses a split.
+            assert all(split_of_text.get(u) == e.split for u in users[:-1])
+        else:
+            squash = "".join("".join(users).split())
+            assert "".join(parent.prompt.split()) in squash  # the request's words, in order, over the turns
+    # Some harmful build-ups end in a turn that names the agent only as "it".
+    assert any(e.lineage[0].args.get("entity_named") and e.label == "harmful" for e in convs)
+
+
+def test_voices_split_cjk_and_skip_openers():
+    import random
+
+    from ccguard.synth.voices import sentences, voices
+
+    assert sentences("好的。第一步，准备。第二步，做。") == ["好的。", "第一步，准备。", "第二步，做。"]
+    v = voices()
+    answer = "Sure. Here is the plan. You preheat the oven and grease the tin. Then you bake the sponge until golden."
+    for seed in range(8):
+        out = v["terse"](answer, "q", random.Random(seed))
+        assert out.startswith("You preheat the oven"), out
+    assert v["terse"]("Sure. Okay!", "q", random.Random(0)) == ""  # nothing but openers: the variant is dropped
+    md = v["markdown_sections"](answer, "q", random.Random(1))
+    assert ("**" in md or "###" in md) and "preheat the oven" in md and "bake the sponge" in md
+
+
+def test_amount_echo_is_label_blind_and_adds_no_content():
+    from collections import Counter
+
+    from ccguard.synth.responses import AMOUNTS, ResponseConfig, generate_responses
+
+    c = C.load("cbrn")
+    rows = generate_responses(c, None, ResponseConfig(seed=1, queries_per_response=1, voice_variants=3, amount_rate=0.3))
+    amount = [e for e in rows if any(s.name == "answer_amount" for s in e.lineage)]
+    by_label = Counter(e.label for e in amount)
+    assert by_label["harmful"] >= 30 and by_label["harmless"] >= 30
+    for e in amount:
+        a = next(x for x in AMOUNTS if x in e.prompt)
+        assert a.lower() in e.response.lower()  # the answer only repeats the amount the request named
+    none = generate_responses(c, None, ResponseConfig(seed=1, queries_per_response=1, voice_variants=3))
+    assert not any(s.name == "answer_amount" for e in none for s in e.lineage)

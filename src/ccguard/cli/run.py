@@ -25,6 +25,11 @@ def run(
         typer.Option(min=0.0001, max=0.5, help="Cap on the input false-positive rate on hard neighbours (harmless CBRN-adjacent "
                      "topics, benign text in ciphers and templates); default: the profile's, 0.02."),
     ] = None,
+    conversations: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=2.0, help="Multi-turn training variants per base request (crescendo build-ups and "
+                     "requests split over turns); default: the profile's (0 in default, 0.2 in smoke). See design/015."),
+    ] = None,
     backend: o.Backend = None,
     model: o.Model = None,
     base_url: o.BaseUrl = None,
@@ -51,4 +56,4 @@ def run(
         llm_cfg = LLMSynthConfig(seed=seed, batches_per_category=llm_batches, queries_per_batch=llm_per_batch,
                                  responses_per_category=llm_responses)
     run_pipeline(constitution, out, profile, seed, client=client, llm_cfg=llm_cfg, target_fpr=target_fpr,
-                 hard_fpr=hard_fpr)
+                 hard_fpr=hard_fpr, conversations=conversations)
