@@ -40,8 +40,9 @@ class Profile:
     cascade: CascadeSpec | None = None
     cascade_train: int = 3000
     cascade_escalation: float = 0.03
-    # Multi-turn variants of the input side's base requests (crescendo build-ups and split requests). Off by default:
-    # three default-profile runs with them moved the multi-turn checks both ways, within run-to-run noise (design/015).
+    # Multi-turn variants of the input side's base requests (crescendo build-ups and split requests). Off in every
+    # profile: three default-profile runs with them moved the multi-turn checks both ways, within run-to-run noise
+    # (design/015); `ccguard run --conversations RATE` turns them on.
     conversations: ConversationConfig = ConversationConfig()
 
 
@@ -54,7 +55,6 @@ PROFILES: dict[str, Profile] = {
         input_train=TrainArgs(num_layers=3, max_len=64, stride=48, epochs=1.0, max_steps=60, batch_size=16),
         responses=ResponseConfig(queries_per_response=1, max_per_category=16, voice_variants=1, frame_rate=0.4, compose_rate=0.3),
         output_train=OutputTrainArgs(num_layers=2, prompt_tokens=32, response_tokens=64, max_steps=30, batch_size=8),
-        conversations=ConversationConfig(rate=0.2),
         target_fpr=0.02,
         calib_variants=0.5,
         split_fractions=(0.6, 0.2, 0.2),

@@ -89,15 +89,11 @@ def test_splits_are_group_disjoint(smoke_run: Path):
     assert groups and all(len(s) == 1 for s in groups.values())
 
 
-def test_conversation_variants_train_on_their_last_turn(smoke_run: Path, smoke_guard):
+def test_crescendo_variants_train_on_their_last_turn(smoke_guard):
     import random
 
     from ccguard.records import Example, Message, Step
     from ccguard.train.input import instances_for
-
-    rows = [json.loads(line) for line in (smoke_run / "data" / "train.jsonl").read_text().splitlines()]
-    shapes = {(r["label"], r["lineage"][0]["name"]) for r in rows if r["lineage"] and r["lineage"][0]["family"] == "structure"}
-    assert {("harmful", "crescendo"), ("harmless", "crescendo"), ("harmful", "turn_split")} <= shapes
 
     clf = smoke_guard.input_classifier
     build_up = " ".join(f"Fact {i}: the smallpox vaccine was given with a bifurcated needle in village campaigns." for i in range(12))
@@ -113,9 +109,10 @@ def test_conversation_variants_train_on_their_last_turn(smoke_run: Path, smoke_g
     assert any(y == 1.0 for y, _ in texts) and any(y == 0.0 for y, _ in texts)
     assert all("at home" in t for y, t in texts if y == 1.0)
     assert all("at home" not in t for y, t in texts if y == 0.0)
-    # Other prompts keep the old fallback (head and tail, harmful), so the default guard's training is unchanged.
-    plain = instances_for(clf, ex.model_copy(update={"lineage": []}), {"agent_synthesis": 0}, random.Random(0))
-    assert [i.label for i in plain] == [1.0]
+    # Other prompts, split requests included, keep the old fallback (head and tail, harmful).
+    for lineage in ([], [Step(name="turn_split", family="structure")]):
+        plain = instances_for(clf, ex.model_copy(update={"lineage": lineage}), {"agent_synthesis": 0}, random.Random(0))
+        assert [i.label for i in plain] == [1.0]
 
 
 def test_guard_api_returns_verdicts(smoke_guard):

@@ -70,7 +70,13 @@ def test_conversations_keep_splits_labels_and_groups():
             squash = "".join("".join(users).split())
             assert "".join(parent.prompt.split()) in squash  # the request's words, in order, over the turns
     # Some harmful build-ups end in a turn that names the agent only as "it".
-    assert any(e.lineage[0].args.get("entity_named") and e.label == "harmful" for e in convs)
+    parents = {e.id: e for e in base}
+    assert any(e.label == "harmful" and e.lineage[0].name == "crescendo" and e.prompt[-1].content != parents[e.parent_id].prompt
+               and not e.prompt[-1].content.endswith(parents[e.parent_id].prompt) for e in convs)
+    # Everyday requests get no build-up (they have no seed answers), and nothing is split into one turn.
+    assert not any(e.lineage[0].name == "crescendo" and (e.category or "").startswith("pool:") for e in convs)
+    assert all(len(conversations([x.model_copy(update={"prompt": p})], c, ConversationConfig(rate=1.0, seed=s))) == 0
+               for x in base[:1] for p in ("", " ", "?") for s in range(5))
 
 
 def test_voices_split_cjk_and_skip_openers():
@@ -92,7 +98,7 @@ def test_voices_split_cjk_and_skip_openers():
 def test_amount_echo_is_label_blind_and_adds_no_content():
     from collections import Counter
 
-    from ccguard.synth.responses import AMOUNTS, ResponseConfig, generate_responses
+    from ccguard.synth.responses import _ECHO_AMOUNT, AMOUNTS, ResponseConfig, generate_responses
 
     c = C.load("cbrn")
     rows = generate_responses(c, None, ResponseConfig(seed=1, queries_per_response=1, voice_variants=3, amount_rate=0.3))
@@ -101,6 +107,8 @@ def test_amount_echo_is_label_blind_and_adds_no_content():
     assert by_label["harmful"] >= 30 and by_label["harmless"] >= 30
     for e in amount:
         a = next(x for x in AMOUNTS if x in e.prompt)
-        assert a.lower() in e.response.lower()  # the answer only repeats the amount the request named
+        echo = next(t.format(a=a, A=a[:1].upper() + a[1:]) for t in _ECHO_AMOUNT if e.response.startswith(t.format(a=a, A=a[:1].upper() + a[1:])))
+        # The answer repeats the amount the request named, once, in the echo, and nothing else of it.
+        assert e.response.lower().count(a.lower()) == 1 and a.lower() in echo.lower()
     none = generate_responses(c, None, ResponseConfig(seed=1, queries_per_response=1, voice_variants=3))
     assert not any(s.name == "answer_amount" for e in none for s in e.lineage)

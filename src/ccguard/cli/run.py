@@ -27,8 +27,8 @@ def run(
     ] = None,
     conversations: Annotated[
         float | None,
-        typer.Option(min=0.0, max=2.0, help="Multi-turn training variants per base request (crescendo build-ups and "
-                     "requests split over turns); default: the profile's (0 in default, 0.2 in smoke). See design/015."),
+        typer.Option(min=0.0, max=1.0, help="Share of base requests that also get a multi-turn training variant "
+                     "(a crescendo build-up or the request split over turns); default: the profile's, 0. See design/015."),
     ] = None,
     backend: o.Backend = None,
     model: o.Model = None,

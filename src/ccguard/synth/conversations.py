@@ -3,16 +3,17 @@
 Two shapes, drawn at the same rate for harmful and harmless requests, so that being a conversation says nothing
 about the label and the classifier has to read what the turns ask for together:
 
-- **crescendo**: one to three earlier exchanges on the same topic (harmless requests of the same split that name the
-  same entity, or else come from the request's own or neighbouring categories, each with a short harmless reply),
-  then the request itself. Where the earlier turns named the entity, the last turn often says "it" instead, so that
+- **crescendo** (requests of the constitution's categories): one to three earlier exchanges on the same topic
+  (harmless requests of the same split that name the same entity, or else come from the request's own or neighbouring
+  categories, each with a short harmless reply), then the request itself. Where the earlier turns named the entity, the last turn often says "it" instead, so that
   it reads innocuously on its own. A harmful request after a harmless build-up is harmful; a harmless question after
   the same build-up stays harmless, which is what keeps a long biology conversation from poisoning the next question.
-- **split**: the request's words spread over two to four consecutive user turns, with or without a short
-  acknowledgement between them, and sometimes a closing "now answer that" turn.
+- **split**: the request's words (a Chinese request's characters) spread over two to four consecutive user turns,
+  with or without a short acknowledgement between them, and sometimes a closing "now answer that" turn.
 
-Earlier turns come only from requests of the same split, so no text crosses a split; each conversation joins the
-group of its final request.
+Earlier requests come only from the same split; the short replies are harmless seed answers of their category (or,
+for a quarter of the turns of every label, a generic one) and may also occur in other splits. Each conversation joins
+the group of its final request.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from ccguard.constitution import Constitution
 from ccguard.records import Example, Message, Step, stable_id
 from ccguard.synth.voices import sentences
 
-# The lineage step names of conversation variants (training anchors their windows on the last turn).
-CONVERSATION_SHAPES = ("crescendo", "turn_split")
+# Training anchors the windows of these variants on their last turn: their earlier turns are harmless build-up. (A
+# split request's earlier turns are the request itself, so it keeps the usual fallback.)
+ANCHOR_LAST_TURN = ("crescendo",)
 _ACKS = ("Okay.", "Go on.", "Sure, continue.", "Got it, what's the rest?", "Mm-hm.", "I'm listening.")
 _SPLIT_OPEN = (
     "I'll send my question in a few parts.", "My message got cut up, here it is in pieces.",
@@ -58,7 +60,7 @@ def _entity_pattern(const: Constitution) -> re.Pattern[str] | None:
 
 
 def _short_reply(responses: Sequence[str], rng: random.Random) -> str:
-    if not responses:
+    if not responses or rng.random() < 0.25:  # generic replies at one rate, whatever the label
         return rng.choice(_REPLY_FALLBACK)
     ss = sentences(rng.choice(list(responses)))
     return " ".join(ss[: rng.choice((1, 2))]) or rng.choice(_REPLY_FALLBACK)
@@ -66,8 +68,10 @@ def _short_reply(responses: Sequence[str], rng: random.Random) -> str:
 
 def _split_turns(text: str, rng: random.Random) -> list[Message] | None:
     words = text.split()
+    if not words:
+        return None
     sep = " "
-    if len(words) < 4:  # Chinese and Japanese write no spaces: split the characters instead
+    if len(words) == 1:  # Chinese and Japanese write no spaces: split the characters instead
         words, sep = list(text.strip()), ""
     n = max(2, min(rng.randint(2, 4), len(words)))
     size = -(-len(words) // n)
@@ -99,7 +103,7 @@ def conversations(examples: Sequence[Example], const: Constitution, cfg: Convers
     cats = {c.id: c for c in const.categories}
     harmless_cats = {c.id for c in const.categories if c.kind == "harmless"}
     pattern = _entity_pattern(const)
-    bases = [e for e in examples if not e.lineage and isinstance(e.prompt, str) and e.split]
+    bases = [e for e in examples if not e.lineage and isinstance(e.prompt, str) and e.split and len(e.prompt.strip()) >= 2]
     # Context candidates: harmless base requests, per split, indexed by the entity they name and by category.
     by_entity: dict[tuple[str, str], list[Example]] = {}
     by_cat: dict[tuple[str, str], list[Example]] = {}
@@ -112,9 +116,7 @@ def conversations(examples: Sequence[Example], const: Constitution, cfg: Convers
                 by_entity.setdefault((e.split or "", m), []).append(e)
 
     def neighbours(e: Example) -> list[str]:
-        cat = cats.get(e.category or "")
-        if cat is None:  # a pool request: the same pool domain
-            return [e.category or ""]
+        cat = cats[e.category or ""]
         own = [cat.id] if cat.kind == "harmless" else []
         return own + [n for n in cat.neighbours if n in harmless_cats]
 
@@ -124,6 +126,10 @@ def conversations(examples: Sequence[Example], const: Constitution, cfg: Convers
             continue
         text: str = e.prompt  # type: ignore[assignment]
         if rng.random() < cfg.crescendo_share:
+            # Everyday requests have no seed answers for a build-up. They get no variant here rather than a split,
+            # which would make splits lean harmless.
+            if (e.category or "") not in cats:
+                continue
             m = pattern.search(text) if pattern is not None else None
             entity = m.group(1).lower() if m else None
             pool = [c for c in by_entity.get((e.split or "", entity), []) if c.id != e.id] if entity else []

@@ -27,7 +27,7 @@ from ccguard.classifiers.backbone import (
 )
 from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, pad_batch
 from ccguard.records import Example, render_prompt
-from ccguard.synth.conversations import CONVERSATION_SHAPES
+from ccguard.synth.conversations import ANCHOR_LAST_TURN
 from ccguard.train.args import TrainArgs
 from ccguard.train.loop import make_accelerator, make_loader, optimizer_step
 from ccguard.views import view_names
@@ -71,9 +71,9 @@ def instances_for(clf: InputClassifier, ex: Example, cat_index: dict[str, int], 
             continue
         base = (ex.base or "").lower()
         pos = t.lower().find(base) if base else -1
-        if pos < 0 and t == text and ex.lineage and ex.lineage[0].name in CONVERSATION_SHAPES:
-            # A conversation variant whose request was reworded ("it") or split over turns: the harm is in its last
-            # turn read with what came before, never in earlier turns alone (they are harmless build-up).
+        if pos < 0 and t == text and ex.lineage and ex.lineage[0].name in ANCHOR_LAST_TURN:
+            # A crescendo whose last turn rewords the request ("it"): the harm is in that turn read with what came
+            # before, never in the earlier turns alone (they are harmless build-up).
             last = render_prompt(ex.prompt[-1:]).lower()
             base, pos = last, t.lower().rfind(last)
         if pos < 0:
