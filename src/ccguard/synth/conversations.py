@@ -1,13 +1,14 @@
-"""Multi-turn training conversations for the input classifier, built offline from the seed bank (design/011).
+"""Multi-turn training conversations for the input classifier, built offline from the seed bank (design/011, 015).
 
-Two shapes, drawn at the same rate for harmful and harmless requests, so that being a conversation says nothing
-about the label and the classifier has to read what the turns ask for together:
+Two shapes, drawn at the same rate for harmful and harmless requests, so that the classifier has to read what the
+turns ask for together (design/015 measures the imbalances that availability still leaves):
 
 - **crescendo** (requests of the constitution's categories): one to three earlier exchanges on the same topic
   (harmless requests of the same split that name the same entity, or else come from the request's own or neighbouring
-  categories, each with a short harmless reply), then the request itself. Where the earlier turns named the entity, the last turn often says "it" instead, so that
-  it reads innocuously on its own. A harmful request after a harmless build-up is harmful; a harmless question after
-  the same build-up stays harmless, which is what keeps a long biology conversation from poisoning the next question.
+  categories, each with a short harmless reply), then the request itself. Where the earlier turns named the entity,
+  the last turn may say "it" instead, so that it reads innocuously on its own. A harmful request after a harmless
+  build-up is harmful; a harmless question after the same build-up stays harmless, which is what keeps a long
+  biology conversation from poisoning the next question.
 - **split**: the request's words (a Chinese request's characters) spread over two to four consecutive user turns,
   with or without a short acknowledgement between them, and sometimes a closing "now answer that" turn.
 
@@ -46,7 +47,7 @@ _FOLLOW = ("Thanks. ", "Interesting. ", "Okay, next question. ", "Got it. ", "",
 class ConversationConfig:
     """How many conversation variants to build."""
 
-    rate: float = 0.0  # conversation variants per base request (0: none)
+    rate: float = 0.0  # share of base requests that get one conversation variant (0: none)
     crescendo_share: float = 0.6  # the rest are split requests
     max_context_turns: int = 3
     seed: int = 0
@@ -141,9 +142,8 @@ def conversations(examples: Sequence[Example], const: Constitution, cfg: Convers
             k = rng.randint(1, cfg.max_context_turns)
             msgs: list[Message] = []
             for c in rng.sample(pool, min(k, len(pool))):
-                ccat = cats.get(c.category or "")
                 msgs += [Message(role="user", content=c.prompt),  # type: ignore[arg-type]
-                         Message(role="assistant", content=_short_reply(ccat.seeds.responses if ccat else (), rng))]
+                         Message(role="assistant", content=_short_reply(cats[c.category or ""].seeds.responses, rng))]
             last = text
             if named and m is not None and rng.random() < 0.6:
                 last = text[: m.start()] + rng.choice(_PRONOUNS) + text[m.end() :]
