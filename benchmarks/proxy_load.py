@@ -8,6 +8,7 @@ it either completed with exactly the upstream text, or was cut with `content_fil
 that ends before the guard's stop character. A shed client waits one second (its Retry-After) and tries again.
 
 Usage: python benchmarks/proxy_load.py --guard runs/cbrn/guard [--clients 8 16 32] [--seconds 60] [--runtime fast]
+       [--slots 8] [--max-stream-lag 0.5]   (proxy settings; a huge --max-stream-lag turns lag shedding off)
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ async def one_stream(
 
 async def run(args: argparse.Namespace, guard, clients: int) -> int:
     from ccguard.llm.base import create_backend
-    from ccguard.server import create_app
+    from ccguard.server import ServerSettings, create_app
     from ccguard.server.loopback import FakeUpstream, serving
 
     expected = {k: guard.check_output(PROMPTS[k], TEXTS[k]) for k in TEXTS}
@@ -75,7 +76,8 @@ async def run(args: argparse.Namespace, guard, clients: int) -> int:
         proxies = {}
         stack = []
         for k, u in (("benign", u1), ("turns_harmful", u2)):
-            cm = serving(create_app(guard, create_backend("openai", model="fake", base_url=f"{u}/v1", concurrency=clients)))
+            backend = create_backend("openai", model="fake", base_url=f"{u}/v1", concurrency=clients)
+            cm = serving(create_app(guard, backend, ServerSettings(**args.settings)))
             stack.append(cm)
             proxies[k] = cm.__enter__()
         try:
@@ -143,8 +145,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--piece", type=int, default=12, help="characters per upstream event")
     ap.add_argument("--delay", type=float, default=0.03, help="seconds between upstream events")
+    ap.add_argument("--slots", type=int, help="upstream slots per proxy (default: the proxy's default)")
+    ap.add_argument("--max-stream-lag", type=float, help="seconds (default: the proxy's default)")
     args = ap.parse_args()
     args.table = []
+    args.settings = {k: v for k, v in (("slots", args.slots), ("max_stream_lag", args.max_stream_lag)) if v is not None}
     from ccguard import Guard
 
     guard = Guard.load(args.guard) if args.runtime == "torch" else Guard.load(args.guard, runtime=args.runtime)

@@ -403,3 +403,40 @@ def test_requests_are_shed_while_the_classifiers_are_behind(smoke_guard):
             assert first[0].status_code == 200 and first[0].json()["choices"][0]["message"]["content"] == BENIGN
             # Caught up: admitted again.
             assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def test_requests_are_shed_while_admitted_streams_fall_behind_their_upstream(smoke_guard):
+    # The classifier queue signal is set out of reach, so only the streams' lag can shed.
+    g = _guard(smoke_guard, inp=1.0, out=1.0)
+    up = FakeUpstream(BENIGN * 4, piece=4, delay=0.02)  # about 2 s per stream
+    with serving(up.app) as up_url:
+        settings_ = ServerSettings(max_queue_delay=100.0, max_stream_lag=0.2)
+        app = create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), settings_)
+        with serving(app) as url:
+            body = {"messages": [{"role": "user", "content": "hi"}]}
+            got: list[str] = []
+            streaming = threading.Event()
+            release = threading.Event()
+
+            def stream() -> None:
+                with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=30) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            got.append(json.loads(line[6:])["choices"][0]["delta"].get("content") or "")
+                            if "".join(got):
+                                streaming.set()
+
+            t = threading.Thread(target=stream)
+            t.start()
+            assert streaming.wait(30)
+            assert app.state.lag.lag() < 0.2  # keeping up: admitted
+            app.state.worker._pool.submit(release.wait, 30)  # the model thread stalls; upstream pieces wait here
+            time.sleep(0.5)
+            assert app.state.lag.lag() > 0.2
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_overloaded" and r.headers["retry-after"]
+            release.set()
+            t.join()
+            assert "".join(got) == BENIGN * 4  # the admitted stream is whole
+            assert app.state.lag.lag() == 0.0  # no stream left behind
+            assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200

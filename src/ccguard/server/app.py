@@ -11,8 +11,9 @@
   503. Upstream slots are bounded: the wait for one is separate from the upstream timeout and ends in a 503.
 - All classifier model work runs on one worker thread, in arrival order. Input checks of concurrent requests are
   batched, and so are the chunks of concurrent streams (``OutputBatcher``: one batched model call per round). While
-  the work is behind by more than ``max_queue_delay``, or when more requests wait for a slot than ``max_waiting``,
-  new requests get an immediate 503 with ``Retry-After``: the streams already admitted keep a bounded latency.
+  the work is behind by more than ``max_queue_delay``, while admitted streams' pieces wait in the proxy longer than
+  ``max_stream_lag`` (the median over streams), or when more requests wait for a slot than ``max_waiting``, new
+  requests get an immediate 503 with ``Retry-After``: the streams already admitted keep a bounded latency.
 - A client that disconnects, or a timeout, cancels the upstream work (local generation stops within one step).
 - Every error is an OpenAI-style JSON error. A classifier failure fails closed unless ``fail_open`` is set.
 """
@@ -49,9 +50,10 @@ from ccguard.policy import Stage, Verdict
 from ccguard.records import Message
 from ccguard.server.batcher import InputBatcher, OutputBatcher
 from ccguard.server.metrics import Metrics
+from ccguard.server.pump import UpstreamPump
 from ccguard.server.relay import Relay
 from ccguard.server.schema import ChatRequest, screen_texts
-from ccguard.server.worker import ModelWorker
+from ccguard.server.worker import ModelWorker, StreamLag
 
 log = logging.getLogger("ccguard.server")
 
@@ -74,6 +76,9 @@ class ServerSettings(BaseModel):
                                     "once (default: as many as there are slots); beyond that, an immediate 503.")
     max_queue_delay: float = Field(default=0.5, gt=0, description="Shed new requests with a 503 while classifier "
                                    "work has been queued longer than this many seconds.")
+    max_stream_lag: float = Field(default=0.5, gt=0, description="Shed new requests with a 503 while admitted "
+                                  "streams are this many seconds behind their upstream (the median over streams of "
+                                  "the time their latest piece waited in the proxy).")
     max_moderation_inputs: int = Field(default=64, ge=1, description="Most texts in one /v1/moderations call.")
     screen_workers: int = Field(default=2, ge=1, description="Threads that decode and window prompts.")
     model_name: str = Field(default="ccguard", description="Model id reported when the upstream has none.")
@@ -176,6 +181,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         out_batcher.start()
         state["out_batcher"] = out_batcher
         state["worker"] = app.state.worker = worker
+        state["lag"] = app.state.lag = StreamLag(settings.max_stream_lag)
         state["batcher"] = batcher
         state["slots"] = asyncio.Semaphore(settings.slots)
         state["waiting"] = 0
@@ -241,7 +247,8 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
 
     def shed_if_overloaded(endpoint: str) -> None:
         """Refuse new work while the classifiers are behind, before spending anything on it."""
-        if state["worker"].overloaded() or state["out_batcher"].queue_delay() > settings.max_queue_delay:
+        if (state["worker"].overloaded() or state["out_batcher"].queue_delay() > settings.max_queue_delay
+                or state["lag"].overloaded()):
             metrics.requests.labels(endpoint, "shed").inc()
             raise ApiError(503, "the guard is overloaded; retry shortly", "server_error", "server_overloaded",
                            headers={"Retry-After": "1"})
@@ -466,16 +473,15 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         relay = Relay(gate)
         finish = "stop"
         upstream_finish = "stop"  # e.g. 'length' or 'tool_calls', passed through unless the guard halts
-        agen = upstream.stream(messages, params, extra)
+        # Read ahead of the classifiers, each piece stamped on arrival: how long pieces wait here is the lag.
+        pump = UpstreamPump(upstream.stream(messages, params, extra))
+        lag, key = state["lag"], id(relay)
         t_start = time.perf_counter()
         try:
             yield _chunk(cid, model, created, {"role": "assistant", "content": ""}, None)
             while True:
                 try:
-                    # In this task, not a wait_for task: when the server cancels the response (shutdown, a client
-                    # gone), the generator has stopped by the time the finally below closes it.
-                    async with asyncio.timeout(settings.upstream_timeout):
-                        piece = await agen.__anext__()
+                    arrived, piece = await pump.next(settings.upstream_timeout)
                 except StopAsyncIteration:
                     break
                 if isinstance(piece, StreamEnd):
@@ -485,7 +491,11 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     if gate is not None:
                         gate.add_probe(piece.values)
                     continue
+                lag.taken(key, arrived)
                 fed = relay.tool_call(piece.delta) if isinstance(piece, ToolCallDelta) else relay.text(piece)
+                # Text that arrived meanwhile goes to the gate with it: one feed, and one wait, instead of several.
+                for more in pump.more(lambda p: type(p) is str or isinstance(p, ToolCallDelta)):
+                    fed += relay.tool_call(more.delta) if isinstance(more, ToolCallDelta) else relay.text(more)
                 if gate is not None and fed:
                     t0 = time.perf_counter()
                     try:
@@ -499,6 +509,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                         relay.gate = gate = None
                     else:
                         metrics.latency.labels("output").observe(time.perf_counter() - t0)
+                metrics.stream_lag.observe(lag.released(key))
                 for delta in relay.deltas():
                     yield _chunk(cid, model, created, delta, None)
                 if gate is not None and gate.halted:
@@ -521,8 +532,9 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         finally:
             # Cancels the upstream request when we stop early or the client left (a local model stops within one
             # step), then frees the slot.
+            lag.end(key)
             try:
-                await agen.aclose()
+                await pump.aclose()
             finally:
                 slot.release()
         final: Verdict | None = None

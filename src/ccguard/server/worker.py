@@ -5,11 +5,16 @@ of them), so every model call (batched input checks, stream chunks, whole respon
 arrival order. How long the oldest waiting call has queued is the proxy's measure of overload: past
 ``max_queue_delay``, new requests are refused with a 503 before any work is done for them, so the streams already
 admitted keep a bounded latency instead of everyone slowing down without limit.
+
+That queue drains every round, though, while streams can still fall behind their upstream a little at each chunk
+when the offered load exceeds what the cores can score. So the proxy also sheds on ``StreamLag``: how long the
+latest piece of each admitted stream waited in the proxy, from its arrival from the upstream to its release.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,3 +57,40 @@ class ModelWorker:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class StreamLag:
+    """How far admitted streams are behind their upstream. A stream's lag is how long its piece in hand has waited
+    since it arrived from the upstream, or, between pieces, how long its last piece waited until release. Overloaded
+    while the median over streams exceeds ``max_lag`` (the median, so that one stream whose client reads slowly does
+    not shed everyone else's requests)."""
+
+    def __init__(self, max_lag: float) -> None:
+        self.max_lag = max_lag
+        self._latest: dict[int, float] = {}  # stream -> seconds its last released piece waited
+        self._pending: dict[int, float] = {}  # stream -> arrival time of the piece it is working on
+
+    def taken(self, stream: int, arrived: float) -> None:
+        """A stream took a piece that arrived at ``arrived`` (``time.monotonic``) and is working on it."""
+        self._pending[stream] = arrived
+
+    def released(self, stream: int) -> float:
+        """The stream released its piece in hand; returns how long the piece waited."""
+        arrived = self._pending.pop(stream, None)
+        waited = 0.0 if arrived is None else time.monotonic() - arrived
+        self._latest[stream] = waited
+        return waited
+
+    def end(self, stream: int) -> None:
+        self._latest.pop(stream, None)
+        self._pending.pop(stream, None)
+
+    def lag(self) -> float:
+        """The median over active streams of their lag, in seconds (0 when none streams)."""
+        now = time.monotonic()
+        lags = [now - t for t in self._pending.values()]
+        lags += [w for s, w in self._latest.items() if s not in self._pending]
+        return statistics.median(lags) if lags else 0.0
+
+    def overloaded(self) -> bool:
+        return self.lag() > self.max_lag
