@@ -82,6 +82,7 @@ def serve(
     slots: Annotated[int | None, typer.Option(min=1, help="Upstream requests in flight at once (default: 1 for local, 8 for a URL).")] = None,
     slot_timeout: Annotated[float, typer.Option(help="Longest wait for a free upstream slot before a 503.")] = 10.0,
     screen_timeout: Annotated[float, typer.Option(help="Time budget for screening one request's input (then a 503).")] = 15.0,
+    max_stream_lag: Annotated[float, typer.Option(min=0.01, help="Shed new requests (503) while admitted streams' pieces wait this many seconds in the proxy (median over streams).")] = 0.5,
     runtime: Annotated[str, typer.Option(help="Classifier runtime: torch, or fast (int8 on the CPU; pip install 'ccguard-classifiers[fast]').")] = "torch",
     device: Annotated[str | None, typer.Option(help="Torch device for the classifiers (cpu, cuda, cuda:1 ...).")] = None,
     history_margin: Annotated[float | None, typer.Option(min=0.0, help="Logits by which earlier turns of a conversation are judged more strictly than its newest request (default: the guard's, else 1.5; see benchmarks/multi_turn.py).")] = None,
@@ -103,6 +104,6 @@ def serve(
     backend, n_slots = make_upstream(g, upstream, upstream_model, upstream_key_env, upstream_timeout, slots)
     settings = ServerSettings(api_keys=keys, fail_open=fail_open, log_prompts=log_prompts, upstream_timeout=upstream_timeout,
                               slots=n_slots, slot_timeout=slot_timeout, screen_timeout=screen_timeout,
-                              model_name=upstream_model or "ccguard")
+                              max_stream_lag=max_stream_lag, model_name=upstream_model or "ccguard")
     app = create_app(g, backend, settings)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
