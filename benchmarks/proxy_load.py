@@ -8,14 +8,17 @@ it either completed with exactly the upstream text, or was cut with `content_fil
 that ends before the guard's stop character. A shed client waits one second (its Retry-After) and tries again.
 
 Usage: python benchmarks/proxy_load.py --guard runs/cbrn/guard [--clients 8 16 32] [--seconds 60] [--runtime fast]
-       [--slots 8] [--max-stream-lag 0.5]   (proxy settings; a huge --max-stream-lag turns lag shedding off)
+       [--server-process] [--slots 8] [--max-waiting 8] [--max-stream-lag 0.5]
+       (proxy settings, default: the proxy's defaults; a huge --max-stream-lag turns lag shedding off)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import statistics
 import time
 from pathlib import Path
@@ -63,48 +66,79 @@ async def one_stream(
     return {"kind": kind, "text": got, "finish": finish, "added": added, "error": error, "shed": False}
 
 
-async def run(args: argparse.Namespace, guard, clients: int) -> int:
+def _servers_in(stack: contextlib.ExitStack, guard, settings: dict, piece: int, delay: float, clients: int):
+    """Start both fake upstreams and both proxies in this process; returns (benign upstream URL, proxy URLs)."""
     from ccguard.llm.base import create_backend
     from ccguard.server import ServerSettings, create_app
     from ccguard.server.loopback import FakeUpstream, serving
 
+    ups = {k: stack.enter_context(serving(FakeUpstream(TEXTS[k], piece=piece, delay=delay).app)) for k in TEXTS}
+    proxies = {}
+    for k, u in ups.items():
+        backend = create_backend("openai", model="fake", base_url=f"{u}/v1", concurrency=clients)
+        proxies[k] = stack.enter_context(serving(create_app(guard, backend, ServerSettings(**settings))))
+    return ups["benign"], proxies
+
+
+def _serve_child(guard_path: str, runtime: str, settings: dict, piece: int, delay: float, clients: int, conn) -> None:
+    """The servers in a process of their own, so the load generator does not share their interpreter lock."""
+    from ccguard import Guard
+
+    guard = Guard.load(guard_path) if runtime == "torch" else Guard.load(guard_path, runtime=runtime)
+    with contextlib.ExitStack() as stack:
+        conn.send(_servers_in(stack, guard, settings, piece, delay, clients))
+        conn.recv()  # told to stop
+
+
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, guard, clients: int):
+    if not args.server_process:
+        with contextlib.ExitStack() as stack:
+            yield _servers_in(stack, guard, args.settings, args.piece, args.delay, clients)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    proc = ctx.Process(target=_serve_child, args=(str(args.guard), args.runtime, args.settings, args.piece, args.delay,
+                                                  clients, theirs), daemon=True)
+    proc.start()
+    try:
+        if not mine.poll(300):
+            raise RuntimeError("the server process did not start")
+        yield mine.recv()
+    finally:
+        if proc.is_alive():
+            mine.send("stop")
+            proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+async def run(args: argparse.Namespace, guard, clients: int) -> int:
     expected = {k: guard.check_output(PROMPTS[k], TEXTS[k]) for k in TEXTS}
     inp = {k: guard.check_input(PROMPTS[k]) for k in TEXTS}
-    ups = {k: FakeUpstream(TEXTS[k], piece=args.piece, delay=args.delay) for k in TEXTS}
     results: list[dict] = []
-    with serving(ups["benign"].app) as u1, serving(ups["turns_harmful"].app) as u2:
-        proxies = {}
-        stack = []
-        for k, u in (("benign", u1), ("turns_harmful", u2)):
-            backend = create_backend("openai", model="fake", base_url=f"{u}/v1", concurrency=clients)
-            cm = serving(create_app(guard, backend, ServerSettings(**args.settings)))
-            stack.append(cm)
-            proxies[k] = cm.__enter__()
-        try:
-            limits = httpx.Limits(max_connections=clients * 2)
-            async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-                # Upstream time to first byte, measured directly, is the baseline the proxy adds to.
-                t0 = time.perf_counter()
-                async with client.stream("POST", f"{u1}/v1/chat/completions", json={"stream": True, "messages": []}) as r:
-                    async for _ in r.aiter_lines():
-                        break
-                first_byte = time.perf_counter() - t0
-                deadline = time.perf_counter() + args.seconds
+    with servers(args, guard, clients) as (u1, proxies):
+        limits = httpx.Limits(max_connections=clients * 2)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            # Upstream time to first byte, measured directly, is the baseline the proxy adds to.
+            t0 = time.perf_counter()
+            async with client.stream("POST", f"{u1}/v1/chat/completions", json={"stream": True, "messages": []}) as r:
+                async for _ in r.aiter_lines():
+                    break
+            first_byte = time.perf_counter() - t0
+            deadline = time.perf_counter() + args.seconds
 
-                async def worker(i: int) -> None:
-                    kind = "benign" if i % 2 == 0 else "turns_harmful"
-                    while time.perf_counter() < deadline:
-                        r = await one_stream(client, proxies[kind], kind, args.piece, args.delay, first_byte, inp[kind].allowed)
-                        results.append(r)
-                        if r["shed"]:
-                            await asyncio.sleep(r["retry_after"])
+            async def worker(i: int) -> None:
+                kind = "benign" if i % 2 == 0 else "turns_harmful"
+                while time.perf_counter() < deadline:
+                    r = await one_stream(client, proxies[kind], kind, args.piece, args.delay, first_byte, inp[kind].allowed)
+                    results.append(r)
+                    if r["shed"]:
+                        await asyncio.sleep(r["retry_after"])
 
-                t_run = time.perf_counter()
-                await asyncio.gather(*(worker(i) for i in range(clients)))
-                t_run = time.perf_counter() - t_run
-        finally:
-            for cm in stack:
-                cm.__exit__(None, None, None)
+            t_run = time.perf_counter()
+            await asyncio.gather(*(worker(i) for i in range(clients)))
+            t_run = time.perf_counter() - t_run
 
     shed = sum(r["shed"] for r in results)
     results = [r for r in results if not r["shed"]]
@@ -145,11 +179,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--piece", type=int, default=12, help="characters per upstream event")
     ap.add_argument("--delay", type=float, default=0.03, help="seconds between upstream events")
+    ap.add_argument("--server-process", action="store_true",
+                    help="run the upstreams and proxies in a child process (else in this one, with the clients)")
     ap.add_argument("--slots", type=int, help="upstream slots per proxy (default: the proxy's default)")
+    ap.add_argument("--max-waiting", type=int, help="requests that may wait for a slot (default: as many as slots)")
     ap.add_argument("--max-stream-lag", type=float, help="seconds (default: the proxy's default)")
     args = ap.parse_args()
     args.table = []
-    args.settings = {k: v for k, v in (("slots", args.slots), ("max_stream_lag", args.max_stream_lag)) if v is not None}
+    given = (("slots", args.slots), ("max_waiting", args.max_waiting), ("max_stream_lag", args.max_stream_lag))
+    args.settings = {k: v for k, v in given if v is not None}
     from ccguard import Guard
 
     guard = Guard.load(args.guard) if args.runtime == "torch" else Guard.load(args.guard, runtime=args.runtime)

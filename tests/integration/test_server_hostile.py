@@ -368,17 +368,30 @@ def test_fuzz_moderations_never_500s(fuzz_server, body):
     assert httpx.get(f"{fuzz_server}/healthz", timeout=5).status_code == 200
 
 
+def _input_checks(url: str) -> float:
+    """How many input checks the proxy has run (the count of its input latency histogram)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith('ccguard_check_latency_seconds_count{stage="input"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_waiting_for_a_slot_is_bounded_with_an_immediate_503(smoke_guard):
     g = _guard(smoke_guard, inp=1.0, out=1.0)
     up = FakeUpstream(BENIGN, piece=10, delay=0.05)
     settings_ = ServerSettings(slots=1, slot_timeout=10.0, max_waiting=0)
     with serving(up.app) as up_url, serving(create_app(g, create_backend("openai", model="fake", base_url=f"{up_url}/v1"), settings_)) as url:
         t = _hold_a_stream(url)
+        checks = _input_checks(url)
         t0 = time.perf_counter()
         r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
         assert time.perf_counter() - t0 < 2.0  # not the 10 s slot timeout: nobody may wait
+        assert _input_checks(url) == checks  # refused before its input was screened: no model work spent on it
         t.join()
+        assert httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
+                          timeout=30).status_code == 200
+        assert _input_checks(url) == checks + 1
 
 
 def test_requests_are_shed_while_the_classifiers_are_behind(smoke_guard):

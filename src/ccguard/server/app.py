@@ -12,8 +12,9 @@
 - All classifier model work runs on one worker thread, in arrival order. Input checks of concurrent requests are
   batched, and so are the chunks of concurrent streams (``OutputBatcher``: one batched model call per round). While
   the work is behind by more than ``max_queue_delay``, while admitted streams' pieces wait in the proxy longer than
-  ``max_stream_lag`` (the median over streams), or when more requests wait for a slot than ``max_waiting``, new
-  requests get an immediate 503 with ``Retry-After``: the streams already admitted keep a bounded latency.
+  ``max_stream_lag`` (the median over streams), or when no slot is free and ``max_waiting`` requests already wait
+  for one or are being screened, new requests get an immediate 503 with ``Retry-After``, before any input check is
+  spent on them: the streams already admitted keep a bounded latency.
 - A client that disconnects, or a timeout, cancels the upstream work (local generation stops within one step).
 - Every error is an OpenAI-style JSON error. A classifier failure fails closed unless ``fail_open`` is set.
 """
@@ -184,7 +185,8 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         state["lag"] = app.state.lag = StreamLag(settings.max_stream_lag)
         state["batcher"] = batcher
         state["slots"] = asyncio.Semaphore(settings.slots)
-        state["waiting"] = 0
+        state["waiting"] = 0  # requests waiting for an upstream slot
+        state["screening"] = 0  # chat requests whose input is being screened
         state["pool"] = ThreadPoolExecutor(settings.screen_workers, thread_name_prefix="ccguard-screen")
         try:
             yield
@@ -354,10 +356,21 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             raise ApiError(400, f"prompt longer than {settings.max_prompt_chars} characters")
         prompt_text = render_conversation(messages)
         shed_if_overloaded("chat")
+        max_waiting = settings.slots if settings.max_waiting is None else settings.max_waiting
+        # No free slot and the line is full, counting the requests being screened: refuse now, before spending an
+        # input check on a request that would be refused a slot afterwards.
+        if state["slots"].locked() and state["waiting"] + state["screening"] >= max_waiting:
+            metrics.requests.labels("chat", "busy").inc()
+            raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
+                           headers={"Retry-After": "1"})
 
         model = req.model or upstream.model or settings.model_name
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        verdict = max(await screen(texts), key=lambda v: (not v.allowed, v.score))
+        state["screening"] += 1
+        try:
+            verdict = max(await screen(texts), key=lambda v: (not v.allowed, v.score))
+        finally:
+            state["screening"] -= 1
         if not verdict.allowed:
             metrics.blocks.labels("input", verdict.category or "unknown").inc()
             metrics.requests.labels("chat", "blocked_input").inc()
@@ -374,7 +387,6 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         extra = req.forwarded()
         if req.model:
             extra["model"] = req.model
-        max_waiting = settings.slots if settings.max_waiting is None else settings.max_waiting
         if state["slots"].locked() and state["waiting"] >= max_waiting:
             metrics.requests.labels("chat", "busy").inc()
             raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
