@@ -106,3 +106,41 @@ def test_pump_times_out_and_closes_a_stalled_upstream() -> None:
         assert closed == [True]
 
     asyncio.run(main())
+
+
+def test_pump_closes_the_upstream_even_when_its_closer_is_cancelled() -> None:
+    from ccguard.server.pump import UpstreamPump
+
+    closed: list[bool] = []
+
+    async def upstream():
+        try:
+            for i in range(1000):
+                yield str(i)
+        finally:
+            closed.append(True)  # a local model's stop flag, an HTTP response's close
+
+    async def main() -> None:
+        pump = UpstreamPump(upstream(), read_ahead=2)
+        await asyncio.sleep(0.05)  # the queue is full: the generator waits at a yield
+        closer = asyncio.create_task(pump.aclose())
+        await asyncio.sleep(0)
+        closer.cancel()  # as the server cancels a response whose client has gone, while it cleans up
+        await asyncio.gather(closer, return_exceptions=True)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert closed == [True]
+
+    asyncio.run(main())
+
+
+def test_a_stream_whose_upstream_went_quiet_stops_counting_as_behind() -> None:
+    from ccguard.server.worker import StreamLag
+
+    lag = StreamLag(max_lag=0.05)
+    lag.IDLE = 0.1
+    lag.taken(1, time.monotonic() - 0.5)
+    lag.released(1)
+    assert lag.overloaded()  # its last piece waited half a second
+    time.sleep(0.15)
+    assert lag.lag() == 0.0 and not lag.overloaded()  # no piece since: the proxy is not behind on it

@@ -522,8 +522,10 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
                     else:
                         metrics.latency.labels("output").observe(time.perf_counter() - t0)
                 metrics.stream_lag.observe(lag.released(key))
+                sending = time.monotonic()
                 for delta in relay.deltas():
                     yield _chunk(cid, model, created, delta, None)
+                pump.client_wait += time.monotonic() - sending  # a slow reader's wait is not the proxy's lag
                 if gate is not None and gate.halted:
                     finish = "content_filter"
                     break

@@ -24,19 +24,35 @@ class UpstreamPump:
         self._agen = agen
         self._queue: asyncio.Queue[tuple[float, Any, BaseException | None]] = asyncio.Queue(max(1, read_ahead))
         self._head: tuple[float, Any, BaseException | None] | None = None  # taken from the queue, not yet handed out
+        # Seconds the stream loop has been blocked sending to its client (a slow reader); the stream loop adds them.
+        # Arrival times are stamped without them, so a client that reads slowly does not count as proxy lag.
+        self.client_wait = 0.0
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        # This task runs the upstream generator, so this task closes it: on cancellation too (a client gone, a halt),
+        # which stops the upstream request (a local model stops within a step).
         try:
             async for piece in self._agen:
-                await self._queue.put((time.monotonic(), piece, None))
-        except Exception as e:  # noqa: BLE001 - raised again in the stream loop, where the proxy answers it
-            await self._queue.put((time.monotonic(), None, e))
+                await self._queue.put((self._clock(), piece, None))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - raised again in the stream loop, where the proxy answers it
+            await self._queue.put((self._clock(), None, e))
             return
-        await self._queue.put((time.monotonic(), _END, None))
+        finally:
+            aclose = getattr(self._agen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._queue.put((self._clock(), _END, None))
+
+    def _clock(self) -> float:
+        """The proxy's own time: ``time.monotonic`` less the time the stream loop spent blocked on its client."""
+        return time.monotonic() - self.client_wait
 
     async def next(self, timeout: float) -> tuple[float, Any]:
-        """The next piece and when it arrived. Raises ``StopAsyncIteration`` at the end, ``TimeoutError`` when none
+        """The next piece and when it arrived (``time.monotonic``, shifted by the time since spent blocked on the
+        client, so that now minus it is how long the proxy itself has held the piece). Raises ``StopAsyncIteration`` at the end, ``TimeoutError`` when none
         came within ``timeout`` seconds, and whatever the upstream raised."""
         if self._head is not None:
             (arrived, piece, error), self._head = self._head, None
@@ -47,7 +63,7 @@ class UpstreamPump:
             raise error
         if piece is _END:
             raise StopAsyncIteration
-        return arrived, piece
+        return arrived + self.client_wait, piece
 
     def more(self, accept: Callable[[Any], bool]) -> list[Any]:
         """The pieces already here, in order, up to the first one ``accept`` refuses (or the end, or an error), which
@@ -66,9 +82,12 @@ class UpstreamPump:
             self._head = None
 
     async def aclose(self) -> None:
-        """Stop reading and close the upstream stream (cancelling its request; a local model stops within a step)."""
+        """Stop reading and close the upstream stream (cancelling its request; a local model stops within a step).
+        The reading task closes the stream itself, so that happens even if this call is cancelled while it waits."""
         self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.wait({self._task})  # not gather: a cancelled gather would cancel the task's cleanup too
+        if not self._task.cancelled() and self._task.exception() is not None:
+            return  # already reported through the queue, or the task failed while closing: nothing left to close
         aclose = getattr(self._agen, "aclose", None)
-        if aclose is not None:
+        if aclose is not None:  # a stream cancelled before its task ever ran was never started: close it here
             await aclose()

@@ -61,13 +61,16 @@ class ModelWorker:
 
 class StreamLag:
     """How far admitted streams are behind their upstream. A stream's lag is how long its piece in hand has waited
-    since it arrived from the upstream, or, between pieces, how long its last piece waited until release. Overloaded
-    while the median over streams exceeds ``max_lag`` (the median, so that one stream whose client reads slowly does
-    not shed everyone else's requests)."""
+    since it arrived from the upstream, or, between pieces, how long its last piece waited until release (for up to
+    ``IDLE`` seconds: a stream whose upstream has gone quiet is not behind). Overloaded while the median over streams
+    exceeds ``max_lag``. Time a stream spends blocked on a slow client is left out by the caller (see
+    ``UpstreamPump.client_wait``)."""
+
+    IDLE = 1.0
 
     def __init__(self, max_lag: float) -> None:
         self.max_lag = max_lag
-        self._latest: dict[int, float] = {}  # stream -> seconds its last released piece waited
+        self._latest: dict[int, tuple[float, float]] = {}  # stream -> (seconds its last piece waited, released at)
         self._pending: dict[int, float] = {}  # stream -> arrival time of the piece it is working on
 
     def taken(self, stream: int, arrived: float) -> None:
@@ -76,9 +79,10 @@ class StreamLag:
 
     def released(self, stream: int) -> float:
         """The stream released its piece in hand; returns how long the piece waited."""
+        now = time.monotonic()
         arrived = self._pending.pop(stream, None)
-        waited = 0.0 if arrived is None else time.monotonic() - arrived
-        self._latest[stream] = waited
+        waited = 0.0 if arrived is None else now - arrived
+        self._latest[stream] = (waited, now)
         return waited
 
     def end(self, stream: int) -> None:
@@ -89,7 +93,8 @@ class StreamLag:
         """The median over active streams of their lag, in seconds (0 when none streams)."""
         now = time.monotonic()
         lags = [now - t for t in self._pending.values()]
-        lags += [w for s, w in self._latest.items() if s not in self._pending]
+        lags += [w if now - t < max(self.IDLE, self.max_lag) else 0.0
+                 for s, (w, t) in self._latest.items() if s not in self._pending]
         return statistics.median(lags) if lags else 0.0
 
     def overloaded(self) -> bool:
