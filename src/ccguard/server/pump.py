@@ -18,7 +18,7 @@ _END = object()
 
 
 class UpstreamPump:
-    """Upstream pieces with their arrival times (``time.monotonic``). Start and close it in the same task."""
+    """Upstream pieces with their arrival times. Create it inside the running event loop; always ``aclose`` it."""
 
     def __init__(self, agen: AsyncIterator[Any], read_ahead: int = 64) -> None:
         self._agen = agen
@@ -51,9 +51,10 @@ class UpstreamPump:
         return time.monotonic() - self.client_wait
 
     async def next(self, timeout: float) -> tuple[float, Any]:
-        """The next piece and when it arrived (``time.monotonic``, shifted by the time since spent blocked on the
-        client, so that now minus it is how long the proxy itself has held the piece). Raises ``StopAsyncIteration`` at the end, ``TimeoutError`` when none
-        came within ``timeout`` seconds, and whatever the upstream raised."""
+        """The next piece and when it arrived (``time.monotonic``, moved later by any time since spent blocked on
+        the client, so that now minus it is how long the proxy itself has held the piece). Raises
+        ``StopAsyncIteration`` at the end, ``TimeoutError`` when none came within ``timeout`` seconds, and whatever
+        the upstream raised."""
         if self._head is not None:
             (arrived, piece, error), self._head = self._head, None
         else:
@@ -86,8 +87,8 @@ class UpstreamPump:
         The reading task closes the stream itself, so that happens even if this call is cancelled while it waits."""
         self._task.cancel()
         await asyncio.wait({self._task})  # not gather: a cancelled gather would cancel the task's cleanup too
-        if not self._task.cancelled() and self._task.exception() is not None:
-            return  # already reported through the queue, or the task failed while closing: nothing left to close
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved (a failed close), so that asyncio does not log it as lost
         aclose = getattr(self._agen, "aclose", None)
-        if aclose is not None:  # a stream cancelled before its task ever ran was never started: close it here
+        if aclose is not None:  # closes a stream whose task was cancelled before it ever ran; else a no-op
             await aclose()
