@@ -255,6 +255,12 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
             raise ApiError(503, "the guard is overloaded; retry shortly", "server_error", "server_overloaded",
                            headers={"Retry-After": "1"})
 
+    def slots_busy() -> ApiError:
+        """The 503 for a request that gets no upstream slot (counted as such)."""
+        metrics.requests.labels("chat", "busy").inc()
+        return ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
+                        headers={"Retry-After": "1"})
+
     def report(verdict: Verdict | None, released: int | None = None) -> dict[str, Any] | None:
         """The verdict as the arena reads it, when ``report_verdicts`` is on (no scores: only what a page shows)."""
         if not settings.report_verdicts:
@@ -360,9 +366,7 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         # No free slot and the line is full, counting the requests being screened: refuse now, before spending an
         # input check on a request that would be refused a slot afterwards.
         if state["slots"].locked() and state["waiting"] + state["screening"] >= max_waiting:
-            metrics.requests.labels("chat", "busy").inc()
-            raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
-                           headers={"Retry-After": "1"})
+            raise slots_busy()
 
         model = req.model or upstream.model or settings.model_name
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -388,16 +392,12 @@ def create_app(guard: Guard, upstream: LLMBackend, settings: ServerSettings | No
         if req.model:
             extra["model"] = req.model
         if state["slots"].locked() and state["waiting"] >= max_waiting:
-            metrics.requests.labels("chat", "busy").inc()
-            raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
-                           headers={"Retry-After": "1"})
+            raise slots_busy()
         state["waiting"] += 1
         try:
             await asyncio.wait_for(state["slots"].acquire(), settings.slot_timeout)
         except TimeoutError:
-            metrics.requests.labels("chat", "busy").inc()
-            raise ApiError(503, "all upstream slots are busy; retry shortly", "server_error", "server_busy",
-                           headers={"Retry-After": "1"}) from None
+            raise slots_busy() from None
         finally:
             state["waiting"] -= 1
         slot = _Slot(state["slots"])
