@@ -85,6 +85,8 @@ def test_voices_split_cjk_and_skip_openers():
     from ccguard.synth.voices import sentences, voices
 
     assert sentences("好的。第一步，准备。第二步，做。") == ["好的。", "第一步，准备。", "第二步，做。"]
+    # A closing quote or bracket after CJK end punctuation stays with its sentence.
+    assert sentences("他说：「先准备。」然后做。（完成。）结束！") == ["他说：「先准备。」", "然后做。", "（完成。）", "结束！"]
     v = voices()
     answer = "Sure. Here is the plan. You preheat the oven and grease the tin. Then you bake the sponge until golden."
     for seed in range(8):

@@ -17,8 +17,10 @@ from ccguard.registry import REGISTRY, register
 
 Voice = Callable[[str, str, random.Random], str]
 
-# Latin end punctuation ends a sentence before whitespace; CJK end punctuation ends one wherever it stands.
-_SENT = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
+# Latin end punctuation ends a sentence before whitespace; CJK end punctuation ends one wherever it stands, except
+# that a closing quote or bracket right after it still belongs to that sentence.
+_CLOSE = r"」』”’）)\]"
+_SENT = re.compile(rf"(?<=[.!?])\s+|(?<=[。！？])(?![{_CLOSE}])\s*|(?<=[。！？][{_CLOSE}])\s*")
 
 
 def sentences(text: str) -> list[str]:
