@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +37,12 @@ class CascadeSpec(BaseModel):
     """Which model stage 2 reads and how."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    backbone: str = Field(default="gemma3-270m", description="Decoder LLM (alias, name or path) whose states are read.")
+    kind: Literal["decoder", "classifier"] = Field(
+        default="decoder", description="'decoder': a frozen decoder LLM read by a linear head (the fields below); "
+        "'classifier': a fine-tuned input classifier (a `ccguard run` guard's input/ directory, e.g. the multilingual "
+        "profile's), copied into the stage and scoring texts as it does in its own guard.")  # fmt: skip
+    backbone: str = Field(default="gemma3-270m", description="Decoder LLM (alias, name or path) whose states are read; "
+                          "for kind 'classifier', the classifier's backbone (informational).")
     layers: tuple[int, ...] = Field(default=(4, 8), description="Hidden-state indices read (1-based decoder layer "
                                     "outputs); the model runs only up to the deepest, whose states are read after "
                                     "the model's final norm.")
@@ -63,6 +68,30 @@ def framed_ids(tok: Any, text: str, spec: CascadeSpec) -> list[int]:
     return ids
 
 
+class ClassifierStage2:
+    """Stage 2 as a fine-tuned input classifier (``CascadeSpec.kind == 'classifier'``): ``scores(texts)`` are its
+    probabilities, each text read in every decoded view and window as the classifier's own guard reads it."""
+
+    def __init__(self, spec: CascadeSpec, classifier: Any) -> None:
+        self.spec = spec
+        self.classifier = classifier
+        self.head = None
+
+    @property
+    def model(self) -> Any:
+        return self.classifier.model
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([s.score for s in self.classifier.score(list(texts))], dtype=np.float32)
+
+    def save(self, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+        from ccguard.records import atomic_write_text
+
+        self.classifier.save(out_dir)
+        atomic_write_text(out_dir / "cascade.json",
+                          json.dumps({"spec": self.spec.model_dump(mode="json"), **(extra or {})}, indent=2))
+
+
 class Stage2:
     """A frozen, truncated decoder and a linear head: ``scores(texts)`` are probabilities. No per-request state."""
 
@@ -73,7 +102,7 @@ class Stage2:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     @classmethod
-    def load(cls, path: Path) -> Stage2:
+    def load(cls, path: Path) -> Stage2 | ClassifierStage2:
         meta = Path(path) / "cascade.json"
         if not meta.is_file():
             raise CcguardError("not a cascade directory (cascade.json missing)", where=str(path))
@@ -81,6 +110,10 @@ class Stage2:
             spec = CascadeSpec.model_validate(json.loads(meta.read_text(encoding="utf-8"))["spec"])
         except (ValueError, KeyError, TypeError) as e:
             raise CcguardError(f"bad cascade spec: {str(e).splitlines()[0]}", where=str(meta)) from None
+        if spec.kind == "classifier":
+            from ccguard.classifiers.input import InputClassifier
+
+            return ClassifierStage2(spec, InputClassifier.load(Path(path)))
         out = cls(spec, LinearHead.load(Path(path) / "head.safetensors"))
         want = 2 * len(spec.layers) * out.model.config.hidden_size
         if out.head is not None and out.head.weight.shape[0] != want:

@@ -411,16 +411,26 @@ def run(
         versions=versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    cascade_fp = None
+    cascade_fp = stage2_dir = None
     if profile.cascade is not None:
+        stage2_fp = None
+        if profile.cascade.kind == "classifier":
+            # Stage 2 is a second input classifier (e.g. on a multilingual backbone) trained on the same data; it
+            # lives beside the guard until the cascade copies it in.
+            stage2_args = replace(profile.cascade_classifier or profile.input_train, seed=seed)
+            with _timed(stages, "train_stage2"):
+                _, stage2_training = train_stage("input", const, stage2_args, data_dir / "train.jsonl", sha,
+                                                 run_dir / "stage2", console)
+            stage2_dir, stage2_fp = run_dir / "stage2" / "input", stage2_training["data"]["fingerprint"]
         cascade_fp = _sha({"spec": profile.cascade.model_dump(mode="json"), "n": profile.cascade_train, "seed": seed,
                            "escalation": profile.cascade_escalation, "data": sha, "input": training["data"]["fingerprint"],
                            "fpr": [profile.target_fpr, profile.hard_fpr, profile.family_fpr],
-                           "stage1": [cal.threshold, clf.precision]})
+                           "stage1": [cal.threshold, clf.precision]} | ({"stage2": stage2_fp} if stage2_fp else {}))
         old = _read_json(guard_dir / "guard.json") or {}
         kept = (old.get("stages") or {}).get("cascade")
         folder = guard_dir / str((kept or {}).get("path") or "-")
-        if kept and kept.get("fingerprint") == cascade_fp and all((folder / f).is_file() for f in ("head.safetensors", "cascade.json")):
+        weights = "model.safetensors" if profile.cascade.kind == "classifier" else "head.safetensors"
+        if kept and kept.get("fingerprint") == cascade_fp and all((folder / f).is_file() for f in (weights, "cascade.json")):
             manifest.stages["cascade"] = kept  # the same stage 2 from a crashed or repeated run
     # The policy travels with the guard, so `ccguard eval` and users can see exactly what it was trained on.
     atomic_write_text(guard_dir / "constitution.yaml", constitution_mod.resolve(constitution).read_text(encoding="utf-8"))
@@ -433,7 +443,8 @@ def run(
             with _timed(stages, "train_cascade"):
                 manifest.stages["cascade"] = train_cascade(
                     guard_dir, data_dir, profile.cascade, n_train=profile.cascade_train,
-                    escalation=profile.cascade_escalation, seed=seed, console=console, fingerprint=cascade_fp)
+                    escalation=profile.cascade_escalation, seed=seed, console=console, fingerprint=cascade_fp,
+                    classifier=stage2_dir)
         print_stage(manifest.stages["cascade"], console)
         metrics["cascade"] = manifest.stages["cascade"]
     from ccguard.train.card import write_card

@@ -40,6 +40,8 @@ class Profile:
     cascade: CascadeSpec | None = None
     cascade_train: int = 3000
     cascade_escalation: float = 0.03
+    # For a stage 2 of kind 'classifier': how that second input classifier is trained (None: like input_train).
+    cascade_classifier: TrainArgs | None = None
     # Multi-turn variants of the input side's base requests (crescendo build-ups and split requests). Off in every
     # profile: three default-profile runs with them moved the multi-turn checks both ways, within run-to-run noise
     # (design/015); `ccguard run --conversations RATE` turns them on.
@@ -88,6 +90,15 @@ PROFILES: dict[str, Profile] = {
 }
 # The default guard plus the input cascade's second stage (Gemma 3 270M, read up to its 8th layer).
 PROFILES["cascade"] = replace(PROFILES["default"], name="cascade", cascade=CascadeSpec())
+# The default guard plus a fine-tuned multilingual-e5-small input classifier as the cascade's stage 2 (needs
+# ccguard-classifiers[multilingual]): stage 1 stays the cheap English MiniLM, and the multilingual model reads only
+# what stage 1 escalates.
+PROFILES["cascade-multilingual"] = replace(
+    PROFILES["default"],
+    name="cascade-multilingual",
+    cascade=CascadeSpec(kind="classifier", backbone="multilingual-e5-small"),
+    cascade_classifier=replace(PROFILES["default"].input_train, backbone="multilingual-e5-small", freeze_embeddings=True),
+)
 # The default guard with a multilingual input classifier: multilingual-e5-small (needs ccguard-classifiers[multilingual]),
 # its token embeddings frozen so that what the mostly English data teaches carries over to the other languages.
 PROFILES["multilingual"] = replace(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +225,66 @@ def test_the_proxy_screens_through_the_cascade_and_counts_escalations(cascaded: 
     assert [r.flagged for r in got] == [not v.allowed for v in want]
     n = sum(bool(v.escalated) for v in want)
     assert n >= 1 and f"ccguard_escalations_total {float(n)}" in metrics
+
+
+def test_a_trained_input_classifier_can_be_stage_two(smoke_run: Path, tmp_path: Path):
+    """`ccguard cascade --classifier DIR`: another run's input classifier (here the smoke guard's own, for speed) is
+    copied into the guard as stage 2, calibrated like the decoder stage, and decided exactly as calibration scored."""
+    from typer.testing import CliRunner
+
+    from ccguard.cascade import ClassifierStage2, cascade_decision, part_scores
+    from ccguard.cli import app
+    from ccguard.records import read_examples
+
+    guard_dir = tmp_path / "guard"
+    shutil.copytree(smoke_run / "guard", guard_dir)
+    bad = subprocess.run([sys.executable, "-m", "ccguard.cli", "cascade", "--guard", str(guard_dir), "--data",
+                          str(smoke_run / "data"), "--classifier", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "classifier.json missing" in bad.stderr and "Traceback" not in bad.stderr
+    ok = CliRunner().invoke(app, ["cascade", "--guard", str(guard_dir), "--data", str(smoke_run / "data"),
+                             "--classifier", str(smoke_run / "guard" / "input"), "--escalation", "0.3"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert {"classifier.json", "model.safetensors", "cascade.json"} <= {p.name for p in (guard_dir / "cascade").iterdir()}
+    guard = Guard.load(guard_dir)
+    assert isinstance(guard.stage2, ClassifierStage2) and guard.stage2.spec.kind == "classifier"
+    stage = guard.manifest.stages["cascade"]
+    assert stage["backbone"] == guard.manifest.input.backbone and 0 < stage["weight"] <= 1
+    rows = read_examples(smoke_run / "data" / "val.jsonl")[:60]
+    prompts = [r.prompt for r in rows]
+    verdicts = guard.check_inputs(prompts)
+    expected = [cascade_decision(p, guard.policy) for p in part_scores(guard, prompts)]
+    assert [v.score for v in verdicts] == pytest.approx([e[0] for e in expected], abs=1e-5)
+    assert any(v.escalated for v in verdicts)
+
+
+def test_a_classifier_cascade_profile_trains_its_second_classifier_and_a_rerun_keeps_it(
+    smoke_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`ccguard run --profile cascade-multilingual` in small (a 2-layer MiniLM stands in for the multilingual model):
+    the pipeline trains the second input classifier beside the guard, copies it in as stage 2, and a re-run with
+    nothing changed retrains neither."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from ccguard import pipeline
+    from ccguard.cascade import CascadeSpec, ClassifierStage2
+    from ccguard.profiles import PROFILES
+
+    smoke = PROFILES["smoke"]
+    monkeypatch.setitem(PROFILES, "smoke_cc", replace(smoke, name="smoke_cc", cascade_escalation=0.3,
+                                                      cascade=CascadeSpec(kind="classifier", backbone="minilm"),
+                                                      cascade_classifier=replace(smoke.input_train, num_layers=2)))  # fmt: skip
+    run_dir = tmp_path / "cbrn"
+    shutil.copytree(smoke_run, run_dir)
+    quiet = Console(stderr=True, quiet=True)
+    pipeline.run("cbrn", run_dir, "smoke_cc", seed=0, console=quiet)
+    stage = json.loads((run_dir / "guard" / "guard.json").read_text())["stages"]["cascade"]
+    assert stage["fingerprint"] and (run_dir / "stage2" / "input" / "model.safetensors").is_file()
+    guard = Guard.load(run_dir / "guard")
+    assert isinstance(guard.stage2, ClassifierStage2)
+    assert guard.stage2.classifier.model.encoder.config.num_hidden_layers == 2  # the second classifier, not stage 1
+    weights = (run_dir / "guard" / "cascade" / "model.safetensors").stat().st_mtime_ns
+    pipeline.run("cbrn", run_dir, "smoke_cc", seed=0, console=quiet)
+    assert json.loads((run_dir / "guard" / "guard.json").read_text())["stages"]["cascade"] == stage
+    assert (run_dir / "guard" / "cascade" / "model.safetensors").stat().st_mtime_ns == weights

@@ -29,20 +29,40 @@ def cascade(
     weight: Annotated[float, typer.Option(min=0.05, max=1.0, help="Largest weight of stage 2 in the ensemble tried.")] = 1.0,
     n_train: Annotated[int, typer.Option(min=20, help="Training prompts for stage 2's head (half harmful).")] = 3000,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    classifier: Annotated[Path | None, typer.Option(help="Use this trained input classifier as stage 2 instead of a "
+                                                        "decoder (another run's guard/input directory, e.g. from "
+                                                        "`ccguard run --profile multilingual`); --backbone and "
+                                                        "--layers are then ignored.")] = None,
 ) -> None:
     """Fit stage 2 on the guard's training prompts, set the escalation threshold on everyday traffic, calibrate the
     cascade at the guard's target FPR, and add it to the guard as a stage; prints each stage alone and the cascade on
     the test split."""
+    import json
+
     from rich.console import Console
 
     from ccguard.cascade import CascadeSpec
+    from ccguard.errors import CcguardError
     from ccguard.guard import read_manifest
     from ccguard.train.cascade import print_stage, train_cascade
 
     read_manifest(guard)
-    spec = CascadeSpec(backbone=backbone, layers=parse_layers(layers, "--layers"), weight=weight)
+    if classifier is not None:
+        meta = classifier / "classifier.json"
+        if not meta.is_file():
+            raise CcguardError("not an input classifier directory (classifier.json missing)", where=str(classifier))
+        if classifier.resolve() == (guard / "cascade").resolve():
+            raise CcguardError("is this guard's own stage 2; pass the directory it was copied from", where="--classifier")
+        source = classifier.parent / "guard.json"  # the classifier's own guard names its backbone
+        try:
+            backbone = str(json.loads(source.read_text(encoding="utf-8"))["input"]["backbone"])
+        except (OSError, ValueError, KeyError, TypeError):
+            backbone = "input classifier"
+        spec = CascadeSpec(kind="classifier", backbone=backbone, weight=weight)
+    else:
+        spec = CascadeSpec(backbone=backbone, layers=parse_layers(layers, "--layers"), weight=weight)
     console = Console(stderr=True)
     stage = train_cascade(guard, data or guard.parent / "data", spec, n_train=n_train, escalation=escalation,
-                          seed=seed, console=console)
+                          seed=seed, console=console, classifier=classifier)
     print_stage(stage, console)
     console.print(f"cascade written to {guard / 'cascade'}")

@@ -2,7 +2,9 @@
 ``ccguard run --profile cascade``).
 
 1. Stage 2's head is fitted on features of a sample of the run's training prompts, each read in the decoded view
-   stage 1 scores highest. On the other splits stage 2 reads only the escalated texts, as in service.
+   stage 1 scores highest. On the other splits stage 2 reads only the escalated texts, as in service. A classifier
+   stage (``CascadeSpec.kind == 'classifier'``) is an input classifier trained by its own run, e.g. on a multilingual
+   backbone (``ccguard run --profile multilingual``), and is copied into the guard as it is.
 2. The escalation threshold is set on the validation split's everyday requests at ``escalation`` (the share of
    everyday traffic that pays for stage 2), never above stage 1's own threshold.
 3. For each ensemble weight up to ``spec.weight``, the cascade's threshold is calibrated exactly as stage 1's was (the
@@ -23,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ccguard.cascade import CASCADE_DIR, CascadeSpec, PartScores, Stage2, cascade_decision, screened
+from ccguard.cascade import (
+    CASCADE_DIR,
+    CascadeSpec,
+    ClassifierStage2,
+    PartScores,
+    Stage2,
+    cascade_decision,
+    screened,
+)
 from ccguard.errors import CcguardError
 from ccguard.heads import LinearHead
 from ccguard.policy import Calibration, Policy, calibrate_input, ensemble, is_everyday, threshold_at_fpr
@@ -66,9 +76,10 @@ def stage_metrics(rows: list[Example], scores: dict[str, list[float]], threshold
 
 def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train: int = 3000,
                   escalation: float = DEFAULT_ESCALATION, seed: int = 0, console: Any = None,
-                  fingerprint: str | None = None) -> dict[str, Any]:
-    """Fit stage 2, calibrate the cascade and write both into ``guard_dir``. Returns what it wrote under
-    ``stages.cascade`` (with ``fingerprint``, by which a pipeline re-run knows it is current)."""
+                  fingerprint: str | None = None, classifier: Path | None = None) -> dict[str, Any]:
+    """Fit stage 2 (or, for ``spec.kind == 'classifier'``, take the trained input classifier in ``classifier``),
+    calibrate the cascade and write both into ``guard_dir``. Returns what it wrote under ``stages.cascade`` (with
+    ``fingerprint``, by which a pipeline re-run knows it is current)."""
     from tqdm import tqdm
 
     from ccguard import Guard
@@ -94,9 +105,17 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
     }
     if len({r.label for r in splits["train"]}) < 2 or len({r.label for r in splits["val"]}) < 2:
         raise CcguardError("the cascade needs harmful and harmless prompts in train and val", where=str(data_dir))
-    stage2 = Stage2(spec)
+    if spec.kind == "classifier":
+        from ccguard.classifiers.input import InputClassifier
+
+        if classifier is None:
+            raise CcguardError("a classifier stage needs a trained input classifier directory", where="classifier")
+        stage2: Stage2 | ClassifierStage2 = ClassifierStage2(spec, InputClassifier.load(Path(classifier)))
+    else:
+        stage2 = Stage2(spec)
     t0 = time.perf_counter()
-    screens = {k: screened(guard, [r.prompt for r in v]) for k, v in splits.items()}
+    screens = {k: screened(guard, [r.prompt for r in v]) for k, v in splits.items()
+               if k != "train" or isinstance(stage2, Stage2)}  # a classifier stage needs no training features
     base = Policy(input_threshold=guard.policy.input_threshold, history_margin=guard.policy.history_margin)
     stage1 = {k: [max(base.input_part_score(s, h) for s, h, _ in parts) for parts in v] for k, v in screens.items()}
     every = [s for r, s in zip(splits["val"] + splits["calib"], stage1["val"] + stage1["calib"], strict=True) if is_everyday(r)]
@@ -104,18 +123,27 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
     esc = base.model_copy(update={"escalate_threshold": t_esc, "cascade_weight": 0.5, "cascade_threshold": 0.5})
 
     # Stage 2 reads what it will read in service: the text of each training prompt that stage 1 scores highest, and
-    # on the other splits only the escalated texts (the rest never reach it).
-    todo: dict[str, list[str]] = {"train": [max(parts, key=lambda x: x[0])[2] for parts in screens["train"]]}
+    # on the other splits only the escalated texts (the rest never reach it). A classifier stage is trained already.
+    todo: dict[str, list[str]] = {}
+    if isinstance(stage2, Stage2):
+        todo["train"] = [max(parts, key=lambda x: x[0])[2] for parts in screens["train"]]
     for k in ("val", "calib", "test"):
         todo[k] = [t for parts in screens[k] for s, h, t in parts if esc.escalates(base.input_part_score(s, h))]
-    with tqdm(total=sum(map(len, todo.values())), desc="stage-2 features", disable=None if console is not None else True,
-              leave=False) as bar:
-        feats = {k: stage2.features(v, progress=bar.update) for k, v in todo.items()}
+    probs: dict[str, np.ndarray] = {}
+    if isinstance(stage2, Stage2):
+        with tqdm(total=sum(map(len, todo.values())), desc="stage-2 features",
+                  disable=None if console is not None else True, leave=False) as bar:
+            feats = {k: stage2.features(v, progress=bar.update) for k, v in todo.items()}
+        y_train = np.array([int(r.label == "harmful") for r in splits["train"]])
+        stage2.head = LinearHead.fit(feats["train"], y_train, spec.c)
+        for k in ("val", "calib", "test"):
+            probs[k] = 1.0 / (1.0 + np.exp(-stage2.head.logits(feats[k]))) if len(feats[k]) else np.zeros(0)
+    else:
+        probs = {k: stage2.scores(todo[k]) for k in ("val", "calib", "test")}
     feature_s = time.perf_counter() - t0
-    stage2.head = LinearHead.fit(feats["train"], np.array([int(r.label == "harmful") for r in splits["train"]]), spec.c)
     parts = {}
     for k in ("val", "calib", "test"):
-        s2 = iter(1.0 / (1.0 + np.exp(-stage2.head.logits(feats[k]))) if len(feats[k]) else [])
+        s2 = iter(probs[k])
         parts[k] = [[PartScores(s, float(next(s2)) if esc.escalates(base.input_part_score(s, h)) else None, h)
                      for s, h, _ in ps] for ps in screens[k]]
 
