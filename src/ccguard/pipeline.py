@@ -419,7 +419,7 @@ def run(
             # lives beside the guard until the cascade copies it in.
             stage2_args = replace(profile.cascade_classifier or profile.input_train, seed=seed)
             with _timed(stages, "train_stage2"):
-                _, stage2_training = train_stage("input", const, stage2_args, data_dir / "train.jsonl", sha,
+                _, stage2_training = train_stage("input", const, stage2_args, data_dir / "train.jsonl", sha["train"],
                                                  run_dir / "stage2", console)
             stage2_dir, stage2_fp = run_dir / "stage2" / "input", stage2_training["data"]["fingerprint"]
         cascade_fp = _sha({"spec": profile.cascade.model_dump(mode="json"), "n": profile.cascade_train, "seed": seed,
