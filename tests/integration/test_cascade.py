@@ -281,6 +281,10 @@ def test_a_classifier_cascade_profile_trains_its_second_classifier_and_a_rerun_k
     pipeline.run("cbrn", run_dir, "smoke_cc", seed=0, console=quiet)
     stage = json.loads((run_dir / "guard" / "guard.json").read_text())["stages"]["cascade"]
     assert stage["fingerprint"] and (run_dir / "stage2" / "input" / "model.safetensors").is_file()
+    # Trained on the same training file as stage 1, and fingerprinted by it.
+    trained = [json.loads((d / "training.json").read_text())["data"] for d in (run_dir / "stage2" / "input",
+                                                                             run_dir / "guard" / "input")]  # fmt: skip
+    assert trained[0]["train_sha256"] == trained[1]["train_sha256"]
     guard = Guard.load(run_dir / "guard")
     assert isinstance(guard.stage2, ClassifierStage2)
     assert guard.stage2.classifier.model.encoder.config.num_hidden_layers == 2  # the second classifier, not stage 1
