@@ -68,6 +68,27 @@ def framed_ids(tok: Any, text: str, spec: CascadeSpec) -> list[int]:
     return ids
 
 
+def load_input_classifier(path: Path) -> Any:
+    """An input classifier directory for a classifier stage, or a clear error naming it."""
+    from ccguard.classifiers.input import InputClassifier
+
+    meta = Path(path) / "classifier.json"
+    try:
+        kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        raise CcguardError("not an input classifier directory (classifier.json missing or unreadable)",
+                           where=str(path)) from None
+    if kind != "input":
+        raise CcguardError(f"holds a {kind!r} classifier, not an input classifier", where=str(path))
+    try:
+        return InputClassifier.load(Path(path))
+    except CcguardError:
+        raise
+    except Exception as e:  # a half-copied or foreign directory: missing weights, bad JSON, wrong shapes
+        raise CcguardError(f"cannot load the input classifier: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                           where=str(path)) from None
+
+
 class ClassifierStage2:
     """Stage 2 as a fine-tuned input classifier (``CascadeSpec.kind == 'classifier'``): ``scores(texts)`` are its
     probabilities, each text read in every decoded view and window as the classifier's own guard reads it."""
@@ -111,9 +132,7 @@ class Stage2:
         except (ValueError, KeyError, TypeError) as e:
             raise CcguardError(f"bad cascade spec: {str(e).splitlines()[0]}", where=str(meta)) from None
         if spec.kind == "classifier":
-            from ccguard.classifiers.input import InputClassifier
-
-            return ClassifierStage2(spec, InputClassifier.load(Path(path)))
+            return ClassifierStage2(spec, load_input_classifier(Path(path)))
         out = cls(spec, LinearHead.load(Path(path) / "head.safetensors"))
         want = 2 * len(spec.layers) * out.model.config.hidden_size
         if out.head is not None and out.head.weight.shape[0] != want:

@@ -205,6 +205,9 @@ class Guard:
                 raise CcguardError("is above the input threshold: the stage was calibrated for another input classifier "
                                    "(re-run `ccguard cascade`)", where="guard.json stages.cascade.escalate_threshold")
             stage2 = Stage2.load(_inside(guard_dir, casc.get("path"), "stages.cascade.path"))
+            if casc.get("precision") and hasattr(stage2, "classifier") and "CCGUARD_PRECISION" not in os.environ:
+                # A classifier stage runs in the precision its cascade threshold was calibrated in, as stage 1 does.
+                stage2.classifier.precision = "no" if casc["precision"] == "no" else resolve_precision("auto")
             if device is not None:
                 stage2.model.to(_device(device))
         policy = Policy(

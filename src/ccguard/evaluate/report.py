@@ -297,7 +297,9 @@ def cascade_lines(stage: dict[str, Any]) -> list[str]:
         "",
         "## Input cascade",
         "",
-        f"Stage 2: `{stage['backbone']}` layers {stage['layers']}, ensemble weight {stage['weight']}. Stage-1 scores "
+        f"Stage 2: `{stage['backbone']}` "
+        + (f"layers {stage['layers']}" if stage.get("layers") else "fine-tuned input classifier")
+        + f", ensemble weight {stage['weight']}. Stage-1 scores "
         f"above {stage['escalate_threshold']:.4f} (target: {100 * stage['escalation_target']:.1f}% of everyday "
         f"traffic) are escalated; the cascade's threshold {stage['threshold']:.4f} is calibrated like stage 1's "
         f"(binding: {stage['calibration']['binding']}). `ccguard eval` also shows stage 2 alone.",

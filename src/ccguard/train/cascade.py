@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,11 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
     if len({r.label for r in splits["train"]}) < 2 or len({r.label for r in splits["val"]}) < 2:
         raise CcguardError("the cascade needs harmful and harmless prompts in train and val", where=str(data_dir))
     if spec.kind == "classifier":
-        from ccguard.classifiers.input import InputClassifier
+        from ccguard.cascade import load_input_classifier
 
         if classifier is None:
             raise CcguardError("a classifier stage needs a trained input classifier directory", where="classifier")
-        stage2: Stage2 | ClassifierStage2 = ClassifierStage2(spec, InputClassifier.load(Path(classifier)))
+        stage2: Stage2 | ClassifierStage2 = ClassifierStage2(spec, load_input_classifier(Path(classifier)))
     else:
         stage2 = Stage2(spec)
     t0 = time.perf_counter()
@@ -173,10 +174,12 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
         report[split] = stage_metrics(splits[split], {"stage1": stage1[split], "cascade": [d[0] for d in dec]},
                                       thresholds, [d[1] for d in dec])
     stage = {
-        "path": CASCADE_DIR, "backbone": spec.backbone, "layers": list(spec.layers), "weight": weight,
+        "path": CASCADE_DIR, "kind": spec.kind, "backbone": spec.backbone,
+        "layers": list(spec.layers) if isinstance(stage2, Stage2) else [], "weight": weight,
+        **({"precision": stage2.classifier.precision} if isinstance(stage2, ClassifierStage2) else {}),
         "escalation_target": escalation, "escalate_threshold": t_esc, "threshold": cal.threshold,
         "calibration": cal.model_dump(mode="json"),
-        "metrics": report | {"feature_seconds": round(feature_s, 1), "n_train": len(splits["train"]),
+        "metrics": report | {"feature_seconds": round(feature_s, 1), "n_train": len(splits["train"]) if isinstance(stage2, Stage2) else 0,
                              "n_stage2_texts": {k: len(v) for k, v in todo.items()}},
         **({"fingerprint": fingerprint} if fingerprint else {}),
     }
@@ -185,6 +188,7 @@ def train_cascade(guard_dir: Path, data_dir: Path, spec: CascadeSpec, *, n_train
     manifest = json.loads((guard_dir / "guard.json").read_text(encoding="utf-8"))
     if manifest.setdefault("stages", {}).pop("cascade", None) is not None:
         atomic_write_text(guard_dir / "guard.json", json.dumps(manifest, indent=2))
+    shutil.rmtree(guard_dir / CASCADE_DIR, ignore_errors=True)  # no files of another kind of stage left beside it
     stage2.save(guard_dir / CASCADE_DIR, {"calibration": stage["calibration"]})
     manifest["stages"]["cascade"] = stage
     atomic_write_text(guard_dir / "guard.json", json.dumps(manifest, indent=2))
@@ -202,4 +206,4 @@ def print_stage(stage: dict[str, Any], console: Any) -> None:
     e = t["escalation"]
     console.print(f"escalated: {100 * (e['everyday'] or 0):.1f}% of everyday, {100 * (e['harmless'] or 0):.1f}% of "
                   f"harmless, {100 * (e['harmful'] or 0):.1f}% of harmful test prompts (weight {stage['weight']}, "
-                  f"features {stage['metrics']['feature_seconds']} s)", markup=False)
+                  f"stage 2 {stage['metrics']['feature_seconds']} s)", markup=False)
