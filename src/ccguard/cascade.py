@@ -68,10 +68,8 @@ def framed_ids(tok: Any, text: str, spec: CascadeSpec) -> list[int]:
     return ids
 
 
-def load_input_classifier(path: Path) -> Any:
-    """An input classifier directory for a classifier stage, or a clear error naming it."""
-    from ccguard.classifiers.input import InputClassifier
-
+def check_input_classifier_dir(path: Path) -> None:
+    """A clear error naming ``path`` unless it holds an input classifier (reads only its classifier.json)."""
     meta = Path(path) / "classifier.json"
     try:
         kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
@@ -80,6 +78,13 @@ def load_input_classifier(path: Path) -> Any:
                            where=str(path)) from None
     if kind != "input":
         raise CcguardError(f"holds a {kind!r} classifier, not an input classifier", where=str(path))
+
+
+def load_input_classifier(path: Path) -> Any:
+    """An input classifier directory for a classifier stage, or a clear error naming it."""
+    from ccguard.classifiers.input import InputClassifier
+
+    check_input_classifier_dir(path)
     try:
         return InputClassifier.load(Path(path))
     except CcguardError:

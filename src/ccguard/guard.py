@@ -43,6 +43,11 @@ class ClassifierInfo(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="Training arguments and stats.")
 
 
+
+def _run_precision(calibrated: str) -> str:
+    """The precision to run a classifier calibrated in ``calibrated``: fp32 stays fp32, bf16 where the hardware has it."""
+    return "no" if calibrated == "no" else resolve_precision("auto")
+
 class GuardManifest(BaseModel):
     """guard.json: everything needed to load the guard and to know where it came from."""
 
@@ -170,7 +175,7 @@ class Guard:
         # CCGUARD_PRECISION says otherwise or the hardware lacks bf16.
         calibrated = manifest.config.get("input_precision", "no")
         if "CCGUARD_PRECISION" not in os.environ:
-            inp.precision = "no" if calibrated == "no" else resolve_precision("auto")
+            inp.precision = _run_precision(calibrated)
         if calibrated != inp.precision:
             log.warning("input classifier calibrated in precision %s, running in %s: scores may differ slightly from "
                         "calibration", calibrated, inp.precision)
@@ -207,7 +212,7 @@ class Guard:
             stage2 = Stage2.load(_inside(guard_dir, casc.get("path"), "stages.cascade.path"))
             if casc.get("precision") and hasattr(stage2, "classifier") and "CCGUARD_PRECISION" not in os.environ:
                 # A classifier stage runs in the precision its cascade threshold was calibrated in, as stage 1 does.
-                stage2.classifier.precision = "no" if casc["precision"] == "no" else resolve_precision("auto")
+                stage2.classifier.precision = _run_precision(casc["precision"])
             if device is not None:
                 stage2.model.to(_device(device))
         policy = Policy(

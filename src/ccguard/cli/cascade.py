@@ -41,7 +41,7 @@ def cascade(
 
     from rich.console import Console
 
-    from ccguard.cascade import CascadeSpec, load_input_classifier
+    from ccguard.cascade import CascadeSpec, check_input_classifier_dir
     from ccguard.errors import CcguardError
     from ccguard.guard import read_manifest
     from ccguard.train.cascade import print_stage, train_cascade
@@ -50,7 +50,7 @@ def cascade(
     if classifier is not None:
         if classifier.resolve() == (guard / "cascade").resolve():
             raise CcguardError("is this guard's own stage 2; pass the directory it was copied from", where="--classifier")
-        load_input_classifier(classifier)  # a clear error now for a directory that is not one
+        check_input_classifier_dir(classifier)  # a clear error now; train_cascade loads it
         try:  # the backbone it was trained from, as its training record names it
             backbone = str(json.loads((classifier / "training.json").read_text(encoding="utf-8"))["args"]["backbone"])
         except (OSError, ValueError, KeyError, TypeError):
