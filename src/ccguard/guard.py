@@ -43,10 +43,10 @@ class ClassifierInfo(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="Training arguments and stats.")
 
 
-
 def _run_precision(calibrated: str) -> str:
     """The precision to run a classifier calibrated in ``calibrated``: fp32 stays fp32, bf16 where the hardware has it."""
     return "no" if calibrated == "no" else resolve_precision("auto")
+
 
 class GuardManifest(BaseModel):
     """guard.json: everything needed to load the guard and to know where it came from."""
@@ -198,7 +198,7 @@ class Guard:
             probe = ProbeModel.load(_inside(guard_dir, stage.get("path"), "stages.probe.path"))
         stage2, casc = None, manifest.stages.get("cascade") if cascade else None
         if casc is not None:
-            from ccguard.cascade import Stage2
+            from ccguard.cascade import ClassifierStage2, Stage2
 
             if not isinstance(casc, dict):
                 raise CcguardError("must be an object", where="guard.json stages.cascade")
@@ -210,7 +210,7 @@ class Guard:
                 raise CcguardError("is above the input threshold: the stage was calibrated for another input classifier "
                                    "(re-run `ccguard cascade`)", where="guard.json stages.cascade.escalate_threshold")
             stage2 = Stage2.load(_inside(guard_dir, casc.get("path"), "stages.cascade.path"))
-            if casc.get("precision") and hasattr(stage2, "classifier") and "CCGUARD_PRECISION" not in os.environ:
+            if casc.get("precision") and isinstance(stage2, ClassifierStage2) and "CCGUARD_PRECISION" not in os.environ:
                 # A classifier stage runs in the precision its cascade threshold was calibrated in, as stage 1 does.
                 stage2.classifier.precision = _run_precision(casc["precision"])
             if device is not None:
