@@ -18,6 +18,18 @@ def test_bundled_cbrn_meets_the_seed_bank_bar():
     assert C.load("cbrn").content_hash == c.content_hash
 
 
+def test_harmful_answer_phrases_also_occur_in_harmless_answers():
+    """Issue 11 found phrasings that only harmful seed answers used, a shortcut like a placeholder token. Each one
+    the harmful side uses must also occur in harmless answers (the style twins and out-of-scope twins, design/017)."""
+    c = C.load("cbrn")
+    harmful = " ".join(r for cat in c.harmful for r in (*cat.seeds.responses, *cat.seeds.partial)).lower()
+    out_of_scope = [r.lower() for cat in c.harmless if cat.id == "other_harms_out_of_scope" for r in cat.seeds.responses]
+    for phrase in ("go further", "starting materials", "away from inspectors", "under the conditions",
+                   "test a small amount", "scale anything up", "away from anyone who might come looking"):
+        assert phrase in harmful, phrase
+        assert any(phrase in r for r in out_of_scope), f"{phrase!r}: no compliant non-CBRN answer uses it"
+
+
 def test_bundled_cbrn_has_the_required_neighbours():
     ids = {cat.id for cat in C.load("cbrn").categories}
     for needed in ("cooking", "history_policy", "homonyms", "nuclear_energy_isotopes", "fiction_without_specifics"):
