@@ -62,7 +62,7 @@ PROFILES: dict[str, Profile] = {
         split_fractions=(0.6, 0.2, 0.2),
         eval_max_examples=150,
     ),
-    # The shipped guard: <= 15 minutes on 2 CPU cores.
+    # The shipped guard: about 17 minutes on 2 CPU cores (design/017).
     "default": Profile(
         name="default",
         synth=SynthConfig(fills_per_template=2),
@@ -71,10 +71,11 @@ PROFILES: dict[str, Profile] = {
             family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},
         ),
         input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=480),
-        # Style balance: every exchange in five more voices, framed prompts, stitched answers, and a harmless style
-        # twin of every harmful seed answer (about 13.7k training exchanges, 14% of the harmful ones verbatim seeds).
+        # Style balance: every exchange in five more voices, framed prompts, stitched answers, a harmless style twin of
+        # every harmful seed answer and out-of-scope twins (about 14.7k training exchanges, 14% of the harmful ones
+        # verbatim seeds). 1,440 steps, about 0.8 of an epoch: 480 ranked CBRN content in other voices worse (design/017).
         responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8, amount_rate=0.2),
-        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=480),
+        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=1440),
         calib_variants=1.5,
         output_eval_max=2000,
     ),
