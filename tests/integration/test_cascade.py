@@ -91,11 +91,15 @@ def test_stage_two_moves_escalated_scores_and_only_those(cascaded: Guard):
     """An escalated prompt's verdict follows stage 2: the same stage-1 score with a higher stage-2 score is never
     judged less harmful, and stage 2 can both clear and confirm what stage 1 escalated."""
     pol = cascaded.policy
-    s1 = min(0.999, max(pol.escalate_threshold * 1.01, pol.escalate_threshold + 1e-4))
-    scores = [pol.cascade_score(s1, s2) for s2 in np.linspace(0.001, 0.999, 25)]
-    assert scores == sorted(scores)
-    assert not pol.flags("input", scores[0]) and pol.flags("input", scores[-1])
-    assert not pol.escalates(pol.escalate_threshold * 0.5)
+    band = np.linspace(pol.escalate_threshold + 1e-4, 0.999, 40)  # stage-1 scores that escalate
+    assert all(pol.escalates(s1) for s1 in band) and not pol.escalates(pol.escalate_threshold * 0.5)
+    moved = 0
+    for s1 in band:
+        scores = [pol.cascade_score(s1, s2) for s2 in np.linspace(0.001, 0.999, 25)]
+        assert scores == sorted(scores)
+        moved += not pol.flags("input", scores[0]) and pol.flags("input", scores[-1])
+    # Where in the band stage 2 decides depends on the weight picked on validation; somewhere, it must.
+    assert moved > 0
 
 
 def test_stage_two_is_fed_a_decoded_view_and_bounded_text(cascaded: Guard):
