@@ -14,12 +14,17 @@ def with_thresholds(g: Guard, inp: float | None = None, out: float | None = None
 
 
 def midway_threshold(g: Guard, prompt: str, text: str) -> float:
-    """An output threshold that a stream of ``text`` after ``prompt`` crosses at its third chunk."""
+    """An output threshold that a stream of ``text`` after ``prompt`` first crosses after its first chunk: at the
+    third chunk, or at the first later one where the running maximum rises above the first chunk's score (a small
+    smoke classifier can score an opener as high as what follows it)."""
     s = g.output_classifier.session(prompt)
     s.feed(text)
     s.finish()
     cm = np.maximum.accumulate(s.token_scores)
-    return float(cm[min(len(cm) - 1, 3 * g.output_classifier.spec.chunk_tokens - 1)]) - 1e-7
+    ends = [min(len(cm), k) - 1 for k in range(g.output_classifier.spec.chunk_tokens, len(cm) + g.output_classifier.spec.chunk_tokens, g.output_classifier.spec.chunk_tokens)]
+    later = [cm[e] for e in ends[2:] if cm[e] > cm[ends[0]]] or [cm[e] for e in ends[1:] if cm[e] > cm[ends[0]]]
+    assert later, f"the scores of {text[:40]!r} never rise after the first chunk"
+    return float(later[0]) - 1e-7
 
 
 # Arena: a guarded proxy over a fixed-text upstream, and the arena app on it, both on loopback.
