@@ -21,10 +21,13 @@ def midway_threshold(g: Guard, prompt: str, text: str) -> float:
     s.feed(text)
     s.finish()
     cm = np.maximum.accumulate(s.token_scores)
-    ends = [min(len(cm), k) - 1 for k in range(g.output_classifier.spec.chunk_tokens, len(cm) + g.output_classifier.spec.chunk_tokens, g.output_classifier.spec.chunk_tokens)]
-    later = [cm[e] for e in ends[2:] if cm[e] > cm[ends[0]]] or [cm[e] for e in ends[1:] if cm[e] > cm[ends[0]]]
-    assert later, f"the scores of {text[:40]!r} never rise after the first chunk"
-    return float(later[0]) - 1e-7
+    c = g.output_classifier.spec.chunk_tokens
+    levels = [float(cm[min(len(cm), k) - 1]) for k in range(c, len(cm) + c, c)]  # running maximum at each chunk end
+    rises = [j for j in range(1, len(levels)) if levels[j] > levels[0]]
+    assert rises, f"the scores of {text[:40]!r} never rise after the first chunk"
+    j = next((j for j in rises if j >= 2), rises[0])
+    # Halfway between that chunk's level and the one below it, so that float noise (a batched pass) cannot move it.
+    return (levels[j] + max(x for x in levels[:j] if x < levels[j])) / 2
 
 
 # Arena: a guarded proxy over a fixed-text upstream, and the arena app on it, both on loopback.
