@@ -20,7 +20,7 @@ def test_bundled_cbrn_meets_the_seed_bank_bar():
 
 def test_harmful_answer_phrases_also_occur_in_harmless_answers():
     """Issue 11 found phrasings that only harmful seed answers used, a shortcut like a placeholder token. Each one
-    the harmful side uses must also occur in harmless answers (the style twins and out-of-scope twins, design/017)."""
+    the harmful side uses must also occur in a compliant non-CBRN answer (the out-of-scope twins, design/017)."""
     c = C.load("cbrn")
     harmful = " ".join(r for cat in c.harmful for r in (*cat.seeds.responses, *cat.seeds.partial)).lower()
     out_of_scope = [r.lower() for cat in c.harmless if cat.id == "other_harms_out_of_scope" for r in cat.seeds.responses]
