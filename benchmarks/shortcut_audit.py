@@ -29,6 +29,8 @@ def main() -> int:
         print(f"  rows: train {r.n_train} (base {r.n_train_base}), eval {r.n_eval} (base {r.n_eval_base}); {r.seconds}s")
         for label, feats in (("harmful", r.top_features.harmful), ("harmless", r.top_features.harmless)):
             print(f"  most {label}-predictive: " + ", ".join(f"{f.ngram!r} {f.weight:+.2f}" for f in feats[: a.top]))
+        print("  groups, most separable first (each against every eval row of the other label): "
+              + ", ".join(f"{g.group} ({g.label}, n={g.n}) {g.auroc:.3f}" for g in r.by_group))
     if a.json:
         a.json.write_text(report.model_dump_json(indent=2))
     return 0 if report.input.passed and report.output.passed else 1

@@ -142,3 +142,26 @@ def test_audit_is_deterministic(side):
     rows = _examples(120, 3, lambda f, r: f + " now", lambda f, r: f)
     assert audit(rows, rows, v, side, max_train=50, seed=1).model_dump(exclude={"seconds"}) == audit(
         rows, rows, v, side, max_train=50, seed=1).model_dump(exclude={"seconds"})
+
+
+def test_by_group_names_the_seed_bank_that_carries_the_style():
+    v = topic_vocabulary(_const())
+    rows = []
+    for seed, n in ((0, 600), (1, 400)):
+        rng = random.Random(seed)
+        for i in range(n):
+            filler = " ".join(rng.sample(FILLER, 5))
+            kind = ("harmful", "plain", "styled", "refusal")[i % 4]
+            text = {"harmful": f"{filler} sarin", "plain": f"{filler} honey mustard",
+                    "styled": f"{filler} kindly regards honey mustard", "refusal": f"{filler} sarin"}[kind]
+            rows.append(Example(
+                id=stable_id(str(seed), str(i)), prompt=text, response=text, group=f"{seed}-{i}",
+                label="harmful" if kind == "harmful" else "harmless", category=kind,
+                source="seed_refusal" if kind == "refusal" else "seed"))
+    a = audit(rows[:600], rows[600:], v, "output")
+    groups = {g.group: g for g in a.by_group}
+    assert a.by_group[0].group == "styled" and groups["styled"].auroc > 0.95 and groups["styled"].n == 100
+    assert abs(groups["plain"].auroc - 0.5) < 0.15 and abs(groups["refusals"].auroc - 0.5) < 0.15
+    assert groups["harmful"].label == "harmful"
+    md = "\n".join(_shortcut_lines(ShortcutReport(input=a, output=a).model_dump()))
+    assert "Most separable groups (output" in md and "styled (harmless, n=100)" in md

@@ -343,6 +343,11 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
             feats = sa[side]["top_features"][label]
             lines += ["", f"Most {label}-predictive masked n-grams ({side}): "
                       + (", ".join(f"`{f['ngram']}` ({f['weight']:+.2f})" for f in feats) or "none") + "."]
+    for side in ("input", "output"):
+        groups = sa[side].get("by_group") or []
+        if groups:
+            lines += ["", f"Most separable groups ({side}; each against every row of the other label): "
+                      + ", ".join(f"{g['group']} ({g['label']}, n={g['n']}) {g['auroc']:.3f}" for g in groups[:6]) + "."]
     return lines
 
 

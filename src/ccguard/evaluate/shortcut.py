@@ -47,6 +47,18 @@ class TopFeatures(BaseModel):
     harmless: list[Feature] = Field(description="Largest negative weights first.")
 
 
+class GroupAudit(BaseModel):
+    """How well the masked-text model tells one group of eval rows from every eval row of the other label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str = Field(description="The rows' category, or 'refusals', 'compliant answers', 'partial answers', 'pool'.")
+    label: str = Field(description="The group's label.")
+    n: int = Field(description="Eval rows in the group.")
+    auroc: float = Field(description="AUROC of this group against all eval rows of the other label: 0.5 means its "
+                         "style is no different, 1.0 that style alone sets it apart.")
+
+
 class ShortcutAudit(BaseModel):
     """How well topic-free style predicts the label on one side of the data."""
 
@@ -69,6 +81,11 @@ class ShortcutAudit(BaseModel):
         "shows: function words and phrasing alone. The gap to auroc_masked is what topic-word density gives away.",
     )
     top_features: TopFeatures = Field(description="The masked-text n-grams that most predict each label.")
+    by_group: list[GroupAudit] = Field(
+        default_factory=list,
+        description="The same masked model per group of eval rows (at least MIN_GROUP rows), most separable first: "
+        "which seed banks carry the shortcut.",
+    )
     target: float = Field(default=TARGET, description="Highest acceptable masked AUROC.")
     passed: bool = Field(description="Whether auroc_masked, and auroc_masked_base where defined, are at most target.")
     seconds: float = Field(description="Wall time of the audit.")
@@ -80,6 +97,7 @@ class ShortcutAudit(BaseModel):
             f"shortcut audit ({self.side}): masked AUROC {_f(self.auroc_masked)} (unmasked {_f(self.auroc_unmasked)}, "
             f"base {_f(self.auroc_masked_base)}, topic words deleted {_f(self.auroc_topic_deleted)}), target <= {self.target:.2f}: {'pass' if self.passed else 'FAIL'}; "
             f"top harmful n-grams: {top}"
+            + ("; most separable groups: " + ", ".join(f"{g.group} {g.auroc:.2f}" for g in self.by_group[:3]) if self.by_group else "")
         )
 
 
@@ -162,6 +180,32 @@ def _deleted(masked: str) -> str:
     return _MASKED_RUN.sub(" ", masked)
 
 
+MIN_GROUP = 20
+_SOURCE_GROUPS = {"seed_refusal": "refusals", "seed_compliant": "compliant answers", "seed_partial": "partial answers"}
+
+
+def _group(e: Example) -> str:
+    if e.source == "pool":
+        return "pool"
+    return _SOURCE_GROUPS.get(e.source, e.category or e.source)
+
+
+def _by_group(rows: list[Example], y: list[int], p: list[float]) -> list[GroupAudit]:
+    """Each group's AUROC against all rows of the other label (groups of at least MIN_GROUP rows)."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for e, yy, pp in zip(rows, y, p, strict=True):
+        groups.setdefault((_group(e), yy), []).append(pp)
+    other = {lab: [pp for yy, pp in zip(y, p, strict=True) if yy != lab] for lab in (0, 1)}
+    out = []
+    for (g, lab), ps in groups.items():
+        if len(ps) < MIN_GROUP or not other[lab]:
+            continue
+        pos, neg = (ps, other[lab]) if lab == 1 else (other[lab], ps)
+        a = auroc([1] * len(pos) + [0] * len(neg), pos + neg)
+        out.append(GroupAudit(group=g, label="harmful" if lab else "harmless", n=len(ps), auroc=round(a, 3)))
+    return sorted(out, key=lambda x: -x.auroc)
+
+
 def _cap(rows: list[Example], n: int, seed: int) -> list[Example]:
     return random.Random(seed).sample(rows, n) if len(rows) > n else rows
 
@@ -227,7 +271,9 @@ def audit(
     base_eval = [e for e in evals if not e.lineage]
     m_base = _fit(texts(base_train, True), labels(base_train))
 
-    a_masked = _eval(m_masked, texts(evals, True), labels(evals))
+    p_masked = m_masked.predict_proba(texts(evals, True))[:, 1].tolist() if m_masked is not None and evals else []
+    a_masked = auroc(labels(evals), p_masked) if p_masked else None
+    by_group = _by_group(evals, labels(evals), p_masked) if p_masked else []
     m_deleted = _fit([_deleted(t) for t in texts(train, True)], labels(train))
     a_deleted = _eval(m_deleted, [_deleted(t) for t in texts(evals, True)], labels(evals))
     a_base = _eval(m_base, texts(base_eval, True), labels(base_eval))
@@ -250,6 +296,7 @@ def audit(
         auroc_masked_base=a_base,
         auroc_topic_deleted=a_deleted,
         top_features=TopFeatures(harmful=harmful, harmless=harmless),
+        by_group=by_group,
         target=target,
         passed=a_masked is not None and a_masked <= target and (a_base is None or a_base <= target),
         seconds=round(time.perf_counter() - t0, 1),
