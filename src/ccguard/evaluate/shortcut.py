@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ccguard.constitution import Constitution
 from ccguard.evaluate.metrics import auroc
-from ccguard.records import Example, read_examples, render_prompt
+from ccguard.records import Example, Label, read_examples, render_prompt
 
 Side = Literal["input", "output"]
 TARGET = 0.65
@@ -53,7 +53,7 @@ class GroupAudit(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     group: str = Field(description="The rows' category, or 'refusals', 'compliant answers', 'partial answers', 'pool'.")
-    label: str = Field(description="The group's label.")
+    label: Label = Field(description="The group's label.")
     n: int = Field(description="Eval rows in the group.")
     auroc: float = Field(description="AUROC of this group against all eval rows of the other label: 0.5 means its "
                          "style is no different, 1.0 that style alone sets it apart.")
@@ -181,12 +181,12 @@ def _deleted(masked: str) -> str:
 
 
 MIN_GROUP = 20
-_SOURCE_GROUPS = {"seed_refusal": "refusals", "seed_compliant": "compliant answers", "seed_partial": "partial answers"}
+# Groups named by source; every other row is grouped by its category.
+_SOURCE_GROUPS = {"seed_refusal": "refusals", "seed_compliant": "compliant answers", "seed_partial": "partial answers",
+                  "pool": "pool"}
 
 
 def _group(e: Example) -> str:
-    if e.source == "pool":
-        return "pool"
     return _SOURCE_GROUPS.get(e.source, e.category or e.source)
 
 
