@@ -36,7 +36,7 @@ def main() -> int:
     from ccguard.evaluate.metrics import auroc, flagged_rate, tpr_at_fpr
     from ccguard.llm.local import LocalBackend
     from ccguard.policy import ensemble
-    from ccguard.probes import exchange_score, response_features
+    from ccguard.probes import exchange_features, exchange_score
 
     guard = Guard.load(a.guard)
     if guard.probe is None or guard.policy.ensemble_threshold is None:
@@ -57,9 +57,8 @@ def main() -> int:
     t0 = time.perf_counter()
     prb: list[float | None] = []
     for r in rows:
-        ids = tok(r["response"], add_special_tokens=False)["input_ids"][: spec.max_tokens]
-        f = response_features(model, tok, r["prompt"], ids, spec.layers) if ids else None
-        prb.append(exchange_score(guard.probe.logits(f).tolist(), spec.window) if f is not None and len(f) else None)
+        f = exchange_features(model, tok, r["prompt"], r["response"], spec)
+        prb.append(exchange_score(guard.probe.logits(f).tolist(), spec.window) if len(f) else None)
     secs = time.perf_counter() - t0
     ens = [ensemble(c, p, spec.weight) for c, p in zip(clf, prb, strict=True)]
     systems = {

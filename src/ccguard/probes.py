@@ -163,3 +163,10 @@ def response_features(model: Any, tok: Any, prompt: str, response_ids: Sequence[
     with LayerTap(model, layers, got.append), torch.inference_mode():
         model(ids)
     return got[0][0, p.shape[1] :]
+
+
+def exchange_features(model: Any, tok: Any, prompt: str, response: str, spec: ProbeSpec) -> np.ndarray:
+    """``response_features`` of an exchange's response, cut to ``spec.max_tokens`` tokens as the probe was trained;
+    ``[0, 1]`` for an empty response."""
+    ids = tok(response, add_special_tokens=False)["input_ids"][: spec.max_tokens]
+    return response_features(model, tok, prompt, ids, spec.layers) if ids else np.zeros((0, 1), dtype=np.float32)

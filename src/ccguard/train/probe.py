@@ -17,7 +17,7 @@ import numpy as np
 
 from ccguard.errors import CcguardError
 from ccguard.heads import LinearHead
-from ccguard.probes import PROBE_DIR, ProbeModel, ProbeSpec, exchange_score, response_features
+from ccguard.probes import PROBE_DIR, ProbeModel, ProbeSpec, exchange_features, exchange_score
 from ccguard.records import Example, atomic_write_text, half_harmful, read_examples, render_prompt
 
 TOKENS_PER_EXCHANGE = 48  # token features kept per training exchange (the rest add little but memory)
@@ -31,9 +31,7 @@ def _sample(rows: list[Example], n: int, seed: int) -> list[Example]:
 def _features(model: Any, tok: Any, rows: list[Example], spec: ProbeSpec, progress: Any) -> list[np.ndarray]:
     out = []
     for r in rows:
-        ids = tok(r.response, add_special_tokens=False)["input_ids"][: spec.max_tokens]
-        out.append(response_features(model, tok, render_prompt(r.prompt), ids, spec.layers) if ids else
-                   np.zeros((0, 1), dtype=np.float32))
+        out.append(exchange_features(model, tok, render_prompt(r.prompt), r.response or "", spec))
         progress()
     return out
 
