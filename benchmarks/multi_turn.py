@@ -18,7 +18,10 @@ turns just before it, the whole conversation, and each turn on its own; texts ma
 Rows: "before" is the whole conversation only, as `Guard.check_input` read a conversation before; margin 0 is how
 the proxy screened one before (every turn alone too, all at the full threshold); then each `history_margin`.
 
-Usage: python benchmarks/multi_turn.py --guard runs/cbrn/guard [--n 200] [--margins 0 1 2 3] [--seed 0]
+With `--failures`, each conversation that fails at the guard's own margin is listed with its deciding text (the
+one with the highest score as the policy weighs it) and that score in logits above the threshold.
+
+Usage: python benchmarks/multi_turn.py --guard runs/cbrn/guard [--n 200] [--margins 0 1 2 3] [--seed 0] [--failures]
 """
 
 from __future__ import annotations
@@ -69,13 +72,23 @@ class Scored:
     """Scores of the texts one conversation is screened as, so that every margin is decided without scoring again."""
 
     def __init__(self, guard, msgs: list[dict[str, str]]) -> None:
-        from ccguard.records import render_prompt
+        from ccguard.conversation import screen_parts
+        from ccguard.records import parse_prompt, render_prompt
 
         clf = guard.input_classifier
         self.whole = clf.score([render_prompt(msgs)])[0]
         prepared = guard.prepare_input(msgs)
         self.scores = clf.score_prepared(list(prepared.parts))
         self.history = prepared.history
+        self.texts = [p.text for p in screen_parts(parse_prompt(msgs, where="conversation"))]
+
+    def deciding(self, policy) -> tuple[str, float]:
+        """The text that decides the verdict and its weighed score, in logits above the input threshold."""
+        from ccguard.policy import logit
+
+        w = [policy.input_part_score(s.score, h) for s, h in zip(self.scores, self.history, strict=True)]
+        i = max(range(len(w)), key=w.__getitem__)
+        return self.texts[i], logit(w[i]) - logit(policy.input_threshold)
 
     def verdict(self, policy):
         pairs = list(zip(self.scores, self.history, strict=True))
@@ -92,6 +105,7 @@ def main() -> int:
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--failures", action="store_true", help="list the conversations that fail at the guard's margin")
     a = ap.parse_args()
 
     sys.path.insert(0, str(HERE))
@@ -142,22 +156,52 @@ def main() -> int:
             results[name][cascade_label] = {"rate": r.rate, "lo": r.lo, "hi": r.hi,
                                             "escalated": sum(bool(v.escalated) for v in cascade[name]) / len(cascade[name])}
             print(f"  {cascade_label:<28} {r.fmt()}  (escalated {100 * results[name][cascade_label]['escalated']:.1f}%)")
-    # The issue's operating point: decomposed requests blocked at a threshold that flags (almost) no benign
-    # multi-turn conversation, here the highest benign score (0 of them flagged).
-    decomposed = [x for k, v in scored.items() if k.startswith("decomposed") for x in v]
-    benign = [x for k, v in scored.items() if k.startswith("benign multi-turn") for x in v]
-    bs = [x.verdict(guard.policy).score for x in benign]
-    top = max(bs)
-    r = wilson(sum(x.verdict(guard.policy).score > top for x in decomposed), len(decomposed))
-    print(f"\ndecomposed harmful blocked at the threshold above every benign multi-turn conversation ({top:.4f}, 0 of "
-          f"{len(benign)} flagged): {r.fmt()}")
-    results["decomposed_at_zero_benign"] = {"threshold": top, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+        if a.failures:
+            key = next((k for p, k in (("decomposed", "harmful_decomposed"), ("benign", "benign_multi_turn"))
+                        if name.startswith(p)), None)
+            ids = [c["id"] for c in convs[key]] if key else [""] * len(scored[name])
+            for s, cid in zip(scored[name], ids, strict=True):
+                if s.blocked(guard.policy, False) != harmful:
+                    text, over = s.deciding(guard.policy)
+                    print(f"    fails {cid}, {over:+.2f} logits: {' '.join(text.split())[:150]!r}")
+    # The issue's operating point: decomposed requests blocked at a threshold that flags at most 1% of the benign
+    # multi-turn conversations (the (k+1)-th highest benign score, k = floor(1% of them)), and at one above every
+    # benign conversation; on all conversations and on the first set alone (ids below 100), as reported before.
+    first = {name: [int(c["id"][2:]) < 100 for c in convs[key]]
+             for name, key in (("decomposed", "harmful_decomposed"), ("benign multi-turn", "benign_multi_turn"))}
+
+    def pick(prefix: str, only_first: bool) -> list[Scored]:
+        return [x for k, v in scored.items() if k.startswith(prefix)
+                for x, f in zip(v, first[prefix], strict=True) if f or not only_first]
+
+    def at_fpr(harm: list[float], benign: list[float], max_fpr: float) -> tuple[float, int, object]:
+        k = int(max_fpr * len(benign) + 1e-9)
+        thr = sorted(benign, reverse=True)[k]
+        return thr, sum(b > thr for b in benign), wilson(sum(h > thr for h in harm), len(harm))
+
+    print()
+    for only_first, tag in ((False, ""), (True, "first_set_")):
+        benign = pick("benign multi-turn", only_first)
+        hs = [x.verdict(guard.policy).score for x in pick("decomposed", only_first)]
+        bs = [x.verdict(guard.policy).score for x in benign]
+        for max_fpr, key in ((0.0, "zero"), (0.01, "1pct")):
+            thr, n_flag, r = at_fpr(hs, bs, max_fpr)
+            print(f"{'first set: ' if only_first else ''}decomposed harmful blocked at {thr:.4f}, where {n_flag} of "
+                  f"{len(bs)} benign multi-turn conversations are flagged (<= {100 * max_fpr:g}%): {r.fmt()}")
+            results[f"{tag}decomposed_at_{key}_benign"] = {"threshold": thr, "benign_flagged": n_flag,
+                                                           "rate": r.rate, "lo": r.lo, "hi": r.hi}
+        if a.failures and not only_first:
+            for x in sorted(benign, key=lambda x: -x.verdict(guard.policy).score)[:4]:
+                text, over = x.deciding(guard.policy)
+                print(f"  benign, {over:+.2f} logits: {' '.join(text.split())[:150]!r}")
     if cascade is not None:
         ds = [v.score for k, vs in cascade.items() if k.startswith("decomposed") for v in vs]
-        top_c = max(v.score for k, vs in cascade.items() if k.startswith("benign multi-turn") for v in vs)
-        r = wilson(sum(x > top_c for x in ds), len(ds))
-        print(f"the same for the cascade ({top_c:.4f}): {r.fmt()}")
-        results["decomposed_at_zero_benign_cascade"] = {"threshold": top_c, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+        bc = [v.score for k, vs in cascade.items() if k.startswith("benign multi-turn") for v in vs]
+        for max_fpr, key in ((0.0, "zero"), (0.01, "1pct")):
+            thr, n_flag, r = at_fpr(ds, bc, max_fpr)
+            print(f"the same for the cascade at {thr:.4f} ({n_flag} of {len(bc)} flagged): {r.fmt()}")
+            results[f"decomposed_at_{key}_benign_cascade"] = {"threshold": thr, "benign_flagged": n_flag,
+                                                              "rate": r.rate, "lo": r.lo, "hi": r.hi}
 
     # Cost of reading a 41-turn conversation as its parts, against the whole conversation alone.
     import time
