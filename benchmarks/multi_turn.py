@@ -112,7 +112,7 @@ def main() -> int:
     from direct_questions import HARMFUL, HARMFUL_2
 
     from ccguard import Guard
-    from ccguard.evaluate.metrics import wilson
+    from ccguard.evaluate.metrics import Rate, wilson
     from ccguard.policy import HISTORY_MARGIN
 
     data = json.loads((HERE / "data" / "multi_turn_pool.json").read_text(encoding="utf-8"))
@@ -163,7 +163,7 @@ def main() -> int:
             for s, cid in zip(scored[name], ids, strict=True):
                 if s.blocked(guard.policy, False) != harmful:
                     text, over = s.deciding(guard.policy)
-                    print(f"    fails {cid}, {over:+.2f} logits: {' '.join(text.split())[:150]!r}")
+                    print(f"    fails{' ' + cid if cid else ''}, {over:+.2f} logits: {' '.join(text.split())[:150]!r}")
     # The operating point: decomposed requests blocked at a threshold that flags at most 1% of the benign
     # multi-turn conversations (the (k+1)-th highest benign score, k = floor(1% of them)), and at one above every
     # benign conversation; on all conversations and on the first set alone (ids below 100), as reported before.
@@ -174,7 +174,7 @@ def main() -> int:
         return [x for k, v in scored.items() if k.startswith(prefix)
                 for x, f in zip(v, first[prefix], strict=True) if f or not only_first]
 
-    def at_fpr(harm: list[float], benign: list[float], max_fpr: float) -> tuple[float, int, object]:
+    def at_fpr(harm: list[float], benign: list[float], max_fpr: float) -> tuple[float, int, Rate]:
         k = int(max_fpr * len(benign) + 1e-9)
         thr = sorted(benign, reverse=True)[k]
         return thr, sum(b > thr for b in benign), wilson(sum(h > thr for h in harm), len(harm))
