@@ -34,7 +34,7 @@ smoke: setup        ## the same pipeline in about a minute (tiny data, truncated
 	$(BIN)/ccguard run --profile smoke --out runs/smoke
 
 test: setup         ## the test suite (real models, real files, loopback only); "no tests ran" is a failure
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: setup
