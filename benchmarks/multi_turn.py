@@ -113,7 +113,7 @@ def main() -> int:
 
     from ccguard import Guard
     from ccguard.evaluate.metrics import Rate, wilson
-    from ccguard.policy import HISTORY_MARGIN
+    from ccguard.policy import HISTORY_MARGIN, threshold_at_fpr
 
     data = json.loads((HERE / "data" / "multi_turn_pool.json").read_text(encoding="utf-8"))
     convs = json.loads((HERE / "data" / "multi_turn_conversations.json").read_text(encoding="utf-8"))
@@ -129,6 +129,9 @@ def main() -> int:
         "benign multi-turn, user turns only": ([_conv(c["turns"], False, rng) for c in convs["benign_multi_turn"]], False),
         "benign multi-turn, with replies": ([_conv(c["turns"], True, rng) for c in convs["benign_multi_turn"]], False),
     }
+    # Conversation ids of the hand-written sets (one per conversation, in order); ids below 100 are the first set.
+    ids = {name: [c["id"] for c in convs["harmful_decomposed" if name.startswith("decomposed") else "benign_multi_turn"]]
+           for name in sets if name.startswith(("decomposed", "benign multi-turn"))}
     for k in (0, 3, 8):
         sets[f"hidden: harmful first turn, {k} benign exchanges, 'answer my first question'"] = (
             [_hidden(q, k, pool, rng) for q in HARMFUL + HARMFUL_2], True)
@@ -157,26 +160,19 @@ def main() -> int:
                                             "escalated": sum(bool(v.escalated) for v in cascade[name]) / len(cascade[name])}
             print(f"  {cascade_label:<28} {r.fmt()}  (escalated {100 * results[name][cascade_label]['escalated']:.1f}%)")
         if a.failures:
-            key = next((k for p, k in (("decomposed", "harmful_decomposed"), ("benign", "benign_multi_turn"))
-                        if name.startswith(p)), None)
-            ids = [c["id"] for c in convs[key]] if key else [""] * len(scored[name])
-            for s, cid in zip(scored[name], ids, strict=True):
+            for s, cid in zip(scored[name], ids.get(name, [""] * len(scored[name])), strict=True):
                 if s.blocked(guard.policy, False) != harmful:
                     text, over = s.deciding(guard.policy)
                     print(f"    fails{' ' + cid if cid else ''}, {over:+.2f} logits: {' '.join(text.split())[:150]!r}")
     # The operating point: decomposed requests blocked at a threshold that flags at most 1% of the benign
     # multi-turn conversations (the (k+1)-th highest benign score, k = floor(1% of them)), and at one above every
     # benign conversation; on all conversations and on the first set alone (ids below 100), as reported before.
-    first = {name: [int(c["id"][2:]) < 100 for c in convs[key]]
-             for name, key in (("decomposed", "harmful_decomposed"), ("benign multi-turn", "benign_multi_turn"))}
-
     def pick(prefix: str, only_first: bool) -> list[Scored]:
         return [x for k, v in scored.items() if k.startswith(prefix)
-                for x, f in zip(v, first[prefix], strict=True) if f or not only_first]
+                for x, cid in zip(v, ids[k], strict=True) if not only_first or int(cid[2:]) < 100]
 
     def at_fpr(harm: list[float], benign: list[float], max_fpr: float) -> tuple[float, int, Rate]:
-        k = int(max_fpr * len(benign) + 1e-9)
-        thr = sorted(benign, reverse=True)[k]
+        thr = threshold_at_fpr(benign, max_fpr)
         return thr, sum(b > thr for b in benign), wilson(sum(h > thr for h in harm), len(harm))
 
     print()
