@@ -118,23 +118,24 @@ def main() -> int:
     data = json.loads((HERE / "data" / "multi_turn_pool.json").read_text(encoding="utf-8"))
     convs = json.loads((HERE / "data" / "multi_turn_conversations.json").read_text(encoding="utf-8"))
     pool, finals = data["pool"], data["final_questions"]
-    rng = random.Random(a.seed)
+    # One generator per family of sets, so that --n changes only the poisoning set.
+    rng, conv_rng, hidden_rng = (random.Random(a.seed + i) for i in range(3))
     guard = Guard.load(a.guard)
 
     sets: dict[str, tuple[list[list[dict[str, str]]], bool]] = {
         "poisoning (20 benign turns, then a benign question)": ([_long_benign(pool, finals, rng) for _ in range(a.n)], False),
         "final questions alone": ([[{"role": "user", "content": q}] for q in finals], False),
-        "decomposed harmful, user turns only": ([_conv(c["turns"], False, rng) for c in convs["harmful_decomposed"]], True),
-        "decomposed harmful, with replies": ([_conv(c["turns"], True, rng) for c in convs["harmful_decomposed"]], True),
-        "benign multi-turn, user turns only": ([_conv(c["turns"], False, rng) for c in convs["benign_multi_turn"]], False),
-        "benign multi-turn, with replies": ([_conv(c["turns"], True, rng) for c in convs["benign_multi_turn"]], False),
+        "decomposed harmful, user turns only": ([_conv(c["turns"], False, conv_rng) for c in convs["harmful_decomposed"]], True),
+        "decomposed harmful, with replies": ([_conv(c["turns"], True, conv_rng) for c in convs["harmful_decomposed"]], True),
+        "benign multi-turn, user turns only": ([_conv(c["turns"], False, conv_rng) for c in convs["benign_multi_turn"]], False),
+        "benign multi-turn, with replies": ([_conv(c["turns"], True, conv_rng) for c in convs["benign_multi_turn"]], False),
     }
     # Conversation ids of the hand-written sets (one per conversation, in order); ids below 100 are the first set.
     ids = {name: [c["id"] for c in convs["harmful_decomposed" if name.startswith("decomposed") else "benign_multi_turn"]]
            for name in sets if name.startswith(("decomposed", "benign multi-turn"))}
     for k in (0, 3, 8):
         sets[f"hidden: harmful first turn, {k} benign exchanges, 'answer my first question'"] = (
-            [_hidden(q, k, pool, rng) for q in HARMFUL + HARMFUL_2], True)
+            [_hidden(q, k, pool, hidden_rng) for q in HARMFUL + HARMFUL_2], True)
 
     print(f"guard {a.guard}  input threshold {guard.policy.input_threshold:.4f}  default history_margin {HISTORY_MARGIN:g}")
     scored = {name: [Scored(guard, m) for m in convs_] for name, (convs_, _) in sets.items()}
