@@ -213,6 +213,10 @@ def _progress_bar(desc: str, disable: bool = False):
     return bar, progress
 
 
+def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: str) -> str:
+    return _sha({"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind})
+
+
 def train_stage(
     kind: str, const: Constitution, args: Any, train_file: Path, train_sha: str, guard_dir: Path, console: Console,
     state: Any = None,
@@ -237,7 +241,7 @@ def train_stage(
         def fit(train, progress):
             return train_output(train, args, progress=progress)
 
-    fingerprint = _sha({"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind})
+    fingerprint = _training_fingerprint(kind, const, args, train_sha)
     out_dir = guard_dir / kind
     old = _read_json(out_dir / "training.json")
     if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
@@ -277,6 +281,22 @@ def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
     if n is None or len(rows) <= n:
         return rows
     return random.Random(seed).sample(rows, n)
+
+
+RUN_STATE = "run.json"  # written last by a finished run: what it was run on
+
+
+def _run_is_current(run_dir: Path, fingerprint: str, profile: Profile) -> bool:
+    """Whether a run with this fingerprint finished in ``run_dir`` and its guard and report are still there."""
+    done = _read_json(run_dir / RUN_STATE)
+    guard = _read_json(run_dir / "guard" / "guard.json")
+    if not done or done.get("fingerprint") != fingerprint or guard is None:
+        return False
+    files = [run_dir / "report" / "report.md", run_dir / "guard" / "input" / "model.safetensors",
+             run_dir / "guard" / "output" / "model.safetensors"]
+    if profile.cascade is not None and "cascade" not in (guard.get("stages") or {}):
+        return False
+    return all(f.is_file() for f in files)
 
 
 def run(
@@ -341,6 +361,16 @@ def run(
     with _timed(stages, "data"), state.main_process_first():
         data_manifest = build_data(const, profile, data_dir, console, seed, client, llm_dir)
     sha = data_manifest["sha256"]
+    # Nothing changed since a finished run (data, training, profile, calibration targets, seed, library versions):
+    # there is nothing to retrain, recalibrate or re-evaluate, and the guard and report on disk are current.
+    run_fp = _sha({
+        "data": sha, "constitution": const.content_hash, "profile": repr(profile), "seed": seed, "versions": versions(),
+        "input": _training_fingerprint("input", const, replace(profile.input_train, seed=seed), sha["train"]),
+        "output": _training_fingerprint("output", const, replace(profile.output_train, seed=seed), sha["output_train"]),
+    })
+    if _run_is_current(run_dir, run_fp, profile):
+        console.print(f"[dim]guard up to date (nothing changed since the last run): {guard_dir}; report in {report_dir}[/]")
+        return run_dir
     from ccguard.evaluate.shortcut import audit_data_dir
 
     # Does the data give the label away by its style alone? Reported, never blocking.
@@ -483,4 +513,6 @@ def run(
         f"report in {report_dir}"
     )
     console.print("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()), markup=False)
+    atomic_write_text(run_dir / RUN_STATE, json.dumps({"fingerprint": run_fp, "finished": manifest.created}, indent=2))
     return run_dir
+

@@ -187,11 +187,14 @@ def test_async_twin_matches_sync(smoke_guard):
 
 
 def test_rerun_resumes_without_retraining(smoke_run: Path):
-    before = (smoke_run / "guard" / "input" / "model.safetensors").stat().st_mtime_ns
+    files = [smoke_run / "guard" / "input" / "model.safetensors", smoke_run / "guard" / "guard.json",
+             smoke_run / "report" / "report.md"]
+    before = [f.stat().st_mtime_ns for f in files]
     r = cli("run", "--profile", "smoke", "--out", str(smoke_run))
     assert r.returncode == 0, r.stderr
-    assert "up to date" in r.stderr
-    assert (smoke_run / "guard" / "input" / "model.safetensors").stat().st_mtime_ns == before
+    # Nothing changed, so nothing is retrained, recalibrated or re-evaluated.
+    assert "guard up to date (nothing changed since the last run)" in r.stderr
+    assert [f.stat().st_mtime_ns for f in files] == before
 
 
 def test_rerun_with_another_target_fpr_recalibrates_without_retraining(smoke_run: Path, tmp_path: Path):
