@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def test_openai_backend_against_a_loopback_server_serving_smollm2(smollm2):
 
 def _generate_cmd(const: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "ccguard.cli", "generate", "--backend", "local", "--model", "smollm2", "--no-cache",
-            "--constitution", str(const), "--out", str(out), "--batches", "3", "--per-batch", "3", "--responses", "1",
+            "--constitution", str(const), "--out", str(out), "--batches", "2", "--per-batch", "3", "--responses", "1",
             "--max-tokens", "60", "--response-max-tokens", "40", "--concurrency", "1"]
 
 
@@ -97,15 +98,15 @@ def test_generation_killed_half_way_resumes_to_exactly_the_uninterrupted_records
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = journal.read_text().count("\n")
-    assert 2 <= done_before < 6 and not (killed / "manifest.json").exists(), "the kill did not land half-way"
+    assert 2 <= done_before < 4 and not (killed / "manifest.json").exists(), "the kill did not land half-way"
 
     subprocess.run(_generate_cmd(const, killed), env=env, check=True, capture_output=True, timeout=600)
     for name in ("queries.jsonl", "exchanges.jsonl"):
         assert (killed / name).read_text() == (whole / name).read_text()
     tasks = [json.loads(line)["task"] for line in journal.read_text().splitlines()]
-    assert len(tasks) == len(set(tasks)) == 6  # nothing lost, nothing run twice
+    assert len(tasks) == len(set(tasks)) == 4  # nothing lost, nothing run twice
     m = json.loads((killed / "manifest.json").read_text())
-    assert m["usage"]["requests"] > 6 and m["usage"]["completion_tokens"] > 0 and m["backend"]["model"] == "smollm2"
+    assert m["usage"]["requests"] > 4 and m["usage"]["completion_tokens"] > 0 and m["backend"]["model"] == "smollm2"
     assert m["this_run"]["calls"] < m["usage"]["requests"]  # the resumed run only made the missing requests
     qs = read_examples(killed / "queries.jsonl")
     assert qs and all(q.source == "llm" and q.category in ("poisoning", "cooking") for q in qs)
@@ -176,12 +177,18 @@ def test_run_with_a_backend_over_http(smollm2, tmp_path: Path, monkeypatch):
     from ccguard.synth.llm import LLMSynthConfig
 
     monkeypatch.setitem(profiles.PROFILES, "smoke-llm", replace(profiles.PROFILES["smoke"], name="smoke-llm",
-                                                                         llm_transform_rate=0.02, llm_transform_max_tokens=48))
+                                                                         llm_transform_rate=0.08, llm_transform_max_tokens=48))
+    # Five of the bundled CBRN categories, unchanged: every LLM stage still runs, at a quarter of the generation.
+    bundled = yaml.safe_load((resources.files("ccguard") / "constitutions" / "cbrn.yaml").read_text(encoding="utf-8"))
+    keep = ("agent_synthesis", "toxin_production", "medicine_antidotes", "cooking", "homonyms")
+    cut = tmp_path / "cbrn5.yaml"
+    cats = [{**c, "neighbours": [n for n in c.get("neighbours", []) if n in keep]} for c in bundled["categories"] if c["id"] in keep]
+    cut.write_text(yaml.safe_dump({**bundled, "categories": cats}))
     with serving(backend_app(smollm2)) as url:
         client = make_client(resolve_spec("openai", model="smollm2", base_url=f"{url}/v1"), cache_dir=tmp_path / "cache")
         cfg = LLMSynthConfig(batches_per_category=1, queries_per_batch=2, responses_per_category=1, max_tokens=48,
                              response_max_tokens=48, concurrency=2)
-        out = run("cbrn", tmp_path / "run", "smoke-llm", seed=0, console=Console(quiet=True), client=client, llm_cfg=cfg)
+        out = run(str(cut), tmp_path / "run", "smoke-llm", seed=0, console=Console(quiet=True), client=client, llm_cfg=cfg)
     data = json.loads((out / "data" / "manifest.json").read_text())
     assert data["llm"]["stage_i"]["queries"] > 0
     assert "transforms" in data["llm"] and data["llm"]["transforms"]["requested"] > 0
