@@ -400,7 +400,7 @@ def run(
 
     n_eval = profile.eval_max_examples
     val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
-    test = _subsample(read_examples(data_dir / "test.jsonl"), n_eval, seed)
+    test = _subsample(read_examples(data_dir / "test.jsonl"), profile.test_max_examples or n_eval, seed)
     calib = _subsample(read_examples(data_dir / "calib.jsonl"), n_eval and 2 * n_eval, seed)
     console.print(f"calibrating the input classifier on {len(val)} validation examples and {len(calib)} extra benign variants ...")
     with _timed(stages, "calibrate_input"):
@@ -420,7 +420,8 @@ def run(
 
     n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
     oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_out, seed)
-    otest = _subsample(read_examples(data_dir / "output_test.jsonl"), profile.output_eval_max or n_eval, seed)
+    otest = _subsample(read_examples(data_dir / "output_test.jsonl"),
+                       profile.test_max_examples or profile.output_eval_max or n_eval, seed)
     console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
     with _timed(stages, "calibrate_output"):
         oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])

@@ -29,6 +29,8 @@ class Profile:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_max_examples: int | None = None
     output_eval_max: int | None = None  # cap on output val and test exchanges scored for calibration and the report
+    # Cap on the test prompts and test exchanges scored for the report alone (None: as above). Calibration is unchanged.
+    test_max_examples: int | None = None
     # Cap on halted refusals of harmful requests (None: reported, not bound; halting one refuses no harmless user).
     output_refusal_fpr: float | None = None
     # With a backend (ccguard run --backend ...): one LLM-transformed variant for this fraction of base examples.
@@ -61,6 +63,7 @@ PROFILES: dict[str, Profile] = {
         calib_variants=0.5,
         split_fractions=(0.6, 0.2, 0.2),
         eval_max_examples=150,
+        test_max_examples=60,  # report numbers only; calibration still scores 300 val prompts
     ),
     # The shipped guard: about 17 minutes on 2 CPU cores (design/017).
     "default": Profile(
