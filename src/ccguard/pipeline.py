@@ -516,4 +516,3 @@ def run(
     console.print("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()), markup=False)
     atomic_write_text(run_dir / RUN_STATE, json.dumps({"fingerprint": run_fp, "finished": manifest.created}, indent=2))
     return run_dir
-
