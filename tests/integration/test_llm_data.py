@@ -176,8 +176,10 @@ def test_run_with_a_backend_over_http(smollm2, tmp_path: Path, monkeypatch):
     from ccguard.pipeline import run
     from ccguard.synth.llm import LLMSynthConfig
 
-    monkeypatch.setitem(profiles.PROFILES, "smoke-llm", replace(profiles.PROFILES["smoke"], name="smoke-llm",
-                                                                         llm_transform_rate=0.08, llm_transform_max_tokens=48))
+    monkeypatch.setitem(profiles.PROFILES, "smoke-llm", replace(
+        smoke := profiles.PROFILES["smoke"], name="smoke-llm", llm_transform_rate=0.08, llm_transform_max_tokens=48,
+        # Only the data flow is under test: a few training steps give a guard to write the manifest into.
+        input_train=replace(smoke.input_train, max_steps=10), output_train=replace(smoke.output_train, max_steps=5)))
     # Five of the bundled CBRN categories, unchanged: every LLM stage still runs, at a quarter of the generation.
     bundled = yaml.safe_load((resources.files("ccguard") / "constitutions" / "cbrn.yaml").read_text(encoding="utf-8"))
     keep = ("agent_synthesis", "toxin_production", "medicine_antidotes", "cooking", "homonyms")
