@@ -201,3 +201,28 @@ def load_encoder(name_or_path: str, *, num_layers: int | None = None) -> Any:
 
     path, config = backbone_config(name_or_path, num_layers)
     return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa")
+
+
+def freeze_lower(backbone: Any, n_layers: int) -> int:
+    """Keep the embeddings and the first ``n_layers`` transformer blocks of ``backbone`` as pretrained; returns how
+    many parameters that freezes.
+
+    Nothing below a frozen block needs a gradient, so backward stops at the first trained block: freezing 3 of
+    MiniLM's 6 layers makes a training step about a third cheaper."""
+    import torch.nn as nn
+
+    if n_layers <= 0:
+        return 0
+    total = int(getattr(backbone.config, "num_hidden_layers", 0) or 0)
+    blocks = next((m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == total), None)
+    if blocks is None:
+        raise CcguardError(f"freeze_layers: cannot find the {total} transformer blocks of {type(backbone).__name__}")
+    if n_layers >= total:
+        raise CcguardError(f"freeze_layers is {n_layers}, but the backbone has {total} layers: leave at least one to train")
+    emb = getattr(backbone, "embeddings", None)
+    if emb is None:  # decoders keep theirs under their base model
+        emb = getattr(getattr(backbone, "model", None), "embed_tokens", None) or backbone.get_input_embeddings()
+    frozen = [p for m in (emb, *blocks[:n_layers]) for p in m.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)

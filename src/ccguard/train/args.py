@@ -19,6 +19,12 @@ class _Serialisable:
         return cls(**d)
 
 
+def _without_defaults(d: dict[str, Any], **later: Any) -> dict[str, Any]:
+    """``d`` without the fields added later that still hold their defaults, so guards trained before those fields
+    existed keep their fingerprint."""
+    return {k: v for k, v in d.items() if k not in later or v != later[k]}
+
+
 @dataclass(frozen=True)
 class TrainArgs(_Serialisable):
     """Hyper-parameters of the input classifier's training run."""
@@ -40,12 +46,10 @@ class TrainArgs(_Serialisable):
     # Mixed precision of the forward pass: 'auto' uses bf16 autocast where the hardware has it natively.
     precision: str = "auto"
     freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained (large vocabularies)
+    freeze_layers: int = 0  # keep the embeddings and this many lower layers as pretrained (a cheaper step)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if not d["freeze_embeddings"]:  # recorded only when set, so guards trained before it keep their fingerprint
-            del d["freeze_embeddings"]
-        return d
+        return _without_defaults(asdict(self), freeze_embeddings=False, freeze_layers=0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class OutputTrainArgs(_Serialisable):
     max_examples: int | None = None
     # Mixed precision of the forward pass: 'auto' uses bf16 autocast where the hardware has it natively.
     precision: str = "auto"
+    freeze_layers: int = 0  # keep the embeddings and this many lower layers as pretrained (a cheaper step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_defaults(asdict(self), freeze_layers=0)
 
     def cummax_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cummax_ramp * total)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ccguard.classifiers.backbone import (
+    freeze_lower,
     load_encoder,
     load_tokenizer,
     resolve_backbone,
@@ -138,6 +139,7 @@ def train_input(
         # A large multilingual vocabulary stays as pretrained: its table dwarfs the rest of the model, and the
         # languages the data barely covers keep the alignment that lets English training carry over to them.
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    freeze_lower(model.encoder, args.freeze_layers)
     body_params = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": body_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],

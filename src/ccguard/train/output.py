@@ -18,7 +18,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from ccguard.classifiers.backbone import load_tokenizer, resolve_backbone, resolve_precision, torch_setup
+from ccguard.classifiers.backbone import (
+    freeze_lower,
+    load_tokenizer,
+    resolve_backbone,
+    resolve_precision,
+    torch_setup,
+)
 from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.records import Example, render_prompt
@@ -83,10 +89,11 @@ def train_output(
     pos_weight = (len(items) - n_pos) / max(1.0, n_pos)
     total = args.max_steps or max(1, int(math.ceil(len(items) / args.batch_size) * args.epochs))
 
+    freeze_lower(model.backbone, args.freeze_layers)
     head_ids = {id(p) for p in model.value_head.parameters()}
     opt = torch.optim.AdamW(
         [
-            {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": args.lr},
+            {"params": [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad], "lr": args.lr},
             {"params": list(model.value_head.parameters()), "lr": args.head_lr},
         ],
         weight_decay=args.weight_decay,
