@@ -283,7 +283,72 @@ def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
     return random.Random(seed).sample(rows, n)
 
 
+def _calibrate_and_evaluate(
+    const: Constitution, profile: Profile, data_dir: Path, clf: Any, oclf: Any, seed: int, console: Console,
+    stages: dict[str, float], shortcut: dict[str, Any],
+) -> tuple[Any, dict[str, Any], Any, dict[str, Any], Any]:
+    """Calibrate both classifiers on the validation split and evaluate them on the test split: the input calibration,
+    the run's metrics, the output calibration, the output metrics, and the scored validation rows (for the plot)."""
+    from ccguard.evaluate.report import evaluate_input, evaluate_output
+    from ccguard.policy import calibrate_input, calibrate_output
+
+    n_eval = profile.eval_max_examples
+    val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
+    test = _subsample(read_examples(data_dir / "test.jsonl"), profile.test_max_examples or n_eval, seed)
+    calib = _subsample(read_examples(data_dir / "calib.jsonl"), n_eval and 2 * n_eval, seed)
+    console.print(f"calibrating the input classifier on {len(val)} validation examples and {len(calib)} extra benign variants ...")
+    with _timed(stages, "calibrate_input"):
+        val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
+        calib_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in calib])]
+        cal = calibrate_input(val, val_scores, calib, calib_scores, target_fpr=profile.target_fpr,
+                              family_fpr=profile.family_fpr, hard_fpr=profile.hard_fpr)
+    console.print(
+        f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}"
+        + (f" everyday, {cal.hard.fmt()} hard neighbours" if cal.hard else "") + f"; val TPR {cal.tpr.fmt()}"
+    )
+    console.print(f"evaluating the input classifier on {len(test)} test examples ...")
+    with _timed(stages, "evaluate_input"):
+        metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
+    metrics["calibration"] = cal.model_dump()
+    metrics["shortcut_audit"] = shortcut
+
+    n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
+    oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_out, seed)
+    otest = _subsample(read_examples(data_dir / "output_test.jsonl"),
+                       profile.test_max_examples or profile.output_eval_max or n_eval, seed)
+    console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
+    with _timed(stages, "calibrate_output"):
+        oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
+        harmful_ids = {c.id for c in const.harmful}
+        ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
+                                target_fpr=profile.target_fpr, refusal_fpr=profile.output_refusal_fpr)
+    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
+                  f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
+    with _timed(stages, "evaluate_output"):
+        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold, harmful_ids)
+    omet["calibration"] = ocal.model_dump()
+    metrics["output"] = omet
+    return cal, metrics, ocal, omet, (val, val_scores, calib, calib_scores)
+
+
 RUN_STATE = "run.json"  # written last by a finished run: what it was run on
+
+
+def _stage1_profile(profile: Profile) -> Profile:
+    """``profile`` without the input cascade's settings: what stage 1's calibration and evaluation depend on."""
+    return replace(profile, name="", cascade=None, cascade_train=0, cascade_escalation=0.0, cascade_classifier=None)
+
+
+def _stage1_metrics(run_dir: Path, stage1_fp: str) -> dict[str, Any] | None:
+    """The metrics of a finished run whose stage 1 had this fingerprint, without its cascade and timings; None when
+    there is none (or its guard and report are gone)."""
+    done = _read_json(run_dir / RUN_STATE)
+    if not done or done.get("stage1") != stage1_fp or not (run_dir / "guard" / "guard.json").is_file():
+        return None
+    metrics = _read_json(run_dir / "report" / "metrics.json")
+    if not metrics or not {"calibration", "output", "shortcut_audit", "test", "val"} <= set(metrics):
+        return None
+    return {k: v for k, v in metrics.items() if k not in ("cascade", "stage_seconds", "run_seconds")}
 
 
 def _run_is_current(run_dir: Path, fingerprint: str, profile: Profile) -> bool:
@@ -317,8 +382,8 @@ def run(
     fingerprint, so a re-run with another value only recalibrates and re-evaluates. ``conversations`` overrides the
     profile's rate of multi-turn training variants (it is part of the data's fingerprint)."""
     from ccguard.classifiers.backbone import torch_setup
-    from ccguard.evaluate.report import evaluate_input, evaluate_output, write_report
-    from ccguard.policy import calibrate_input, calibrate_output
+    from ccguard.evaluate.report import write_report
+    from ccguard.policy import Calibration
     from ccguard.train.loop import process_state
 
     # Under `accelerate launch`, every process trains its shard; only the main one writes, calibrates and reports.
@@ -363,19 +428,26 @@ def run(
     sha = data_manifest["sha256"]
     # Nothing changed since a finished run (data, training, profile, calibration targets, seed, library versions):
     # there is nothing to retrain, recalibrate or re-evaluate, and the guard and report on disk are current.
-    run_fp = _sha({
-        "data": sha, "constitution": const.content_hash, "profile": repr(profile), "seed": seed, "versions": versions(),
+    fp_parts = {
+        "data": sha, "constitution": const.content_hash, "seed": seed, "versions": versions(),
         "input": _training_fingerprint("input", const, replace(profile.input_train, seed=seed), sha["train"]),
         "output": _training_fingerprint("output", const, replace(profile.output_train, seed=seed), sha["output_train"]),
-    })
+    }
+    run_fp = _sha(fp_parts | {"profile": repr(profile)})
     if _run_is_current(run_dir, run_fp, profile):
         console.print(f"[dim]guard up to date (nothing changed since the last run): {guard_dir}; report in {report_dir}[/]")
         return run_dir
+    # The same without the cascade's settings: adding a cascade to a finished run (or changing only its stage 2)
+    # keeps stage 1's audit, calibration and evaluation, which the cascade is then calibrated on top of.
+    stage1_fp = _sha(fp_parts | {"profile": repr(_stage1_profile(profile))})
+    kept_metrics = _stage1_metrics(run_dir, stage1_fp)
     from ccguard.evaluate.shortcut import audit_data_dir
 
     # Does the data give the label away by its style alone? Reported, never blocking.
     shortcut: dict[str, Any] = {}
-    if state.is_main_process:
+    if kept_metrics is not None:
+        shortcut = kept_metrics["shortcut_audit"]
+    elif state.is_main_process:
         with _timed(stages, "shortcut_audit"):
             shortcut_report = audit_data_dir(data_dir, const, seed=seed)
         for audit in (shortcut_report.input, shortcut_report.output):
@@ -398,42 +470,16 @@ def run(
     if not state.is_main_process:
         return run_dir
 
-    n_eval = profile.eval_max_examples
-    val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
-    test = _subsample(read_examples(data_dir / "test.jsonl"), profile.test_max_examples or n_eval, seed)
-    calib = _subsample(read_examples(data_dir / "calib.jsonl"), n_eval and 2 * n_eval, seed)
-    console.print(f"calibrating the input classifier on {len(val)} validation examples and {len(calib)} extra benign variants ...")
-    with _timed(stages, "calibrate_input"):
-        val_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in val])]
-        calib_scores = [s.score for s in clf.score([render_prompt(e.prompt) for e in calib])]
-        cal = calibrate_input(val, val_scores, calib, calib_scores, target_fpr=profile.target_fpr,
-                              family_fpr=profile.family_fpr, hard_fpr=profile.hard_fpr)
-    console.print(
-        f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}"
-        + (f" everyday, {cal.hard.fmt()} hard neighbours" if cal.hard else "") + f"; val TPR {cal.tpr.fmt()}"
-    )
-    console.print(f"evaluating the input classifier on {len(test)} test examples ...")
-    with _timed(stages, "evaluate_input"):
-        metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
-    metrics["calibration"] = cal.model_dump()
-    metrics["shortcut_audit"] = shortcut
-
-    n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
-    oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_out, seed)
-    otest = _subsample(read_examples(data_dir / "output_test.jsonl"),
-                       profile.test_max_examples or profile.output_eval_max or n_eval, seed)
-    console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
-    with _timed(stages, "calibrate_output"):
-        oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
-        harmful_ids = {c.id for c in const.harmful}
-        ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
-                                target_fpr=profile.target_fpr, refusal_fpr=profile.output_refusal_fpr)
-    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
-                  f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
-    with _timed(stages, "evaluate_output"):
-        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold, harmful_ids)
-    omet["calibration"] = ocal.model_dump()
-    metrics["output"] = omet
+    if kept_metrics is not None:
+        console.print("stage 1 up to date: its calibration and evaluation are kept")
+        metrics = kept_metrics
+        cal = Calibration.model_validate(metrics["calibration"])
+        omet = metrics["output"]
+        ocal = Calibration.model_validate(omet["calibration"])
+        scored = None
+    else:
+        cal, metrics, ocal, omet, scored = _calibrate_and_evaluate(
+            const, profile, data_dir, clf, oclf, seed, console, stages, shortcut)
 
     manifest = GuardManifest(
         format_version=FORMAT_VERSION,
@@ -490,12 +536,16 @@ def run(
     metrics["stage_seconds"] = stages
     metrics["run_seconds"] = round(time.perf_counter() - t_start, 1)
     images = {}
-    if cal.hard is not None:
+    tradeoff = report_dir / "input_tradeoff.png"
+    if scored is None and tradeoff.is_file():
+        images["Input threshold trade-off (logit axis)"] = tradeoff  # stage 1's, kept with its calibration
+    elif cal.hard is not None and scored is not None:
         import numpy as np
 
         from ccguard.evaluate.plots import calibration_tradeoff
         from ccguard.policy import is_everyday
 
+        val, val_scores, calib, calib_scores = scored
         pairs = list(zip(val, val_scores, strict=True)) + list(zip(calib, calib_scores, strict=True))
         rates = {
             "everyday FPR (val pool)": np.array([s for e, s in pairs if is_everyday(e)]),
@@ -504,7 +554,7 @@ def run(
         }
         report_dir.mkdir(parents=True, exist_ok=True)
         images["Input threshold trade-off (logit axis)"] = calibration_tradeoff(
-            report_dir / "input_tradeoff.png", rates, cal.threshold, f"input classifier: binding {cal.binding}")
+            tradeoff, rates, cal.threshold, f"input classifier: binding {cal.binding}")
     write_report(report_dir, const, manifest, metrics, images)
     console.print(
         f"[bold green]done[/] in {metrics['run_seconds']:.0f}s: input test AUROC {metrics['test']['auroc']:.4f} "
@@ -514,5 +564,6 @@ def run(
         f"report in {report_dir}"
     )
     console.print("stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()), markup=False)
-    atomic_write_text(run_dir / RUN_STATE, json.dumps({"fingerprint": run_fp, "finished": manifest.created}, indent=2))
+    atomic_write_text(run_dir / RUN_STATE, json.dumps({"fingerprint": run_fp, "stage1": stage1_fp,
+                                                          "finished": manifest.created}, indent=2))
     return run_dir

@@ -178,8 +178,9 @@ def test_bad_stage_two_layers_are_refused():
 
 
 def test_a_cascade_profile_builds_it_and_a_rerun_keeps_it(smoke_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """`ccguard run --profile cascade` in small: the pipeline trains the stage after the guard (stage 1 is reused from
-    the finished run), lists it in guard.json and the report, and a re-run with nothing changed keeps it."""
+    """`ccguard run --profile cascade` in small: the pipeline trains the stage after the guard (stage 1, its
+    calibration and its evaluation are kept from the finished run), lists it in guard.json and the report, and a
+    re-run with nothing changed keeps it."""
     from dataclasses import replace
 
     from rich.console import Console
@@ -198,6 +199,11 @@ def test_a_cascade_profile_builds_it_and_a_rerun_keeps_it(smoke_run: Path, tmp_p
     stage = json.loads((run_dir / "guard" / "guard.json").read_text())["stages"]["cascade"]
     assert stage["fingerprint"] and stage["layers"] == [2]
     assert "Input cascade" in (run_dir / "report" / "report.md").read_text()
+    metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert "train_cascade" in metrics["stage_seconds"] and "calibrate_input" not in metrics["stage_seconds"]
+    kept = json.loads((smoke_run / "report" / "metrics.json").read_text())
+    assert metrics["calibration"] == kept["calibration"] and metrics["output"] == kept["output"]
+    assert json.loads((run_dir / "guard" / "guard.json").read_text())["config"]["profile"] == "smoke_cascade"
     head = (run_dir / "guard" / "cascade" / "head.safetensors").stat().st_mtime_ns
     pipeline.run("cbrn", run_dir, "smoke_cascade", seed=0, console=quiet)
     assert json.loads((run_dir / "guard" / "guard.json").read_text())["stages"]["cascade"] == stage
