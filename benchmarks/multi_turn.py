@@ -17,6 +17,7 @@ turns just before it, the whole conversation, and each turn on its own; texts ma
 
 Rows: "before" is the whole conversation only, as `Guard.check_input` read a conversation before; margin 0 is how
 the proxy screened one before (every turn alone too, all at the full threshold); then each `history_margin`.
+With an input cascade, also the guard as deployed, and at the operating point stage 2 alone on every text.
 
 With `--failures`, each conversation that fails at the guard's own margin is listed with its deciding text (the
 one with the highest score as the policy weighs it) and that score in logits above the threshold.
@@ -199,6 +200,19 @@ def main() -> int:
             print(f"the same for the cascade at {thr:.4f} ({n_flag} of {len(bc)} flagged): {r.fmt()}")
             results[f"decomposed_at_{key}_benign_cascade"] = {"threshold": thr, "benign_flagged": n_flag,
                                                               "rate": r.rate, "lo": r.lo, "hi": r.hi}
+        # Stage 2 alone, reading every text of these conversations, on the same footing (the best single stage?).
+        from ccguard.cascade import part_scores, stage2_score
+
+        def s2(prefix: str) -> list[float]:
+            return [stage2_score(p, guard.policy) for k, (cs, _) in sets.items() if k.startswith(prefix)
+                    for p in part_scores(guard, cs)]
+
+        ds2, bs2 = s2("decomposed"), s2("benign multi-turn")
+        for max_fpr, key in ((0.0, "zero"), (0.01, "1pct")):
+            thr, n_flag, r = at_fpr(ds2, bs2, max_fpr)
+            print(f"the same for stage 2 alone at {thr:.4f} ({n_flag} of {len(bs2)} flagged): {r.fmt()}")
+            results[f"decomposed_at_{key}_benign_stage2"] = {"threshold": thr, "benign_flagged": n_flag,
+                                                             "rate": r.rate, "lo": r.lo, "hi": r.hi}
 
     # Cost of reading a 41-turn conversation as its parts, against the whole conversation alone.
     import time
