@@ -60,9 +60,12 @@ def test_the_output_classifier_trains_only_the_layers_above_the_frozen_ones():
     assert "freeze_layers" not in OutputTrainArgs().to_dict() and OutputTrainArgs.from_dict(args.to_dict()) == args
 
 
-def test_freezing_every_layer_is_refused():
+def test_freezing_every_layer_or_a_negative_count_is_refused():
     from ccguard.train.input import train_input
 
+    with pytest.raises(CcguardError, match="freeze_layers is -1"):
+        train_input(_examples(), ["agent_synthesis"], TrainArgs(num_layers=3, max_len=32, stride=24, max_steps=1,
+                                                                batch_size=4, freeze_layers=-1))  # fmt: skip
     with pytest.raises(CcguardError, match="freeze_layers is 3, but the backbone has 3 layers"):
         train_input(_examples(), ["agent_synthesis"], TrainArgs(num_layers=3, max_len=32, stride=24, max_steps=1,
                                                                 batch_size=4, freeze_layers=3))  # fmt: skip

@@ -211,7 +211,9 @@ def freeze_lower(backbone: Any, n_layers: int) -> int:
     MiniLM's 6 layers makes a training step about a third cheaper."""
     import torch.nn as nn
 
-    if n_layers <= 0:
+    if n_layers < 0:
+        raise CcguardError(f"freeze_layers is {n_layers}: give 0 (train every layer) or more")
+    if n_layers == 0:
         return 0
     total = int(getattr(backbone.config, "num_hidden_layers", 0) or 0)
     blocks = next((m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == total), None)
@@ -219,9 +221,8 @@ def freeze_lower(backbone: Any, n_layers: int) -> int:
         raise CcguardError(f"freeze_layers: cannot find the {total} transformer blocks of {type(backbone).__name__}")
     if n_layers >= total:
         raise CcguardError(f"freeze_layers is {n_layers}, but the backbone has {total} layers: leave at least one to train")
-    emb = getattr(backbone, "embeddings", None)
-    if emb is None:  # decoders keep theirs under their base model
-        emb = getattr(getattr(backbone, "model", None), "embed_tokens", None) or backbone.get_input_embeddings()
+    # Encoders keep position and type embeddings beside the token table; decoders have the token table alone.
+    emb = getattr(backbone, "embeddings", None) or backbone.get_input_embeddings()
     frozen = [p for m in (emb, *blocks[:n_layers]) for p in m.parameters()]
     for p in frozen:
         p.requires_grad_(False)
