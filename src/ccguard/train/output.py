@@ -29,7 +29,7 @@ from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import OutputTrainArgs
-from ccguard.train.loop import make_accelerator, make_loader, optimizer_step
+from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,12 @@ def train_output(
 
     freeze_lower(model.backbone, args.freeze_layers)
     head_ids = {id(p) for p in model.value_head.parameters()}
-    opt = torch.optim.AdamW(
+    opt = make_optimizer(
         [
             {"params": [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad], "lr": args.lr},
             {"params": list(model.value_head.parameters()), "lr": args.head_lr},
         ],
-        weight_decay=args.weight_decay,
+        args.weight_decay, accelerator.device,
     )
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
     model, opt, sched = accelerator.prepare(model, opt, sched)
