@@ -206,7 +206,7 @@ def load_decoder(spec: CascadeSpec) -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()
     path = resolve_backbone(spec.backbone)
     try:
-        model = AutoModel.from_pretrained(path, use_safetensors=True, attn_implementation="sdpa")
+        model = AutoModel.from_pretrained(path, use_safetensors=True, attn_implementation="sdpa", use_kernels=False)
     except (OSError, ValueError) as e:
         raise CcguardError(f"cannot load stage-2 model {spec.backbone!r}: {str(e).splitlines()[0]}") from None
     layers = getattr(model, "layers", None)

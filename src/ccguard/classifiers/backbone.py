@@ -31,7 +31,7 @@ def _converted(name: str, folder: str | Path, gguf_file: str) -> str:
         return str(out)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, use_kernels=False)
     tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
     # The GGUF tensors are de-quantised on load, but the model stays marked as quantised and refuses to save:
     # copy the weights into a plain model built from the same config.
@@ -200,7 +200,9 @@ def load_encoder(name_or_path: str, *, num_layers: int | None = None) -> Any:
     from transformers import AutoModel
 
     path, config = backbone_config(name_or_path, num_layers)
-    return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa")
+    # use_kernels=False: transformers otherwise swaps layers for Hub kernels on CUDA, fetched at load (offline, that
+    # fails once training calls .eval(); online, it runs code downloaded from the Hub).
+    return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa", use_kernels=False)
 
 
 def freeze_lower(backbone: Any, n_layers: int) -> int:

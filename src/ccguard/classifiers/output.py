@@ -79,10 +79,12 @@ def load_output_backbone(name_or_path: str, num_layers: int | None = None) -> tu
     path, config = backbone_config(name_or_path, num_layers)
     causal = is_causal_lm(config)
     if causal:
-        return AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa"), True
+        return AutoModelForCausalLM.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa",
+                                                    use_kernels=False), True
     # sdpa applies a true causal mask; eager attention with a boolean 4D mask can leak future tokens.
     config.is_decoder = True
-    return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa"), False
+    return AutoModel.from_pretrained(path, config=config, use_safetensors=True, attn_implementation="sdpa",
+                                     use_kernels=False), False
 
 
 @dataclass

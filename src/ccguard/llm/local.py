@@ -35,7 +35,7 @@ class LocalBackend(LLMBackend):
 
                 torch_setup()
                 path = resolve_backbone(self.model)
-                model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+                model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, use_kernels=False).eval()
                 self._loaded = (model, load_tokenizer(path))
             return self._loaded
 
