@@ -69,3 +69,26 @@ def test_freezing_every_layer_or_a_negative_count_is_refused():
     with pytest.raises(CcguardError, match="freeze_layers is 3, but the backbone has 3 layers"):
         train_input(_examples(), ["agent_synthesis"], TrainArgs(num_layers=3, max_len=32, stride=24, max_steps=1,
                                                                 batch_size=4, freeze_layers=3))  # fmt: skip
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_example_weights_reach_the_loss(side):
+    """With every example weighted 0 (and no weight decay) training leaves the backbone as pretrained; weighted 1, it
+    moves it. A wrong number of weights is refused before any model is loaded."""
+    from ccguard.train.input import train_input
+    from ccguard.train.output import train_output
+
+    rows = _examples()
+    if side == "input":
+        args = TrainArgs(num_layers=2, max_len=32, stride=24, max_steps=2, batch_size=4, lr=1e-3, weight_decay=0.0,
+                         precision="no")  # fmt: skip
+        fit = lambda w: train_input(rows, ["agent_synthesis"], args, weights=w).__getitem__(0).model.encoder  # noqa: E731
+    else:
+        args = OutputTrainArgs(num_layers=2, prompt_tokens=16, response_tokens=16, max_steps=2, batch_size=4, lr=1e-3,
+                               weight_decay=0.0, precision="no")  # fmt: skip
+        fit = lambda w: train_output(rows, args, weights=w).__getitem__(0).model.backbone  # noqa: E731
+    with pytest.raises(ValueError, match="3 weights for 8 training examples"):
+        fit([1.0] * 3)
+    before, key = _pretrained(), "encoder.layer.1.output.dense.weight"
+    assert _same(fit([0.0] * len(rows)).encoder.layer[1].output.dense.weight, before, key)
+    assert not _same(fit([1.0] * len(rows)).encoder.layer[1].output.dense.weight, before, key)

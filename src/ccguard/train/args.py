@@ -47,9 +47,11 @@ class TrainArgs(_Serialisable):
     precision: str = "auto"
     freeze_embeddings: bool = False  # keep the backbone's token embeddings as pretrained (large vocabularies)
     freeze_layers: int = 0  # keep the embeddings and this many lower layers as pretrained (a cheaper step)
+    # Learn less from prompts whose style alone gives their label away (ccguard.train.debias); 0 is off.
+    debias: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_defaults(asdict(self), freeze_embeddings=False, freeze_layers=0)
+        return _without_defaults(asdict(self), freeze_embeddings=False, freeze_layers=0, debias=0.0)
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,11 @@ class OutputTrainArgs(_Serialisable):
     # Mixed precision of the forward pass: 'auto' uses bf16 autocast where the hardware has it natively.
     precision: str = "auto"
     freeze_layers: int = 0  # keep the embeddings and this many lower layers as pretrained (a cheaper step)
+    # Learn less from responses whose style alone gives their label away (ccguard.train.debias); 0 is off.
+    debias: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_defaults(asdict(self), freeze_layers=0)
+        return _without_defaults(asdict(self), freeze_layers=0, debias=0.0)
 
     def cummax_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cummax_ramp * total)

@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -39,6 +39,7 @@ class Instance:
     ids: list[int]
     label: float
     category: int  # index among harmful categories, -1 when not harmful
+    weight: float = 1.0  # loss weight (ccguard.train.debias)
 
 
 def _windows_with_spans(clf: InputClassifier, text: str) -> list[tuple[list[int], int, int]]:
@@ -52,8 +53,13 @@ def _windows_with_spans(clf: InputClassifier, text: str) -> list[tuple[list[int]
     return [(ids[s : s + body], offs[s][0], offs[s + body - 1][1]) for s in starts]
 
 
-def instances_for(clf: InputClassifier, ex: Example, cat_index: dict[str, int], rng: random.Random) -> list[Instance]:
-    """The training inputs one example contributes."""
+def instances_for(clf: InputClassifier, ex: Example, cat_index: dict[str, int], rng: random.Random,
+                  weight: float = 1.0) -> list[Instance]:
+    """The training inputs one example contributes, each with the example's loss ``weight``."""
+    return [replace(i, weight=weight) if weight != 1.0 else i for i in _instances(clf, ex, cat_index, rng)]
+
+
+def _instances(clf: InputClassifier, ex: Example, cat_index: dict[str, int], rng: random.Random) -> list[Instance]:
     harmful = ex.label == "harmful"
     y = 1.0 if harmful else 0.0
     cat = cat_index.get(ex.category or "", -1) if harmful else -1
@@ -95,7 +101,8 @@ def instances_for(clf: InputClassifier, ex: Example, cat_index: dict[str, int], 
 
 def _collate(batch: list[Instance], pad: int) -> tuple[torch.Tensor, ...]:
     ids, mask = pad_batch([b.ids for b in batch], pad)
-    return ids, mask, torch.tensor([b.label for b in batch]), torch.tensor([b.category for b in batch])
+    return (ids, mask, torch.tensor([b.label for b in batch]), torch.tensor([b.category for b in batch]),
+            torch.tensor([b.weight for b in batch]))
 
 
 def train_input(
@@ -105,11 +112,15 @@ def train_input(
     *,
     progress: Callable[[int, int, float], None] | None = None,
     init: InputClassifier | None = None,
+    weights: list[float] | None = None,
 ) -> tuple[InputClassifier, dict[str, float]]:
-    """Fine-tune an input classifier (from the backbone, or further from ``init``); returns it and stats."""
+    """Fine-tune an input classifier (from the backbone, or further from ``init``); returns it and stats. ``weights``
+    (one per example of ``train``) scale each example's loss."""
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    if weights is not None and len(weights) != len(train):
+        raise ValueError(f"{len(weights)} weights for {len(train)} training examples")
     t_prep = time.perf_counter()
     torch_setup()
     set_seed(args.seed)
@@ -125,10 +136,11 @@ def train_input(
     clf = InputClassifier(model, tokenizer, spec, harmful_categories)
 
     cat_index = {c: i for i, c in enumerate(harmful_categories)}
-    examples = train[:]
-    if args.max_examples is not None and len(examples) > args.max_examples:
-        examples = rng.sample(examples, args.max_examples)
-    items = [inst for ex in examples for inst in instances_for(clf, ex, cat_index, rng)]
+    pairs = list(zip(train, weights or [1.0] * len(train), strict=True))
+    if args.max_examples is not None and len(pairs) > args.max_examples:
+        pairs = rng.sample(pairs, args.max_examples)
+    examples = [ex for ex, _ in pairs]
+    items = [inst for ex, w in pairs for inst in instances_for(clf, ex, cat_index, rng, w)]
     n_pos = sum(i.label for i in items)
     steps_per_epoch = math.ceil(len(items) / args.batch_size)
     total = args.max_steps or max(1, int(steps_per_epoch * args.epochs))
@@ -150,21 +162,21 @@ def train_input(
                          partial(_collate, pad=pad), args.seed)
     # Balance the classes so the calibrated threshold is not fighting a skewed prior.
     pos_weight = torch.tensor((len(items) - n_pos) / max(1.0, n_pos))
-    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    ce = nn.CrossEntropyLoss()
+    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+    ce = nn.CrossEntropyLoss(reduction="none")
 
     model.train()
     step, t0, ema = 0, time.perf_counter(), None
     while step < total:
-        for ids, mask, y, cats in loader:
+        for ids, mask, y, cats, w in loader:
             if step >= total:
                 break
             with autocast():
                 logits = model(ids, mask).float()
-            loss = bce(logits[:, 0], y)
+            loss = (bce(logits[:, 0], y) * w).mean()
             has_cat = cats >= 0
             if has_cat.any() and logits.shape[1] > 1:
-                loss = loss + args.category_loss_weight * ce(logits[has_cat, 1:], cats[has_cat])
+                loss = loss + args.category_loss_weight * (ce(logits[has_cat, 1:], cats[has_cat]) * w[has_cat]).mean()
             ema = optimizer_step(accelerator, model, opt, sched, loss, ema)
             step += 1
             if progress is not None:

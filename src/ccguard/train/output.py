@@ -37,15 +37,20 @@ class Exchange:
     ids: list[int]
     start: int  # first response position
     label: float
+    weight: float = 1.0  # loss weight (ccguard.train.debias)
 
 
-def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, w: float, pos_weight: float) -> torch.Tensor:
-    """BCE between each sequence label and its per-prefix prediction (direct probability blended with cummax)."""
+def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, w: float, pos_weight: float,
+                example_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE between each sequence label and its per-prefix prediction (direct probability blended with cummax); each
+    sequence's terms scaled by its ``example_weight``."""
     p = torch.sigmoid(values) * resp_mask
     cm = torch.cummax(p, dim=1).values
     pred = ((1.0 - w) * p + w * cm).clamp(1e-6, 1 - 1e-6)
     target = y[:, None].expand_as(pred)
     weight = torch.where(target > 0.5, torch.full_like(pred, pos_weight), torch.ones_like(pred)) * resp_mask
+    if example_weight is not None:
+        weight = weight * example_weight[:, None]
     loss = F.binary_cross_entropy(pred, target, weight=weight, reduction="sum")
     return loss / resp_mask.sum().clamp(min=1.0)
 
@@ -55,15 +60,20 @@ def _collate(batch: list[Exchange], pad: int) -> tuple[torch.Tensor, ...]:
     pos = torch.arange(ids.shape[1])[None, :]
     starts = torch.tensor([b.start for b in batch])[:, None]
     resp_mask = ((pos >= starts) & (mask > 0)).float()
-    return ids, mask, resp_mask, torch.tensor([b.label for b in batch])
+    return ids, mask, resp_mask, torch.tensor([b.label for b in batch]), torch.tensor([b.weight for b in batch])
 
 
 def train_output(
-    train: list[Example], args: OutputTrainArgs, *, progress: Callable[[int, int, float], None] | None = None
+    train: list[Example], args: OutputTrainArgs, *, progress: Callable[[int, int, float], None] | None = None,
+    weights: list[float] | None = None,
 ) -> tuple[OutputClassifier, dict[str, float]]:
+    """Train a streaming output classifier; returns it and stats. ``weights`` (one per example of ``train``) scale
+    each exchange's loss."""
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
+    if weights is not None and len(weights) != len(train):
+        raise ValueError(f"{len(weights)} weights for {len(train)} training examples")
     t_prep = time.perf_counter()
     torch_setup()
     set_seed(args.seed)
@@ -76,15 +86,15 @@ def train_output(
     model = OutputModel(backbone, causal)
     clf = OutputClassifier(model, tokenizer, spec)
 
-    examples = [e for e in train if e.response]
-    if args.max_examples is not None and len(examples) > args.max_examples:
-        examples = rng.sample(examples, args.max_examples)
+    pairs = [(e, w) for e, w in zip(train, weights or [1.0] * len(train), strict=True) if e.response]
+    if args.max_examples is not None and len(pairs) > args.max_examples:
+        pairs = rng.sample(pairs, args.max_examples)
     items = []
-    for e in examples:
+    for e, w in pairs:
         ctx = clf.context_ids(render_prompt(e.prompt))
         resp = clf.response_tokens(e.response or "").ids[: args.response_tokens]
         if resp:
-            items.append(Exchange(ctx + resp, len(ctx), 1.0 if e.label == "harmful" else 0.0))
+            items.append(Exchange(ctx + resp, len(ctx), 1.0 if e.label == "harmful" else 0.0, w))
     n_pos = sum(x.label for x in items)
     pos_weight = (len(items) - n_pos) / max(1.0, n_pos)
     total = args.max_steps or max(1, int(math.ceil(len(items) / args.batch_size) * args.epochs))
@@ -105,13 +115,13 @@ def train_output(
     model.train()
     step, t0, ema = 0, time.perf_counter(), None
     while step < total:
-        for ids, mask, resp_mask, y in loader:
+        for ids, mask, resp_mask, y, ew in loader:
             if step >= total:
                 break
             with autocast():
                 values, lm, _ = model(ids, mask)
             w = args.cummax_weight(step, total)
-            loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight)
+            loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight, ew)
             if args.ntp_lambda > 0 and lm is not None:
                 tgt_mask = resp_mask[:, 1:] > 0
                 ntp = F.cross_entropy(lm[:, :-1][tgt_mask].float(), ids[:, 1:][tgt_mask])
