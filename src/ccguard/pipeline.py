@@ -232,14 +232,14 @@ def train_stage(
 
         harmful = [c.id for c in const.harmful]
 
-        def fit(train, progress):
-            return train_input(train, harmful, args, progress=progress)
+        def fit(train, progress, weights):
+            return train_input(train, harmful, args, progress=progress, weights=weights)
     else:
         from ccguard.classifiers.output import OutputClassifier as Cls
         from ccguard.train.output import train_output
 
-        def fit(train, progress):
-            return train_output(train, args, progress=progress)
+        def fit(train, progress, weights):
+            return train_output(train, args, progress=progress, weights=weights)
 
     fingerprint = _training_fingerprint(kind, const, args, train_sha)
     out_dir = guard_dir / kind
@@ -248,8 +248,21 @@ def train_stage(
         console.print(f"[dim]{kind} classifier: up to date, skipping training[/]")
         return Cls.load(out_dir), old
     main = state is None or state.is_main_process
+    train = read_examples(train_file)
+    weights, debias = None, None
+    if getattr(args, "debias", 0.0) > 0:
+        from ccguard.evaluate.shortcut import topic_vocabulary
+        from ccguard.train.debias import style_weights
+
+        weights, debias = style_weights(train, topic_vocabulary(const), kind, args.debias, seed=args.seed)
+        if main:
+            console.print(f"{kind} classifier: style-debiased weights (strength {args.debias:g}): style-only AUROC "
+                          f"{debias.get('style_auroc_oof', 'n/a')} out of fold, {debias.get('style_auroc_weighted', 'n/a')} "
+                          f"as weighted; {debias.get('effective_rows', 1.0):.0%} effective rows", markup=False)
     bar, progress = _progress_bar(f"train {kind} classifier", disable=not main)
-    clf, stats = fit(read_examples(train_file), progress)
+    clf, stats = fit(train, progress, weights)
+    if debias is not None:
+        stats = {**stats, "debias": debias}
     bar.close()
     if not main:
         state.wait_for_everyone()
@@ -459,6 +472,10 @@ def run(
     with _timed(stages, "train_output"):
         oclf, otraining = train_stage("output", const, replace(profile.output_train, seed=seed),
                                       data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state)
+    # Style-debiased training (ccguard.train.debias): the audit's model as the training weights see it.
+    weighted = {k: t["data"]["debias"] for k, t in (("input", training), ("output", otraining)) if t["data"].get("debias")}
+    if weighted and shortcut:
+        shortcut = {**shortcut, "training_weights": weighted}
     stage2_training = None
     if profile.cascade is not None and profile.cascade.kind == "classifier":
         # Stage 2 is a second input classifier (e.g. on a multilingual backbone) trained on the same data, by every

@@ -300,3 +300,29 @@ def test_scores_real_dev_prompts(smoke_guard):
     rows = [json.loads(line) for line in (DEV_DATA / "prompts.jsonl").read_text().splitlines()[:40]]
     vs = smoke_guard.check_inputs([r["prompt"] for r in rows])
     assert len(vs) == 40 and all(0.0 <= v.score <= 1.0 for v in vs)
+
+
+def test_a_debiased_profile_trains_with_style_weights_and_reports_them(smoke_run: Path, tmp_path: Path, monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from ccguard import profiles
+    from ccguard.pipeline import run
+
+    smoke = profiles.PROFILES["smoke"]
+    monkeypatch.setitem(profiles.PROFILES, "smoke_debiased", replace(
+        smoke, name="smoke_debiased", input_train=replace(smoke.input_train, debias=1.0),
+        output_train=replace(smoke.output_train, debias=1.0)))  # fmt: skip
+    out = tmp_path / "cbrn"
+    shutil.copytree(smoke_run, out)
+    run("cbrn", out, "smoke_debiased", seed=0, console=Console(stderr=True, quiet=True))
+    guard = json.loads((out / "guard" / "guard.json").read_text())
+    for side in ("input", "output"):
+        # A weight changes the training fingerprint: both classifiers were retrained, with the weights' summary.
+        assert guard[side]["training"]["args"]["debias"] == 1.0
+        d = guard[side]["training"]["data"]["debias"]
+        assert d["applied"] and d["style_auroc_weighted"] < d["style_auroc_oof"] and 0 < d["effective_rows"] < 1
+        assert guard["metrics"]["shortcut_audit"]["training_weights"][side] == d
+    assert "Training weights (output, `debias` 1)" in (out / "report" / "report.md").read_text()

@@ -338,6 +338,11 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
             f"| {side} | {_f(a['auroc_masked'])} | {_f(a['auroc_unmasked'])} | {_f(a['auroc_masked_base'])} | "
             f"{_f(a.get('auroc_topic_deleted'))} | ≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
         )
+    for side, d in sa.get("training_weights", {}).items():
+        lines += ["", f"Training weights ({side}, `debias` {d['strength']:g}): each training row counts by how little "
+                  f"the masked model, fitted out of fold, predicts its label. Its AUROC is {_f(d.get('style_auroc_oof'))} "
+                  f"out of fold and {_f(d.get('style_auroc_weighted'))} with the rows weighted as training weighs them "
+                  f"({_f(d.get('effective_rows'))} of the rows in effective size)."]
     for side in ("input", "output"):
         for label in ("harmful", "harmless"):
             feats = sa[side]["top_features"][label]
