@@ -214,7 +214,13 @@ def _progress_bar(desc: str, disable: bool = False):
 
 
 def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: str) -> str:
-    return _sha({"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind})
+    d = {"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind}
+    if args.debias > 0:  # the style weights also depend on the words the audit masks, and on how they are fitted
+        from ccguard.evaluate.shortcut import topic_vocabulary
+        from ccguard.train import debias
+
+        d["debias"] = {"vocab": _sha(sorted(topic_vocabulary(const))), "folds": debias.FOLDS, "floor": debias.FLOOR}
+    return _sha(d)
 
 
 def train_stage(
@@ -225,6 +231,7 @@ def train_stage(
     ``accelerate launch``, every process (``state``, an accelerate ``PartialState``) trains its shard and only the
     main process writes."""
     from ccguard.train.card import write_card
+    from ccguard.train.debias import training_weights
 
     if kind == "input":
         from ccguard.classifiers.input import InputClassifier as Cls
@@ -249,16 +256,15 @@ def train_stage(
         return Cls.load(out_dir), old
     main = state is None or state.is_main_process
     train = read_examples(train_file)
-    weights, debias = None, None
-    if getattr(args, "debias", 0.0) > 0:
-        from ccguard.evaluate.shortcut import topic_vocabulary
-        from ccguard.train.debias import style_weights
-
-        weights, debias = style_weights(train, topic_vocabulary(const), kind, args.debias, seed=args.seed)
-        if main:
+    weights, debias = training_weights(train, const, kind, args)
+    if debias is not None and main:
+        if debias["applied"]:
             console.print(f"{kind} classifier: style-debiased weights (strength {args.debias:g}): style-only AUROC "
-                          f"{debias.get('style_auroc_oof', 'n/a')} out of fold, {debias.get('style_auroc_weighted', 'n/a')} "
-                          f"as weighted; {debias.get('effective_rows', 1.0):.0%} effective rows", markup=False)
+                          f"{debias['style_auroc_oof']} out of fold, {debias['style_auroc_weighted']} as weighted; "
+                          f"{debias['effective_rows']:.0%} effective rows", markup=False)
+        else:
+            console.print(f"{kind} classifier: debias {args.debias:g} not applied: the training data has one label or "
+                          "fewer groups than folds", markup=False)
     bar, progress = _progress_bar(f"train {kind} classifier", disable=not main)
     clf, stats = fit(train, progress, weights)
     if debias is not None:
@@ -473,7 +479,8 @@ def run(
         oclf, otraining = train_stage("output", const, replace(profile.output_train, seed=seed),
                                       data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state)
     # Style-debiased training (ccguard.train.debias): the audit's model as the training weights see it.
-    weighted = {k: t["data"]["debias"] for k, t in (("input", training), ("output", otraining)) if t["data"].get("debias")}
+    weighted = {k: t["data"]["debias"] for k, t in (("input", training), ("output", otraining))
+                if t["data"].get("debias", {}).get("applied")}
     if weighted and shortcut:
         shortcut = {**shortcut, "training_weights": weighted}
     stage2_training = None

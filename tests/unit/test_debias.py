@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from ccguard.errors import CcguardError
 from ccguard.records import Example
 from ccguard.train.debias import style_weights
 from ccguard.train.output import prefix_loss
@@ -47,6 +48,19 @@ def test_strength_zero_or_one_label_leaves_every_weight_at_one():
     assert style_weights(rows, {"sarin"}, "output", 0.0) == ([1.0] * 60, {"strength": 0.0, "applied": False})
     harmless = [e for e in rows if e.label == "harmless"]
     assert style_weights(harmless, {"sarin"}, "output", 1.0)[0] == [1.0] * len(harmless)
+
+
+def test_fewer_groups_than_folds_leaves_every_weight_at_one():
+    rows = [e.model_copy(update={"group": f"g{i % 4}"}) for i, e in enumerate(_rows(60))]  # 4 groups, 5 folds
+    weights, stats = style_weights(rows, {"sarin"}, "output", 1.0)
+    assert weights == [1.0] * 60 and stats["applied"] is False
+
+
+@pytest.mark.parametrize("strength", [-0.5, float("nan"), 11.0])
+def test_an_unusable_strength_is_refused_by_its_field_name(strength):
+    with pytest.raises(CcguardError, match="debias must be between 0") as err:
+        style_weights(_rows(60), {"sarin"}, "input", strength)
+    assert "input training args: debias" in str(err.value)
 
 
 def test_example_weights_scale_each_sequence_of_the_prefix_loss():

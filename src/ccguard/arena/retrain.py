@@ -58,6 +58,7 @@ def split_halves(attacks: list[tuple[str, int, Example]]) -> tuple[list[Example]
 
 def run_from_arena(db: Path, guard_dir: Path, out_guard: Path | None, *, retrain_steps: int = 150,
                    console: Console | None = None) -> dict[str, Any]:
+    from ccguard import constitution as C
     from ccguard.guard import Guard
     from ccguard.policy import flagged_rate
     from ccguard.redteam.loop import retrain_on_evasions
@@ -89,7 +90,8 @@ def run_from_arena(db: Path, guard_dir: Path, out_guard: Path | None, *, retrain
                   f"blocked before retraining: {before['block_rate_heldout_attacks'].get('rate', 0):.2f}")
     if ev_a and out_guard is not None and retrain_steps > 0:
         report["after"] = retrain_on_evasions(guard, run_dir, ev_a, ev_b, Path(out_guard), retrain_steps,
-                                              {k: v.get("rate") for k, v in before.items()}, "attacks", console)
+                                              {k: v.get("rate") for k, v in before.items()}, "attacks", console,
+                                              C.load(cpath) if (cpath := guard_dir / "constitution.yaml").is_file() else None)
     elif not ev_a:
         console.print("nothing to retrain on: no successful attacks in the arena yet")
     atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))

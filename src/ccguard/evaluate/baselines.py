@@ -180,13 +180,15 @@ def no_augmentation(run_dir: Path, const: Constitution, args: Any) -> InputClass
     """The ablation: the input classifier trained on the same split without stage II variants (cached)."""
     from ccguard.classifiers.input import InputClassifier
     from ccguard.records import read_examples
+    from ccguard.train.debias import training_weights
     from ccguard.train.input import train_input
 
     out = run_dir / "ablation" / "no_augmentation"
     if (out / "model.safetensors").is_file():
         return InputClassifierScorer("no_augmentation", InputClassifier.load(out))
     train = [e for e in read_examples(run_dir / "data" / "train.jsonl") if not e.lineage]
-    clf, _ = train_input(train, [c.id for c in const.harmful], args)
+    weights, _ = training_weights(train, const, "input", args)  # a debiased guard's ablation is debiased too
+    clf, _ = train_input(train, [c.id for c in const.harmful], args, weights=weights)
     tmp = out.with_name(out.name + ".partial")
     clf.save(tmp)
     if out.exists():

@@ -339,10 +339,12 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
             f"{_f(a.get('auroc_topic_deleted'))} | ≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
         )
     for side, d in sa.get("training_weights", {}).items():
+        if not d.get("applied"):
+            continue
         lines += ["", f"Training weights ({side}, `debias` {d['strength']:g}): each training row counts by how little "
                   f"the masked model, fitted out of fold, predicts its label. Its AUROC is {_f(d.get('style_auroc_oof'))} "
                   f"out of fold and {_f(d.get('style_auroc_weighted'))} with the rows weighted as training weighs them "
-                  f"({_f(d.get('effective_rows'))} of the rows in effective size)."]
+                  f"({d['effective_rows']:.0%} of the rows in effective size)."]
     for side in ("input", "output"):
         for label in ("harmful", "harmless"):
             feats = sa[side]["top_features"][label]

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ccguard.errors import CcguardError
 from ccguard.policy import calibrate_input, flagged_rate
 from ccguard.records import atomic_write_text, read_examples, render_prompt, write_jsonl
 from ccguard.redteam.search import SearchConfig, redteam
@@ -44,8 +45,6 @@ def run_redteam(
     guard_dir = Path(guard_dir)
     run_dir = guard_dir.parent
     if not (run_dir / "data" / "test.jsonl").is_file():
-        from ccguard.errors import CcguardError
-
         raise CcguardError("red teaming needs the run's data beside the guard (data/test.jsonl)", where=str(guard_dir))
     guard = Guard.load(guard_dir)
     const = C.load(guard_dir / "constitution.yaml")
@@ -97,25 +96,32 @@ def run_redteam(
         return report
 
     report["after"] = retrain_on_evasions(guard, run_dir, ev_a, ev_b, Path(out_guard), retrain_steps,
-                                          {k: v for k, v in before.items() if "rate" in k}, "evasions", console)
+                                          {k: v for k, v in before.items() if "rate" in k}, "evasions", console, const)
     atomic_write_text(rt_dir / "report.json", json.dumps(report, indent=2))
     return report
 
 
 def retrain_on_evasions(guard: Any, run_dir: Path, ev_a: list[Any], ev_b: list[Any], out_guard: Path,
-                        retrain_steps: int, before: dict[str, Any], what: str, console: Console) -> dict[str, Any]:
+                        retrain_steps: int, before: dict[str, Any], what: str, console: Console,
+                        const: Any = None) -> dict[str, Any]:
     """Continue training the guard's input classifier on the run's training split plus ``ev_a`` (oversampled, so a
     short run sees each several times), recalibrate as the pipeline did, write the new guard to ``out_guard``, and
-    return the block rates on ``ev_a`` and the held-out ``ev_b`` after it. ``before`` goes into the manifest."""
+    return the block rates on ``ev_a`` and the held-out ``ev_b`` after it. ``before`` goes into the manifest. A guard
+    trained with style weights (``debias``) is retrained with them, which needs its constitution ``const``."""
     from ccguard.guard import GuardManifest
     from ccguard.train.args import TrainArgs
+    from ccguard.train.debias import training_weights
     from ccguard.train.input import train_input
 
     clf = guard.input_classifier
     train = read_examples(run_dir / "data" / "train.jsonl")
     args = TrainArgs.from_dict(guard.manifest.input.training["args"])
     args = replace(args, max_steps=retrain_steps, lr=args.lr / 2, warmup_ratio=0.0, max_examples=None)
-    clf2, stats = train_input(train + ev_a * 4, list(clf.categories), args, init=clf)
+    rows = train + ev_a * 4
+    if args.debias > 0 and const is None:
+        raise CcguardError("retraining a style-debiased guard needs its constitution", where="retrain_on_evasions")
+    weights, _ = training_weights(rows, const, "input", args)
+    clf2, stats = train_input(rows, list(clf.categories), args, init=clf, weights=weights)
     # Recalibrate exactly as the pipeline did, with the same targets.
     val = read_examples(run_dir / "data" / "val.jsonl")
     calib_file = run_dir / "data" / "calib.jsonl"

@@ -16,12 +16,33 @@ from typing import Any
 
 import numpy as np
 
+from ccguard.errors import CcguardError
 from ccguard.evaluate.metrics import auroc
 from ccguard.evaluate.shortcut import Side, _fit, _text, mask_topic
 from ccguard.records import Example
 
 FOLDS = 5
 FLOOR = 0.02  # of the raw weight: no row is dropped outright, however obvious its style
+MAX_STRENGTH = 10.0  # beyond it FLOOR ** strength underflows and every weight is the floor's
+
+
+def check_strength(strength: float, side: str) -> float:
+    """``strength`` if it is a usable ``debias`` value (0 is off), else a clear error naming the field."""
+    if not 0.0 <= strength <= MAX_STRENGTH:  # also false for NaN
+        raise CcguardError(f"debias must be between 0 (off) and {MAX_STRENGTH:g}, not {strength!r}",
+                           where=f"{side} training args: debias")
+    return strength
+
+
+def training_weights(rows: Sequence[Example], const: Any, side: Side, args: Any) -> tuple[list[float] | None,
+                                                                                          dict[str, Any] | None]:
+    """The per-row weights ``side``'s training uses under ``args`` (a TrainArgs or OutputTrainArgs) with this
+    constitution's topic words masked, and their summary; (None, None) where ``args.debias`` is 0."""
+    if check_strength(args.debias, side) == 0:
+        return None, None
+    from ccguard.evaluate.shortcut import topic_vocabulary
+
+    return style_weights(rows, topic_vocabulary(const), side, args.debias, seed=args.seed)
 
 
 def style_weights(rows: Sequence[Example], vocab: set[str], side: Side, strength: float, *, folds: int = FOLDS,
@@ -31,12 +52,14 @@ def style_weights(rows: Sequence[Example], vocab: set[str], side: Side, strength
     from sklearn.model_selection import GroupKFold
 
     rows = list(rows)
+    check_strength(strength, side)
     y = np.array([int(e.label == "harmful") for e in rows])
-    if strength <= 0 or len(set(y.tolist())) < 2 or len(rows) < 2 * folds:
+    groups = [e.group or e.id for e in rows]
+    # Too little to fit out of fold (one label, or fewer groups than folds): every row keeps weight 1.
+    if strength == 0 or len(set(y.tolist())) < 2 or len(set(groups)) < folds:
         return [1.0] * len(rows), {"strength": strength, "applied": False}
     memo: dict[str, bool] = {}
     texts = [mask_topic(_text(e, side), vocab, memo) for e in rows]
-    groups = [e.group or e.id for e in rows]
     p = np.zeros(len(rows))
     splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for tr, te in splitter.split(texts, y, groups):
