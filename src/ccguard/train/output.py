@@ -92,7 +92,9 @@ def train_output(
     items = []
     for e, w in pairs:
         ctx = clf.context_ids(render_prompt(e.prompt))
-        resp = clf.response_tokens(e.response or "").ids[: args.response_tokens]
+        # Within the backbone's positions: the context adds special tokens to prompt_tokens (full profile: 4 + 128 +
+        # 384 > 512).
+        resp = clf.response_tokens(e.response or "").ids[: min(args.response_tokens, max_pos - len(ctx))]
         if resp:
             items.append(Exchange(ctx + resp, len(ctx), 1.0 if e.label == "harmful" else 0.0, w))
     n_pos = sum(x.label for x in items)
