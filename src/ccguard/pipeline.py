@@ -213,8 +213,11 @@ def _progress_bar(desc: str, disable: bool = False):
     return bar, progress
 
 
-def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: str) -> str:
+def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: str, init: str | None = None) -> str:
+    """``init``: the fingerprint of the classifier whose weights training starts from (OutputTrainArgs.init_from_input)."""
     d = {"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind}
+    if init is not None:
+        d["init"] = init
     if args.debias > 0:  # the style weights also depend on the words the audit masks, and on how they are fitted
         from ccguard.evaluate.shortcut import topic_vocabulary
         from ccguard.train import debias
@@ -225,11 +228,12 @@ def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: 
 
 def train_stage(
     kind: str, const: Constitution, args: Any, train_file: Path, train_sha: str, guard_dir: Path, console: Console,
-    state: Any = None,
+    state: Any = None, init: tuple[Path, str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train the ``kind`` ('input' or 'output') classifier unless an identical one is already saved. Under
     ``accelerate launch``, every process (``state``, an accelerate ``PartialState``) trains its shard and only the
-    main process writes."""
+    main process writes. ``init`` (output only): the input classifier's directory and training fingerprint, to start
+    from its encoder."""
     from ccguard.train.card import write_card
     from ccguard.train.debias import training_weights
 
@@ -246,9 +250,10 @@ def train_stage(
         from ccguard.train.output import train_output
 
         def fit(train, progress, weights):
-            return train_output(train, args, progress=progress, weights=weights)
+            return train_output(train, args, progress=progress, weights=weights,
+                                init_encoder=None if init is None else init[0])
 
-    fingerprint = _training_fingerprint(kind, const, args, train_sha)
+    fingerprint = _training_fingerprint(kind, const, args, train_sha, None if init is None else init[1])
     out_dir = guard_dir / kind
     old = _read_json(out_dir / "training.json")
     if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
@@ -450,8 +455,10 @@ def run(
     fp_parts = {
         "data": sha, "constitution": const.content_hash, "seed": seed, "versions": versions(),
         "input": _training_fingerprint("input", const, replace(profile.input_train, seed=seed), sha["train"]),
-        "output": _training_fingerprint("output", const, replace(profile.output_train, seed=seed), sha["output_train"]),
     }
+    fp_parts["output"] = _training_fingerprint("output", const, replace(profile.output_train, seed=seed),
+                                               sha["output_train"],
+                                               fp_parts["input"] if profile.output_train.init_from_input else None)
     run_fp = _sha(fp_parts | {"profile": repr(profile)})
     if _run_is_current(run_dir, run_fp, profile):
         console.print(f"[dim]guard up to date (nothing changed since the last run): {guard_dir}; report in {report_dir}[/]")
@@ -476,8 +483,12 @@ def run(
         clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl",
                                     sha["train"], guard_dir, console, state)
     with _timed(stages, "train_output"):
+        init = None
+        if profile.output_train.init_from_input:
+            init = (guard_dir / "input", fp_parts["input"])
         oclf, otraining = train_stage("output", const, replace(profile.output_train, seed=seed),
-                                      data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state)
+                                      data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state,
+                                      init)
     # Style-debiased training (ccguard.train.debias): the audit's model as the training weights see it.
     weighted = {k: t["data"]["debias"] for k, t in (("input", training), ("output", otraining))
                 if t["data"].get("debias", {}).get("applied")}

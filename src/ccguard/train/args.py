@@ -85,9 +85,12 @@ class OutputTrainArgs(_Serialisable):
     freeze_layers: int = 0  # keep the embeddings and this many lower layers as pretrained (a cheaper step)
     # Learn less from responses whose style alone gives their label away (ccguard.train.debias); 0 is off.
     debias: float = 0.0
+    # Start the backbone from the run's trained input classifier's encoder instead of the pretrained weights (same
+    # backbone only): what it learned about CBRN requests carries over to responses (design/022).
+    init_from_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_defaults(asdict(self), freeze_layers=0, debias=0.0)
+        return _without_defaults(asdict(self), freeze_layers=0, debias=0.0, init_from_input=False)
 
     def cummax_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cummax_ramp * total)

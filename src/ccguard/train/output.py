@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from ccguard.classifiers.backbone import (
 )
 from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
+from ccguard.errors import CcguardError
 from ccguard.records import Example, render_prompt
 from ccguard.train.args import OutputTrainArgs
 from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
@@ -63,12 +65,36 @@ def _collate(batch: list[Exchange], pad: int) -> tuple[torch.Tensor, ...]:
     return ids, mask, resp_mask, torch.tensor([b.label for b in batch]), torch.tensor([b.weight for b in batch])
 
 
+def load_input_encoder(backbone: torch.nn.Module, input_dir: Path) -> None:
+    """Copy a trained input classifier's encoder weights (``encoder.*`` in its model.safetensors) into ``backbone``.
+    Both must be the same architecture; the input classifier's head is not used."""
+    from safetensors import safe_open
+
+    path = input_dir / "model.safetensors"
+    if not path.is_file():
+        raise CcguardError("no input classifier weights to start the output classifier from", where=str(path))
+    with safe_open(str(path), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith("encoder.")]  # noqa: SIM118 (a safetensors file, not a dict)
+        state = {k.removeprefix("encoder."): f.get_tensor(k) for k in names}
+    own = backbone.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.startswith("pooler."))
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}" for name, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched)) if keys)
+        raise CcguardError(f"the input classifier's encoder does not fit the output backbone ({detail}); "
+                           "init_from_input needs the same backbone and number of layers on both sides", where=str(path))
+    backbone.load_state_dict(state, strict=False)
+
+
 def train_output(
     train: list[Example], args: OutputTrainArgs, *, progress: Callable[[int, int, float], None] | None = None,
-    weights: list[float] | None = None,
+    weights: list[float] | None = None, init_encoder: Path | None = None,
 ) -> tuple[OutputClassifier, dict[str, float]]:
     """Train a streaming output classifier; returns it and stats. ``weights`` (one per example of ``train``) scale
-    each exchange's loss."""
+    each exchange's loss. ``init_encoder`` (an input classifier's directory) replaces the backbone's pretrained
+    weights with that classifier's fine-tuned encoder before training."""
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
@@ -80,6 +106,8 @@ def train_output(
     rng = random.Random(args.seed)
     accelerator, autocast = make_accelerator(args.precision)
     backbone, causal = load_output_backbone(args.backbone, num_layers=args.num_layers)
+    if init_encoder is not None:
+        load_input_encoder(backbone, Path(init_encoder))
     tokenizer = load_tokenizer(resolve_backbone(args.backbone))
     max_pos = int(getattr(backbone.config, "max_position_embeddings", 512) or 512)
     spec = OutputSpec(prompt_tokens=args.prompt_tokens, chunk_tokens=args.chunk_tokens, max_positions=max_pos)
