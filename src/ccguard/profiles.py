@@ -102,6 +102,13 @@ PROFILES["debiased"] = replace(
     input_train=replace(PROFILES["default"].input_train, debias=0.75),
     output_train=replace(PROFILES["default"].output_train, debias=0.5),
 )
+# Trial (design/022): the output classifier starts from the trained input classifier's encoder, for half the steps.
+# Not adopted: it blocked 71.9% of CBRN content in other voices against 82.5% for the same-sitting default.
+PROFILES["warm-start"] = replace(
+    PROFILES["default"],
+    name="warm-start",
+    output_train=replace(PROFILES["default"].output_train, init_from_input=True, max_steps=720),
+)
 # The default guard plus the input cascade's second stage (Gemma 3 270M, read up to its 8th layer).
 PROFILES["cascade"] = replace(PROFILES["default"], name="cascade", cascade=CascadeSpec())
 # The default guard plus a fine-tuned multilingual-e5-small input classifier as the cascade's stage 2 (needs

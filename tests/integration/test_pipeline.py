@@ -326,3 +326,32 @@ def test_a_debiased_profile_trains_with_style_weights_and_reports_them(smoke_run
         assert d["applied"] and d["style_auroc_weighted"] < d["style_auroc_oof"] and 0 < d["effective_rows"] < 1
         assert guard["metrics"]["shortcut_audit"]["training_weights"][side] == d
     assert "Training weights (output, `debias` 1)" in (out / "report" / "report.md").read_text()
+
+
+def test_a_warm_started_output_classifier_starts_from_the_runs_input_encoder(smoke_run: Path, tmp_path: Path,
+                                                                             monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from ccguard import profiles
+    from ccguard.errors import CcguardError
+    from ccguard.pipeline import run
+
+    smoke = profiles.PROFILES["smoke"]
+    # The smoke output backbone keeps 2 layers and the input one 3: the encoder does not fit, and the run says so.
+    monkeypatch.setitem(profiles.PROFILES, "smoke_warm_misfit", replace(
+        smoke, name="smoke_warm_misfit", output_train=replace(smoke.output_train, init_from_input=True)))  # fmt: skip
+    out = tmp_path / "cbrn"
+    shutil.copytree(smoke_run, out)
+    with pytest.raises(CcguardError, match="does not fit the output backbone"):
+        run("cbrn", out, "smoke_warm_misfit", seed=0, console=Console(stderr=True, quiet=True))
+    monkeypatch.setitem(profiles.PROFILES, "smoke_warm", replace(
+        smoke, name="smoke_warm", output_train=replace(smoke.output_train, init_from_input=True, num_layers=3)))  # fmt: skip
+    run("cbrn", out, "smoke_warm", seed=0, console=Console(stderr=True, quiet=True))
+    before = json.loads((smoke_run / "guard" / "guard.json").read_text())
+    guard = json.loads((out / "guard" / "guard.json").read_text())
+    assert guard["output"]["training"]["args"]["init_from_input"] is True
+    assert guard["input"]["training"]["data"]["fingerprint"] == before["input"]["training"]["data"]["fingerprint"]
+    assert guard["output"]["training"]["data"]["fingerprint"] != before["output"]["training"]["data"]["fingerprint"]
