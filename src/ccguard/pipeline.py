@@ -428,6 +428,13 @@ def run(
         profile = replace(profile, hard_fpr=hard_fpr)
     if conversations is not None:
         profile = replace(profile, conversations=replace(profile.conversations, rate=conversations))
+    ins, outs = profile.input_train, profile.output_train
+    if outs.init_from_input and (ins.backbone, ins.num_layers) != (outs.backbone, outs.num_layers):
+        from ccguard.errors import CcguardError
+
+        raise CcguardError(f"output_train.init_from_input needs the same backbone and num_layers on both sides (input "
+                           f"{ins.backbone!r}, {ins.num_layers}; output {outs.backbone!r}, {outs.num_layers})",
+                           where=f"profile {profile.name!r}")  # fmt: skip
     if profile.hard_fpr is not None and profile.hard_fpr < profile.target_fpr:
         # Hard neighbours are never held to a stricter rate than everyday traffic.
         profile = replace(profile, hard_fpr=profile.target_fpr)

@@ -64,11 +64,33 @@ def test_an_input_encoder_of_another_shape_is_refused_by_name(input_dir, tmp_pat
 
 def test_the_output_fingerprint_follows_the_input_classifier_it_starts_from():
     from ccguard import constitution
-    from ccguard.pipeline import _training_fingerprint
+    from ccguard.pipeline import _sha, _training_fingerprint
 
     const = constitution.load("cbrn")
     args = OutputTrainArgs(init_from_input=True)
     a = _training_fingerprint("output", const, args, "sha", "input-1")
     assert a != _training_fingerprint("output", const, args, "sha", "input-2")
-    assert _training_fingerprint("output", const, OutputTrainArgs(), "sha") == _training_fingerprint(
-        "output", const, OutputTrainArgs(), "sha", None)
+    # Without a warm start the fingerprint is what it was before the field existed.
+    assert _training_fingerprint("output", const, OutputTrainArgs(), "sha") == _sha(
+        {"data": "sha", "args": OutputTrainArgs().to_dict(), "categories": [c.id for c in const.harmful], "kind": "output"})
+
+
+def test_a_warm_start_flag_without_an_encoder_or_the_reverse_is_refused(input_dir):
+    from ccguard.train.output import train_output
+
+    args = OutputTrainArgs(num_layers=2, prompt_tokens=16, response_tokens=16, max_steps=1, batch_size=4,
+                           precision="no")  # fmt: skip
+    with pytest.raises(CcguardError, match="init_from_input is set but no input classifier"):
+        train_output(_examples(), OutputTrainArgs(**{**args.to_dict(), "init_from_input": True}))
+    with pytest.raises(CcguardError, match="init_from_input is not set"):
+        train_output(_examples(), args, init_encoder=input_dir)
+
+
+def test_unreadable_input_weights_are_named(tmp_path):
+    from ccguard.train.output import train_output
+
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    args = OutputTrainArgs(num_layers=2, prompt_tokens=16, response_tokens=16, max_steps=1, batch_size=4,
+                           init_from_input=True, precision="no")  # fmt: skip
+    with pytest.raises(CcguardError, match="unreadable input classifier weights"):
+        train_output(_examples(), args, init_encoder=tmp_path)

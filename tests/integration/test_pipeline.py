@@ -340,12 +340,12 @@ def test_a_warm_started_output_classifier_starts_from_the_runs_input_encoder(smo
     from ccguard.pipeline import run
 
     smoke = profiles.PROFILES["smoke"]
-    # The smoke output backbone keeps 2 layers and the input one 3: the encoder does not fit, and the run says so.
+    # The smoke output backbone keeps 2 layers and the input one 3: the encoder cannot fit, and the run says so first.
     monkeypatch.setitem(profiles.PROFILES, "smoke_warm_misfit", replace(
         smoke, name="smoke_warm_misfit", output_train=replace(smoke.output_train, init_from_input=True)))  # fmt: skip
     out = tmp_path / "cbrn"
     shutil.copytree(smoke_run, out)
-    with pytest.raises(CcguardError, match="does not fit the output backbone"):
+    with pytest.raises(CcguardError, match="profile 'smoke_warm_misfit'.*same backbone and num_layers"):
         run("cbrn", out, "smoke_warm_misfit", seed=0, console=Console(stderr=True, quiet=True))
     monkeypatch.setitem(profiles.PROFILES, "smoke_warm", replace(
         smoke, name="smoke_warm", output_train=replace(smoke.output_train, init_from_input=True, num_layers=3)))  # fmt: skip
@@ -354,4 +354,14 @@ def test_a_warm_started_output_classifier_starts_from_the_runs_input_encoder(smo
     guard = json.loads((out / "guard" / "guard.json").read_text())
     assert guard["output"]["training"]["args"]["init_from_input"] is True
     assert guard["input"]["training"]["data"]["fingerprint"] == before["input"]["training"]["data"]["fingerprint"]
-    assert guard["output"]["training"]["data"]["fingerprint"] != before["output"]["training"]["data"]["fingerprint"]
+    # The output classifier's fingerprint is the one that follows the input classifier it started from.
+    from ccguard import constitution
+    from ccguard.pipeline import _training_fingerprint
+    from ccguard.train.args import OutputTrainArgs
+
+    args = OutputTrainArgs.from_dict(guard["output"]["training"]["args"])
+    sha = guard["data"]["sha256"]["output_train"]
+    fp = guard["output"]["training"]["data"]["fingerprint"]
+    assert fp == _training_fingerprint("output", constitution.load("cbrn"), args, sha,
+                                       guard["input"]["training"]["data"]["fingerprint"])
+    assert fp != _training_fingerprint("output", constitution.load("cbrn"), args, sha)

@@ -66,16 +66,21 @@ def _collate(batch: list[Exchange], pad: int) -> tuple[torch.Tensor, ...]:
 
 
 def load_input_encoder(backbone: torch.nn.Module, input_dir: Path) -> None:
-    """Copy a trained input classifier's encoder weights (``encoder.*`` in its model.safetensors) into ``backbone``.
-    Both must be the same architecture; the input classifier's head is not used."""
-    from safetensors import safe_open
+    """Copy a trained input classifier's encoder weights (``encoder.*`` in its model.safetensors) into ``backbone``
+    (a causal LM's base model: its tied LM head follows the embeddings). Both must be the same architecture; the input
+    classifier's head is not used."""
+    from safetensors import SafetensorError, safe_open
 
     path = input_dir / "model.safetensors"
     if not path.is_file():
         raise CcguardError("no input classifier weights to start the output classifier from", where=str(path))
-    with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if k.startswith("encoder.")]  # noqa: SIM118 (a safetensors file, not a dict)
-        state = {k.removeprefix("encoder."): f.get_tensor(k) for k in names}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = [k for k in f.keys() if k.startswith("encoder.")]  # noqa: SIM118 (a safetensors file, not a dict)
+            state = {k.removeprefix("encoder."): f.get_tensor(k) for k in names}
+    except SafetensorError as e:
+        raise CcguardError(f"unreadable input classifier weights: {e}", where=str(path)) from None
+    backbone = backbone.base_model  # the model itself for an encoder
     own = backbone.state_dict()
     missing = sorted(k for k in own if k not in state and not k.startswith("pooler."))
     unexpected = sorted(k for k in state if k not in own)
@@ -106,6 +111,10 @@ def train_output(
     rng = random.Random(args.seed)
     accelerator, autocast = make_accelerator(args.precision)
     backbone, causal = load_output_backbone(args.backbone, num_layers=args.num_layers)
+    if args.init_from_input != (init_encoder is not None):
+        raise CcguardError("init_from_input is set but no input classifier was given to start from" if args.init_from_input
+                           else "an input classifier to start from was given, but init_from_input is not set",
+                           where="OutputTrainArgs.init_from_input")  # fmt: skip
     if init_encoder is not None:
         load_input_encoder(backbone, Path(init_encoder))
     tokenizer = load_tokenizer(resolve_backbone(args.backbone))
@@ -122,7 +131,7 @@ def train_output(
         ctx = clf.context_ids(render_prompt(e.prompt))
         # Within the backbone's positions: the context adds special tokens to prompt_tokens (full profile: 4 + 128 +
         # 384 > 512).
-        resp = clf.response_tokens(e.response or "").ids[: min(args.response_tokens, max_pos - len(ctx))]
+        resp = clf.response_tokens(e.response or "").ids[: max(0, min(args.response_tokens, max_pos - len(ctx)))]
         if resp:
             items.append(Exchange(ctx + resp, len(ctx), 1.0 if e.label == "harmful" else 0.0, w))
     n_pos = sum(x.label for x in items)
