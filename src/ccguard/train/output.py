@@ -105,16 +105,16 @@ def train_output(
 
     if weights is not None and len(weights) != len(train):
         raise ValueError(f"{len(weights)} weights for {len(train)} training examples")
+    if args.init_from_input != (init_encoder is not None):
+        raise CcguardError("init_from_input is set but no input classifier was given to start from" if args.init_from_input
+                           else "an input classifier to start from was given, but init_from_input is not set",
+                           where="OutputTrainArgs.init_from_input")  # fmt: skip
     t_prep = time.perf_counter()
     torch_setup()
     set_seed(args.seed)
     rng = random.Random(args.seed)
     accelerator, autocast = make_accelerator(args.precision)
     backbone, causal = load_output_backbone(args.backbone, num_layers=args.num_layers)
-    if args.init_from_input != (init_encoder is not None):
-        raise CcguardError("init_from_input is set but no input classifier was given to start from" if args.init_from_input
-                           else "an input classifier to start from was given, but init_from_input is not set",
-                           where="OutputTrainArgs.init_from_input")  # fmt: skip
     if init_encoder is not None:
         load_input_encoder(backbone, Path(init_encoder))
     tokenizer = load_tokenizer(resolve_backbone(args.backbone))
