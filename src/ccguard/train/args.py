@@ -86,7 +86,7 @@ class OutputTrainArgs(_Serialisable):
     # Learn less from responses whose style alone gives their label away (ccguard.train.debias); 0 is off.
     debias: float = 0.0
     # Start the backbone from the run's trained input classifier's encoder instead of the pretrained weights (same
-    # backbone only). A trial: at half the steps it generalised worse than the pretrained start (design/022).
+    # backbone only). A trial: at half the steps it generalised no better than the pretrained start (design/022).
     init_from_input: bool = False
 
     def to_dict(self) -> dict[str, Any]:
