@@ -56,9 +56,9 @@ def test_an_input_encoder_of_another_shape_is_refused_by_name(input_dir, tmp_pat
 
     args = OutputTrainArgs(num_layers=3, prompt_tokens=16, response_tokens=16, max_steps=1, batch_size=4,
                            init_from_input=True, precision="no")  # fmt: skip
-    with pytest.raises(CcguardError, match="does not fit the output backbone .*missing: encoder.layer.2"):
+    with pytest.raises(CcguardError, match="does not fit the output backbone .*encoder.layer.2"):
         train_output(_examples(), args, init_encoder=input_dir)
-    with pytest.raises(CcguardError, match="no input classifier weights"):
+    with pytest.raises(CcguardError, match="not an input classifier directory"):
         train_output(_examples(), args, init_encoder=tmp_path)
 
 
@@ -86,11 +86,15 @@ def test_a_warm_start_flag_without_an_encoder_or_the_reverse_is_refused(input_di
         train_output(_examples(), args, init_encoder=input_dir)
 
 
-def test_unreadable_input_weights_are_named(tmp_path):
+def test_unreadable_input_weights_are_named(input_dir, tmp_path):
+    import shutil
+
     from ccguard.train.output import train_output
 
-    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    broken = tmp_path / "input"
+    shutil.copytree(input_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     args = OutputTrainArgs(num_layers=2, prompt_tokens=16, response_tokens=16, max_steps=1, batch_size=4,
                            init_from_input=True, precision="no")  # fmt: skip
-    with pytest.raises(CcguardError, match="unreadable input classifier weights"):
-        train_output(_examples(), args, init_encoder=tmp_path)
+    with pytest.raises(CcguardError, match="unreadable input classifier"):
+        train_output(_examples(), args, init_encoder=broken)

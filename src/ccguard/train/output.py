@@ -66,31 +66,23 @@ def _collate(batch: list[Exchange], pad: int) -> tuple[torch.Tensor, ...]:
 
 
 def load_input_encoder(backbone: torch.nn.Module, input_dir: Path) -> None:
-    """Copy a trained input classifier's encoder weights (``encoder.*`` in its model.safetensors) into ``backbone``
-    (a causal LM's base model: its tied LM head follows the embeddings). Both must be the same architecture; the input
-    classifier's head is not used."""
-    from safetensors import SafetensorError, safe_open
+    """Copy a trained input classifier's encoder weights into ``backbone`` (a causal LM's base model: its tied LM head
+    follows the embeddings). Both must be the same architecture; the input classifier's head is not used."""
+    from safetensors import SafetensorError
 
-    path = input_dir / "model.safetensors"
-    if not path.is_file():
-        raise CcguardError("no input classifier weights to start the output classifier from", where=str(path))
+    from ccguard.classifiers.input import InputClassifier
+
     try:
-        with safe_open(str(path), framework="pt") as f:
-            names = [k for k in f.keys() if k.startswith("encoder.")]  # noqa: SIM118 (a safetensors file, not a dict)
-            state = {k.removeprefix("encoder."): f.get_tensor(k) for k in names}
-    except SafetensorError as e:
-        raise CcguardError(f"unreadable input classifier weights: {e}", where=str(path)) from None
-    backbone = backbone.base_model  # the model itself for an encoder
-    own = backbone.state_dict()
-    missing = sorted(k for k in own if k not in state and not k.startswith("pooler."))
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-    if missing or unexpected or mismatched:
-        detail = "; ".join(f"{name}: {', '.join(keys[:3])}" for name, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("other shape", mismatched)) if keys)
+        encoder = InputClassifier.load(input_dir).model.encoder
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CcguardError(f"unreadable input classifier: {e}", where=str(input_dir)) from None
+    try:
+        backbone.base_model.load_state_dict(encoder.state_dict())
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
         raise CcguardError(f"the input classifier's encoder does not fit the output backbone ({detail}); "
-                           "init_from_input needs the same backbone and number of layers on both sides", where=str(path))
-    backbone.load_state_dict(state, strict=False)
+                           "init_from_input needs the same backbone and number of layers on both sides",
+                           where=str(input_dir)) from None
 
 
 def train_output(
