@@ -77,8 +77,10 @@ PROFILES: dict[str, Profile] = {
         # Style balance: every exchange in five more voices, framed prompts, stitched answers, a harmless style twin of
         # every harmful seed answer and out-of-scope twins (about 14.7k training exchanges, 14% of the harmful ones
         # verbatim seeds). 1,440 steps, about 0.8 of an epoch: 480 ranked CBRN content in other voices worse (design/017).
+        # The last 48 prompt tokens and the first 96 of the response: 16% fewer tokens a step than 64 and 128, with the
+        # same real-shape checks over six seeds (design/023).
         responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8, amount_rate=0.2),
-        output_train=OutputTrainArgs(prompt_tokens=64, response_tokens=128, epochs=1.5, batch_size=8, max_steps=1440),
+        output_train=OutputTrainArgs(prompt_tokens=48, response_tokens=96, epochs=1.5, batch_size=8, max_steps=1440),
         calib_variants=1.5,
         output_eval_max=2000,
     ),
