@@ -11,6 +11,7 @@ and, for the output classifier, AUROC and TPR/FPR at the calibrated threshold on
 responses (out of domain: mostly non-CBRN harms, so a CBRN guard should flag few of them).
 
 Usage: python benchmarks/dev_eval.py --guard runs/cbrn/guard [--dev ../shared/data/dev] [--pairs 300] [--json OUT]
+                                     [--only input|output]
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=300, help="wrapped prompts per wrapped set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--only", choices=("input", "output"), default=None,
+                    help="one side alone (an output-side change leaves the input classifier as it was)")
     a = ap.parse_args()
     if not (a.dev / "prompts.jsonl").is_file():
         print(f"no dev data at {a.dev}; nothing to evaluate", file=sys.stderr)
@@ -86,6 +89,8 @@ def main() -> int:
         "non_cbrn_harmful": ([r["prompt"] for r in other_harm], "(info)"),
     }
     results: dict[str, dict] = {}
+    if a.only == "output":
+        sets = {}
     print(f"guard: {a.guard}  threshold {guard.policy.input_threshold:.4f}")
     print(f"{'set':24s} {'n':>6s} {'flagged':>8s}  95% CI            target   seconds")
     for name, (texts, target) in sets.items():
@@ -112,7 +117,7 @@ def main() -> int:
             results[name]["by_source"] = {s: f"{sum(x)}/{len(x)}" for s, x in sorted(by_src.items())}
             for s, x in sorted(by_src.items()):
                 print(f"    {s:20s} {sum(x)}/{len(x)}")
-    if guard.output_classifier is not None and (a.dev / "responses.jsonl").is_file():
+    if a.only != "input" and guard.output_classifier is not None and (a.dev / "responses.jsonl").is_file():
         from ccguard.evaluate.metrics import auroc, flagged_rate
 
         rows = load_jsonl(a.dev / "responses.jsonl")

@@ -57,7 +57,8 @@ PROFILES: dict[str, Profile] = {
         synth=SynthConfig(queries_per_category=8, templates_per_category=3, fills_per_template=1, pool_size=80),
         augment=AugmentConfig(variants_per_example=0.7),
         input_train=TrainArgs(num_layers=3, max_len=64, stride=48, epochs=1.0, max_steps=60, batch_size=16),
-        responses=ResponseConfig(queries_per_response=1, max_per_category=16, voice_variants=1, frame_rate=0.4, compose_rate=0.3),
+        responses=ResponseConfig(queries_per_response=1, max_per_category=16, voice_variants=1, frame_rate=0.4, compose_rate=0.3,
+                                 preamble_rate=0.12),
         output_train=OutputTrainArgs(num_layers=2, prompt_tokens=32, response_tokens=64, max_steps=30, batch_size=8),
         target_fpr=0.02,
         calib_variants=0.5,
@@ -79,7 +80,9 @@ PROFILES: dict[str, Profile] = {
         # verbatim seeds). 1,440 steps, about 0.8 of an epoch: 480 ranked CBRN content in other voices worse (design/017).
         # The last 48 prompt tokens and the first 96 of the response: 16% fewer tokens a step than 64 and 128, with the
         # same real-shape checks over six seeds (design/023).
-        responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8, amount_rate=0.2),
+        # A harmless lead-in before 12% of the answers, of either label (design/024).
+        responses=ResponseConfig(queries_per_response=3, voice_variants=5, frame_rate=0.4, compose_rate=0.8, amount_rate=0.2,
+                                 preamble_rate=0.12),
         output_train=OutputTrainArgs(prompt_tokens=48, response_tokens=96, epochs=1.5, batch_size=8, max_steps=1440),
         calib_variants=1.5,
         output_eval_max=2000,

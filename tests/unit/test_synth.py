@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from ccguard import constitution as C
 from ccguard.synth import offline
 from ccguard.synth.pool import load_pool
@@ -114,3 +116,30 @@ def test_amount_echo_is_label_blind_and_adds_no_content():
         assert e.response.lower().count(a.lower()) == 1 and a.lower() in echo.lower()
     none = generate_responses(c, None, ResponseConfig(seed=1, queries_per_response=1, voice_variants=3))
     assert not any(s.name == "answer_amount" for e in none for s in e.lineage)
+
+
+def test_lead_ins_are_label_blind_topic_free_and_record_where_the_answer_begins():
+    from collections import Counter
+
+    from ccguard.synth.responses import PREAMBLE_STEP, ResponseConfig, answer_start, generate_responses
+
+    c = C.load("cbrn")
+    cfg = ResponseConfig(seed=2, queries_per_response=1, voice_variants=2)
+    plain = generate_responses(c, None, cfg)
+    rows = generate_responses(c, None, replace(cfg, preamble_rate=0.3))
+    # Lead-ins only add copies: every other exchange is the same, in the same order.
+    assert rows[: len(plain)] == plain
+    led = rows[len(plain) :]
+    assert led and all(e.lineage[-1].name == PREAMBLE_STEP for e in led)
+    share = {y: n / sum(e.label == y for e in plain) for y, n in Counter(e.label for e in led).items()}
+    assert set(share) == {"harmful", "harmless"} and all(0.2 < x < 0.4 for x in share.values())
+    parents = {e.id: e for e in plain}
+    terms = [t.lower() for t in c.harmful_terms() if len(t) >= 5]
+    for e in led:
+        parent = parents[e.parent_id]
+        at = answer_start(e)
+        assert at > 0 and e.response[at:] == parent.response and e.group == parent.group and e.label == parent.label
+        lead = e.response[:at].lower()
+        assert lead.endswith("\n\n") and not any(t in lead for t in terms), lead
+    assert answer_start(plain[0]) == 0
+    assert len({e.lineage[-1].args["kind"] for e in led}) >= 6

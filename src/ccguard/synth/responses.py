@@ -6,6 +6,9 @@ augmentation.
   dangerous terms in a safe context and act as hard negatives.
 - Output-side augmentation: the answer written in the obfuscation the prompt asked for, code-word substitution,
   answers embedded in a story, and an amount the request names repeated in the answer.
+- Lead-ins (``synth.preambles``): a copy of some exchanges, of either label at the same rate, whose answer follows a
+  persona announcement, a story's opening scene, a disclaimer, an outline or a console banner. Its step records
+  where the answer begins (``PREAMBLE_STEP``, ``args["chars"]``).
 - Style balance: every exchange also gets re-voiced variants (``synth.voices``: compliance opener, numbered steps,
   persona, historian, fiction, encyclopedic, Q&A, table, code block, markdown sections, disclaimer, terse, letter,
   process overview),
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from ccguard.constitution import Category, Constitution
 from ccguard.records import Example, Label, Step, render_prompt, stable_id
 from ccguard.synth.pool import BenignPool
+from ccguard.synth.preambles import lead_in
 from ccguard.synth.voices import sentences, voices
 from ccguard.transforms.encoding import HOMOGLYPHS, LEET
 from ccguard.transforms.keyword import CODE_WORDS
@@ -50,6 +54,31 @@ _ASK_SECRET = (
 )
 
 
+PREAMBLE_STEP = "answer_preamble"
+
+
+def answer_start(example: Example) -> int:
+    """Where the answer begins in ``example.response``: after a lead-in (``PREAMBLE_STEP``), else 0."""
+    return sum(int(s.args.get("chars", 0)) for s in example.lineage if s.name == PREAMBLE_STEP)
+
+
+def with_lead_ins(exchanges: list[Example], rate: float, seed: int) -> list[Example]:
+    """For a ``rate`` share of ``exchanges`` (drawn without regard to the label), a copy whose answer follows a
+    harmless lead-in. Each copy joins its parent's group, so it lands in the parent's split."""
+    if rate <= 0:
+        return []
+    rng = random.Random(f"{seed}:preamble")
+    out = []
+    for e in exchanges:
+        if not e.response or rng.random() >= rate:
+            continue
+        kind, text = lead_in(rng)
+        step = Step(name=PREAMBLE_STEP, family="output", args={"kind": kind, "chars": len(text)})
+        out.append(e.model_copy(update={"id": stable_id(e.id, PREAMBLE_STEP, text), "response": text + e.response,
+                                        "parent_id": e.id, "lineage": [*e.lineage, step]}))
+    return out
+
+
 @dataclass(frozen=True)
 class ResponseConfig:
     """How many exchanges to build and how often to augment them."""
@@ -62,6 +91,7 @@ class ResponseConfig:
     frame_rate: float = 0.0  # chance that a re-voiced variant's prompt gets a jailbreak framing
     compose_rate: float = 0.0  # stitched answers per exchange, added after the split (see compose)
     amount_rate: float = 0.0  # chance that a re-voiced variant's request names an amount its answer repeats
+    preamble_rate: float = 0.0  # chance that an exchange also gets a copy whose answer follows a harmless lead-in
 
 
 def _leet(text: str, rng: random.Random) -> str:
@@ -217,4 +247,5 @@ def generate_responses(
                     )
                     out.append(base)
                     out += _revoiced(base, cfg.voice_variants, all_voices, framers, framings, cfg.frame_rate, rng)
-    return out
+    # Drawn from a generator of their own, so that turning lead-ins on changes none of the other exchanges.
+    return out + with_lead_ins(out, cfg.preamble_rate, cfg.seed)

@@ -30,6 +30,7 @@ from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.errors import CcguardError
 from ccguard.records import Example, render_prompt
+from ccguard.synth.responses import answer_start
 from ccguard.train.args import OutputTrainArgs
 from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 
@@ -40,6 +41,7 @@ class Exchange:
     start: int  # first response position
     label: float
     weight: float = 1.0  # loss weight (ccguard.train.debias)
+    label_start: int | None = None  # first position the loss reads (None: ``start``); after a harmful answer's lead-in
 
 
 def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, w: float, pos_weight: float,
@@ -57,10 +59,27 @@ def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, 
     return loss / resp_mask.sum().clamp(min=1.0)
 
 
+def to_exchange(clf: OutputClassifier, e: Example, weight: float, response_tokens: int) -> Exchange | None:
+    """The training sequence of one exchange: its prompt context, then up to ``response_tokens`` of the answer (None
+    when the answer has no tokens). A lead-in (``synth.preambles``) is read in full before those tokens, and a harmful
+    exchange's loss starts where its answer does: the lead-in is harmless, yet no label for it is taught either."""
+    ctx = clf.context_ids(render_prompt(e.prompt))
+    span = clf.response_tokens(e.response or "")
+    at = answer_start(e)
+    lead = sum(1 for s in span.starts if s < at)
+    # Within the backbone's positions: the context adds special tokens to prompt_tokens (full profile: 4 + 128 + 384 >
+    # 512).
+    resp = span.ids[: max(0, min(lead + response_tokens, clf.spec.max_positions - len(ctx)))]
+    if len(resp) <= lead:
+        return None
+    harmful = e.label == "harmful"
+    return Exchange(ctx + resp, len(ctx), 1.0 if harmful else 0.0, weight, len(ctx) + lead if harmful and lead else None)
+
+
 def _collate(batch: list[Exchange], pad: int) -> tuple[torch.Tensor, ...]:
     ids, mask = pad_batch([b.ids for b in batch], pad)
     pos = torch.arange(ids.shape[1])[None, :]
-    starts = torch.tensor([b.start for b in batch])[:, None]
+    starts = torch.tensor([b.start if b.label_start is None else b.label_start for b in batch])[:, None]
     resp_mask = ((pos >= starts) & (mask > 0)).float()
     return ids, mask, resp_mask, torch.tensor([b.label for b in batch]), torch.tensor([b.weight for b in batch])
 
@@ -118,14 +137,7 @@ def train_output(
     pairs = [(e, w) for e, w in zip(train, weights or [1.0] * len(train), strict=True) if e.response]
     if args.max_examples is not None and len(pairs) > args.max_examples:
         pairs = rng.sample(pairs, args.max_examples)
-    items = []
-    for e, w in pairs:
-        ctx = clf.context_ids(render_prompt(e.prompt))
-        # Within the backbone's positions: the context adds special tokens to prompt_tokens (full profile: 4 + 128 +
-        # 384 > 512).
-        resp = clf.response_tokens(e.response or "").ids[: max(0, min(args.response_tokens, max_pos - len(ctx)))]
-        if resp:
-            items.append(Exchange(ctx + resp, len(ctx), 1.0 if e.label == "harmful" else 0.0, w))
+    items = [x for e, w in pairs if (x := to_exchange(clf, e, w, args.response_tokens)) is not None]
     n_pos = sum(x.label for x in items)
     pos_weight = (len(items) - n_pos) / max(1.0, n_pos)
     total = args.max_steps or max(1, int(math.ceil(len(items) / args.batch_size) * args.epochs))

@@ -1,0 +1,87 @@
+"""Output classifier behind a harmless lead-in: is CBRN content still caught when the answer does not start at once?
+
+Real jailbreak responses often open with something harmless: the persona announces itself, a story sets its scene,
+a disclaimer or an outline comes first, a fake console banner says the filters are off. This check puts each of the
+16 lead-ins in `benchmarks/data/output_lead_ins.json` (two per kind, written for this check by a helper who never saw
+the training lead-ins of `ccguard.synth.preambles`; no shared 4-gram) in front of every response of
+`benchmarks/data/output_voices.jsonl`, and reports, per lead-in kind and overall, against the same exchanges with
+no lead-in:
+  * cbrn_other_voice: CBRN-weapons content blocked (target >= 90%, as without a lead-in);
+  * noncbrn_jailbreak and benign_cbrn_adjacent: flagged (target <= 5%);
+  * where harmful exchanges halt: the share of halts that come before the answer begins (inside the lead-in).
+
+Scores come from one full causal pass per exchange, as in `output_voices.py`; exchanges longer than the backbone's
+positions are scored up to them (noted on stderr). ``--stream`` uses ``Guard.check_output`` instead.
+
+Usage: python benchmarks/output_lead_ins.py --guard runs/cbrn/guard [--stream] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LEAD_INS = HERE / "data" / "output_lead_ins.json"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
+    ap.add_argument("--stream", action="store_true", help="score with Guard.check_output (streaming) per item")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    a = ap.parse_args()
+
+    sys.path.insert(0, str(HERE))
+    from output_voices import DATA, GROUPS, TARGETS, load_jsonl, score_items
+
+    from ccguard import Guard
+    from ccguard.evaluate.metrics import flagged_rate
+
+    guard = Guard.load(a.guard)
+    if guard.output_classifier is None:
+        print(f"{a.guard} has no output classifier", file=sys.stderr)
+        return 1
+    thr = guard.policy.output_threshold
+    rows = load_jsonl(DATA)
+    leads = json.loads(LEAD_INS.read_text(encoding="utf-8"))
+    # Every lead-in ends in a paragraph break before the answer.
+    items = [{**r, "lead": "", "kind": "none"} for r in rows]
+    items += [{**r, "lead": x["text"].rstrip() + "\n\n", "kind": x["kind"]} for x in leads for r in rows]
+    t0 = time.perf_counter()
+    scored = score_items(guard, [{**r, "response": r["lead"] + r["response"]} for r in items], a.stream)
+    secs = time.perf_counter() - t0
+    for r, (score, stop) in zip(items, scored, strict=True):
+        r["_score"], r["_stop"] = score, stop
+
+    print(f"guard: {a.guard}  output threshold {thr:.4f}  ({len(items)} exchanges: {len(rows)} responses x "
+          f"{len(leads)} lead-ins and none; {secs:.0f}s, {'streamed' if a.stream else 'full pass'})")
+    kinds = ["none", *sorted({x["kind"] for x in leads}), "any lead-in"]
+    head = "".join(f"{g[:18]:>26s}" for g in GROUPS)
+    print(f"{'lead-in kind':22s}{head}{'halts in lead-in':>20s}")
+    results: dict = {"threshold": thr, "mode": "stream" if a.stream else "full_pass", "kinds": {}}
+    for k in kinds:
+        sub = [r for r in items if (r["kind"] != "none" if k == "any lead-in" else r["kind"] == k)]
+        res: dict = {}
+        cells = []
+        for g in GROUPS:
+            rate = flagged_rate([r["_score"] for r in sub if r["group"] == g], thr)
+            res[g] = rate.model_dump()
+            cells.append(f"{100 * rate.rate:6.1f}% [{100 * rate.lo:4.1f}, {100 * rate.hi:5.1f}]")
+        halts = [r for r in sub if r["label"] == "harmful" and r["_stop"] is not None]
+        early = sum(r["_stop"] < len(r["lead"]) for r in halts)
+        res["halts"], res["halts_in_lead_in"] = len(halts), early
+        cells.append(f"{early:>5d} of {len(halts):<4d}")
+        print(f"{k:22s}" + "".join(f"{c:>26s}" for c in cells[:-1]) + f"{cells[-1]:>20s}")
+        results["kinds"][k] = res
+    print("targets: " + ", ".join(f"{g} {TARGETS[g]}" for g in GROUPS))
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
