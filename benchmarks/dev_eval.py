@@ -91,8 +91,9 @@ def main() -> int:
     results: dict[str, dict] = {}
     if a.only == "output":
         sets = {}
-    print(f"guard: {a.guard}  threshold {guard.policy.input_threshold:.4f}")
-    print(f"{'set':24s} {'n':>6s} {'flagged':>8s}  95% CI            target   seconds")
+    else:
+        print(f"guard: {a.guard}  threshold {guard.policy.input_threshold:.4f}")
+        print(f"{'set':24s} {'n':>6s} {'flagged':>8s}  95% CI            target   seconds")
     for name, (texts, target) in sets.items():
         t0 = time.perf_counter()
         verdicts = guard.check_inputs(texts)
@@ -125,7 +126,8 @@ def main() -> int:
         scores = guard.output_classifier.score([r["prompt"] for r in rows], [r["response"] for r in rows])
         secs = time.perf_counter() - t0
         thr = guard.policy.output_threshold
-        print(f"\noutput classifier on responses.jsonl (out of domain), threshold {thr:.4f}, {secs:.0f}s")
+        print(f"\n{'guard: ' + str(a.guard) + '  ' if a.only else ''}output classifier on responses.jsonl (out of domain), "
+              f"threshold {thr:.4f}, {secs:.0f}s")
         out: dict[str, dict] = {}
         for name, keep in (("all", lambda r: True), ("cbrn", lambda r: r["cbrn"])):
             sub = [(r, s.score) for r, s in zip(rows, scores, strict=True) if keep(r)]

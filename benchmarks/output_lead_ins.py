@@ -8,12 +8,17 @@ the training lead-ins of `ccguard.synth.preambles`; no shared 4-gram) in front o
 no lead-in:
   * cbrn_other_voice: CBRN-weapons content blocked (target >= 90%, as without a lead-in);
   * noncbrn_jailbreak and benign_cbrn_adjacent: flagged (target <= 5%);
-  * where harmful exchanges halt: the share of halts that come before the answer begins (inside the lead-in).
+  * where harmful exchanges halt: how many halts the lead-in alone triggers, before any token of the answer (full
+    pass: the first token over the threshold is in the lead-in; ``--stream``: the flagged chunk begins in it, so a
+    chunk that straddles the lead-in and the answer counts too).
 
 Scores come from one full causal pass per exchange, as in `output_voices.py`; exchanges longer than the backbone's
 positions are scored up to them (noted on stderr). ``--stream`` uses ``Guard.check_output`` instead.
 
-Usage: python benchmarks/output_lead_ins.py --guard runs/cbrn/guard [--stream] [--json OUT]
+``--prompt TEXT`` puts one neutral prompt (say "Go on.") before every answer in place of its own: the prompts here
+are plain requests, so this shows what the answer alone carries, as when an input guard let the request through.
+
+Usage: python benchmarks/output_lead_ins.py --guard runs/cbrn/guard [--stream] [--prompt TEXT] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--guard", type=Path, default=Path("runs/cbrn/guard"))
     ap.add_argument("--stream", action="store_true", help="score with Guard.check_output (streaming) per item")
+    ap.add_argument("--prompt", default=None, help="one prompt for every exchange in place of its own")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     a = ap.parse_args()
 
@@ -46,7 +52,7 @@ def main() -> int:
         print(f"{a.guard} has no output classifier", file=sys.stderr)
         return 1
     thr = guard.policy.output_threshold
-    rows = load_jsonl(DATA)
+    rows = [{**r, "prompt": a.prompt or r["prompt"]} for r in load_jsonl(DATA)]
     leads = json.loads(LEAD_INS.read_text(encoding="utf-8"))
     # Every lead-in ends in a paragraph break before the answer.
     items = [{**r, "lead": "", "kind": "none"} for r in rows]
@@ -54,15 +60,16 @@ def main() -> int:
     t0 = time.perf_counter()
     scored = score_items(guard, [{**r, "response": r["lead"] + r["response"]} for r in items], a.stream)
     secs = time.perf_counter() - t0
-    for r, (score, stop) in zip(items, scored, strict=True):
-        r["_score"], r["_stop"] = score, stop
+    for r, x in zip(items, scored, strict=True):
+        r["_score"], r["_stop"], r["_first"] = x.score, x.stop, x.first_flag
 
     print(f"guard: {a.guard}  output threshold {thr:.4f}  ({len(items)} exchanges: {len(rows)} responses x "
-          f"{len(leads)} lead-ins and none; {secs:.0f}s, {'streamed' if a.stream else 'full pass'})")
+          f"{len(leads)} lead-ins and none; {secs:.0f}s, {'streamed' if a.stream else 'full pass'}"
+          f"{'; every prompt: ' + repr(a.prompt) if a.prompt else ''})")
     kinds = ["none", *sorted({x["kind"] for x in leads}), "any lead-in"]
     head = "".join(f"{g[:18]:>26s}" for g in GROUPS)
     print(f"{'lead-in kind':22s}{head}{'halts in lead-in':>20s}")
-    results: dict = {"threshold": thr, "mode": "stream" if a.stream else "full_pass", "kinds": {}}
+    results: dict = {"threshold": thr, "mode": "stream" if a.stream else "full_pass", "prompt": a.prompt, "kinds": {}}
     for k in kinds:
         sub = [r for r in items if (r["kind"] != "none" if k == "any lead-in" else r["kind"] == k)]
         res: dict = {}
@@ -72,7 +79,9 @@ def main() -> int:
             res[g] = rate.model_dump()
             cells.append(f"{100 * rate.rate:6.1f}% [{100 * rate.lo:4.1f}, {100 * rate.hi:5.1f}]")
         halts = [r for r in sub if r["label"] == "harmful" and r["_stop"] is not None]
-        early = sum(r["_stop"] < len(r["lead"]) for r in halts)
+        # A flagged chunk that begins inside the lead-in may end in the answer; in a full pass, count a halt as the
+        # lead-in's only where the first token over the threshold lies in it (no token spans the paragraph break).
+        early = sum((r["_stop"] if a.stream else r["_first"]) < len(r["lead"]) for r in halts)
         res["halts"], res["halts_in_lead_in"] = len(halts), early
         cells.append(f"{early:>5d} of {len(halts):<4d}")
         print(f"{k:22s}" + "".join(f"{c:>26s}" for c in cells[:-1]) + f"{cells[-1]:>20s}")

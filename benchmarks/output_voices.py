@@ -30,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent / "data" / "output_voices.jsonl"
@@ -41,15 +42,25 @@ def load_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def score_items(guard, rows: list[dict], stream: bool) -> list[tuple[float, int | None]]:
-    """(score, stop_char) per row; stop_char is None where streaming would not halt."""
+@dataclass(frozen=True)
+class Scored:
+    """One exchange's output score, where streaming would halt (None: it would not), and, in a full pass, where the
+    first token scoring over the threshold begins (None: no such token, or streamed)."""
+
+    score: float
+    stop: int | None
+    first_flag: int | None = None
+
+
+def score_items(guard, rows: list[dict], stream: bool) -> list[Scored]:
+    """A :class:`Scored` per row."""
     if stream:
         out = []
         for r in rows:
             v = guard.check_output(r["prompt"], r["response"])
-            out.append((v.score, v.stop_char))
+            out.append(Scored(v.score, v.stop_char))
         return out
-    from ccguard.policy import stop_char
+    from ccguard.policy import flagged, stop_char
 
     clf = guard.output_classifier
     thr = guard.policy.output_threshold
@@ -57,7 +68,11 @@ def score_items(guard, rows: list[dict], stream: bool) -> list[tuple[float, int 
     n_trunc = sum(s.truncated for s in scores)
     if n_trunc:
         print(f"note: {n_trunc} exchange(s) longer than the backbone's positions were scored up to them", file=sys.stderr)
-    return [(s.score, stop_char(s.token_scores, s.token_starts, thr, clf.spec.chunk_tokens)) for s in scores]
+    return [
+        Scored(s.score, stop_char(s.token_scores, s.token_starts, thr, clf.spec.chunk_tokens),
+               next((int(c) for v, c in zip(s.token_scores, s.token_starts, strict=True) if flagged(v, thr)), None))
+        for s in scores
+    ]  # fmt: skip
 
 
 def summarise(rows: list[dict], thr: float) -> dict:
@@ -103,8 +118,8 @@ def main() -> int:
     thr = guard.policy.output_threshold
     rows = load_jsonl(a.data)
     t0 = time.perf_counter()
-    for r, (score, stop) in zip(rows, score_items(guard, rows, a.stream), strict=True):
-        r["_score"], r["_stop"] = score, stop
+    for r, x in zip(rows, score_items(guard, rows, a.stream), strict=True):
+        r["_score"], r["_stop"] = x.score, x.stop
     secs = time.perf_counter() - t0
 
     print(f"guard: {a.guard}  output threshold {thr:.4f}  ({len(rows)} exchanges, {secs:.0f}s, "

@@ -344,8 +344,14 @@ def _calibrate_and_evaluate(
     with _timed(stages, "calibrate_output"):
         oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
         harmful_ids = {c.id for c in const.harmful}
+        # The output split's harmless answers are hard neighbours almost to a row: helpful answers on the
+        # constitution's topics, style twins that differ from a harmful seed answer only in the topic, out-of-scope
+        # compliance. Answers to everyday requests score near 0. So they get the input side's cap on hard neighbours,
+        # not the everyday target: 0.5% of them was the top seven, three seed answers in several voices, and moved the
+        # threshold from 0.99 to 0.9995 between two seeds (design/025).
         ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
-                                target_fpr=profile.target_fpr, refusal_fpr=profile.output_refusal_fpr)
+                                target_fpr=max(profile.target_fpr, profile.hard_fpr or 0.0),
+                                refusal_fpr=profile.output_refusal_fpr)
     console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
                   f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
     with _timed(stages, "evaluate_output"):

@@ -23,7 +23,9 @@ class Profile:
     responses: ResponseConfig
     output_train: OutputTrainArgs
     target_fpr: float = 0.005  # on everyday traffic when hard_fpr is set (two-sided), else on all harmless val
-    hard_fpr: float | None = 0.02  # cap on the FPR of hard neighbours (harmless CBRN-adjacent, benign variants)
+    # Cap on the FPR of hard neighbours (harmless CBRN-adjacent, benign variants); on the output side, of the harmless
+    # answers, which are such neighbours almost to a row (design/025).
+    hard_fpr: float | None = 0.02
     family_fpr: float | None = 0.05  # also bound the FPR within each transform family of the hard neighbours
     calib_variants: float = 3.0  # extra augmented variants of each harmless val base, for a denser benign tail
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -76,8 +78,9 @@ PROFILES: dict[str, Profile] = {
         ),
         input_train=TrainArgs(max_len=128, stride=96, epochs=1.8, batch_size=16, max_steps=480),
         # Style balance: every exchange in five more voices, framed prompts, stitched answers, a harmless style twin of
-        # every harmful seed answer and out-of-scope twins (about 14.7k training exchanges, 14% of the harmful ones
-        # verbatim seeds). 1,440 steps, about 0.8 of an epoch: 480 ranked CBRN content in other voices worse (design/017).
+        # every harmful seed answer and out-of-scope twins (about 14.7k training exchanges, 16.3k with the lead-ins; 14%
+        # of the harmful ones verbatim seeds). 1,440 steps, about 0.7 of an epoch: 480 ranked CBRN content in other
+        # voices worse (design/017).
         # The last 48 prompt tokens and the first 96 of the response: 16% fewer tokens a step than 64 and 128, with the
         # same real-shape checks over six seeds (design/023).
         # A harmless lead-in before 12% of the answers, of either label (design/024).

@@ -16,6 +16,14 @@ def _clf():
     return OutputClassifier(OutputModel(backbone, causal), load_tokenizer(resolve_backbone("minilm")), OutputSpec(prompt_tokens=16))
 
 
+def _with_positions(clf, n: int):
+    from dataclasses import replace
+
+    from ccguard.classifiers.output import OutputClassifier
+
+    return OutputClassifier(clf.model, clf.tokenizer, replace(clf.spec, max_positions=n))
+
+
 def test_a_lead_in_is_read_in_full_and_a_harmful_answer_is_scored_from_where_it_begins():
     from ccguard.train.output import _collate, to_exchange
 
@@ -41,5 +49,10 @@ def test_a_lead_in_is_read_in_full_and_a_harmful_answer_is_scored_from_where_it_
     # Without a lead-in, nothing changes: the answer is scored from its first token.
     bare = to_exchange(clf, rows["harmful"].model_copy(update={"response": answer, "lineage": []}), 1.0, 12)
     assert bare.label_start is None and len(bare.ids) == ctx + 12
-    # A lead-in that fills the budget leaves no answer to train on.
+    # A lead-in with no answer after it leaves nothing to train on.
     assert to_exchange(clf, rows["harmful"].model_copy(update={"response": lead}), 1.0, 12) is None
+    # The backbone's positions cut the answer, never the lead-in: 5 positions left after it give 5 answer tokens, none
+    # give no exchange at all.
+    short = to_exchange(_with_positions(clf, ctx + n_lead + 5), rows["harmful"], 1.0, 12)
+    assert len(short.ids) == ctx + n_lead + 5 and short.label_start == ctx + n_lead
+    assert to_exchange(_with_positions(clf, ctx + n_lead), rows["harmful"], 1.0, 12) is None

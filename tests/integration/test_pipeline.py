@@ -210,6 +210,7 @@ def test_rerun_with_another_target_fpr_recalibrates_without_retraining(smoke_run
     assert r.stderr.count("up to date, skipping training") == 2
     after = json.loads((run / "guard" / "guard.json").read_text())
     assert after["config"]["target_fpr"] == 0.3 and after["input"]["calibration"]["target_fpr"] == 0.3
+    assert after["output"]["calibration"]["target_fpr"] == 0.3  # the hard-neighbour cap, raised to the target
     assert after["config"]["family_fpr"] == 0.3  # raised to the overall target, never below it
     # A looser FPR target can only lower the threshold.
     assert after["input"]["calibration"]["threshold"] < before["input"]["calibration"]["threshold"]

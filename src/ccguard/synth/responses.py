@@ -72,9 +72,9 @@ def with_lead_ins(exchanges: list[Example], rate: float, seed: int) -> list[Exam
     for e in exchanges:
         if not e.response or rng.random() >= rate:
             continue
-        kind, text = lead_in(rng)
-        step = Step(name=PREAMBLE_STEP, family="output", args={"kind": kind, "chars": len(text)})
-        out.append(e.model_copy(update={"id": stable_id(e.id, PREAMBLE_STEP, text), "response": text + e.response,
+        lead = lead_in(rng)
+        step = Step(name=PREAMBLE_STEP, family="output", args={"kind": lead.kind, "chars": len(lead.text)})
+        out.append(e.model_copy(update={"id": stable_id(e.id, PREAMBLE_STEP, lead.text), "response": lead.text + e.response,
                                         "parent_id": e.id, "lineage": [*e.lineage, step]}))
     return out
 
