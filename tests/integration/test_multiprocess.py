@@ -3,6 +3,9 @@
 The two runs must see the same global batches, each process its own disjoint half, and end at the same weights up to
 float noise. The trained weights are compared by how far apart the two runs' updates are, relative to the update
 itself: float noise under Adam gives about 0.08; a scheduler stepping once per process per step gives about 0.35.
+The output loss divides by the labelled tokens of the whole batch, not of each process's half: the two runs' output
+classifiers then differ by about 1e-4, against 0.20 with per-half division (the smoke data's lead-ins leave a harmful
+answer's lead-in unlabelled, so the halves differ).
 """
 
 from __future__ import annotations
@@ -71,6 +74,6 @@ def test_two_processes_get_disjoint_halves_of_every_batch(runs: tuple[Path, Path
 def test_two_process_training_matches_one_process(runs: tuple[Path, Path]) -> None:
     one, two = runs
     assert _relative_update_gap(one / "input.safetensors", two / "input.safetensors", "encoder.") < 0.2
-    assert _relative_update_gap(one / "output.safetensors", two / "output.safetensors", "backbone.") < 0.2
+    assert _relative_update_gap(one / "output.safetensors", two / "output.safetensors", "backbone.") < 0.02
     stats = json.loads((two / "stats.json").read_text())
     assert stats["input"]["steps"] == 10 and stats["output"]["steps"] == 6

@@ -45,9 +45,10 @@ class Exchange:
 
 
 def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, w: float, pos_weight: float,
-                example_weight: torch.Tensor | None = None) -> torch.Tensor:
+                example_weight: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """BCE between each sequence label and its per-prefix prediction (direct probability blended with cummax); each
-    sequence's terms scaled by its ``example_weight``."""
+    sequence's terms scaled by its ``example_weight``, the sum divided by ``tokens`` (default: the labelled tokens
+    in this batch)."""
     p = torch.sigmoid(values) * resp_mask
     cm = torch.cummax(p, dim=1).values
     pred = ((1.0 - w) * p + w * cm).clamp(1e-6, 1 - 1e-6)
@@ -56,7 +57,7 @@ def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, 
     if example_weight is not None:
         weight = weight * example_weight[:, None]
     loss = F.binary_cross_entropy(pred, target, weight=weight, reduction="sum")
-    return loss / resp_mask.sum().clamp(min=1.0)
+    return loss / (resp_mask.sum() if tokens is None else tokens).clamp(min=1.0)
 
 
 def to_exchange(clf: OutputClassifier, e: Example, weight: float, response_tokens: int) -> Exchange | None:
@@ -164,7 +165,12 @@ def train_output(
             with autocast():
                 values, lm, _ = model(ids, mask)
             w = args.cummax_weight(step, total)
-            loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight, ew)
+            tokens = None
+            if accelerator.num_processes > 1:
+                # Each process holds half the batch, and its labelled tokens differ (a harmful answer's lead-in is not
+                # labelled). Dividing by the mean over processes makes the averaged gradients the whole batch's.
+                tokens = accelerator.reduce(resp_mask.sum().detach(), reduction="mean")
+            loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight, ew, tokens)
             if args.ntp_lambda > 0 and lm is not None:
                 tgt_mask = resp_mask[:, 1:] > 0
                 ntp = F.cross_entropy(lm[:, :-1][tgt_mask].float(), ids[:, 1:][tgt_mask])
