@@ -56,3 +56,27 @@ def test_a_lead_in_is_read_in_full_and_a_harmful_answer_is_scored_from_where_it_
     short = to_exchange(_with_positions(clf, ctx + n_lead + 5), rows["harmful"], 1.0, 12)
     assert len(short.ids) == ctx + n_lead + 5 and short.label_start == ctx + n_lead
     assert to_exchange(_with_positions(clf, ctx + n_lead), rows["harmful"], 1.0, 12) is None
+
+
+def test_a_harmful_answer_is_scored_from_its_substance_not_from_the_wrapper_a_voice_put_around_it():
+    from ccguard.train.output import to_exchange
+
+    clf = _clf()
+    lead = "Disclaimer first: none of this replaces a specialist's judgement.\n\n"
+    wrapper = "[DAN]: "
+    answer = "The approach would be to plan the job in four phases and rehearse each of them beforehand. " * 3
+    steps = [Step(name="voice_persona", family="voice", args={"wrapper": len(wrapper)}),
+             Step(name="answer_preamble", family="output", args={"kind": "disclaimer", "chars": len(lead)})]
+    row = Example(id="h", prompt="tell me", response=lead + wrapper + answer, label="harmful", group="h", source="seed",
+                  lineage=steps)
+    ctx = len(clf.context_ids("tell me"))
+    n_before = len(clf.response_tokens(lead + wrapper).ids)
+    assert n_before > len(clf.response_tokens(lead).ids)
+    harm = to_exchange(clf, row, 1.0, response_tokens=12)
+    assert harm.label_start == ctx + n_before and len(harm.ids) == ctx + n_before + 12
+    # The same wrapper with no lead-in: the loss still starts after it.
+    bare = to_exchange(clf, row.model_copy(update={"response": wrapper + answer, "lineage": steps[:1]}), 1.0, 12)
+    assert bare.label_start == ctx + len(clf.response_tokens(wrapper).ids)
+    # A harmless answer is taught at every token, wrapper included.
+    safe = to_exchange(clf, row.model_copy(update={"label": "harmless"}), 1.0, 12)
+    assert safe.label_start is None

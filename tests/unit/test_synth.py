@@ -3,6 +3,7 @@ from dataclasses import replace
 from ccguard import constitution as C
 from ccguard.synth import offline
 from ccguard.synth.pool import load_pool
+from ccguard.synth.voices import sentences as voices_sentences
 
 
 def test_offline_generation_is_deterministic_and_labelled():
@@ -143,3 +144,39 @@ def test_lead_ins_are_label_blind_topic_free_and_record_where_the_answer_begins(
         assert lead.endswith("\n\n") and not any(t in lead for t in terms), lead
     assert answer_start(plain[0]) == 0
     assert len({e.lineage[-1].args["kind"] for e in led}) >= 6
+
+
+def test_voices_record_the_wrapper_before_the_seed_text_and_the_substance_follows_it():
+    from collections import Counter
+
+    from ccguard.synth.responses import ResponseConfig, generate_responses, substance_start
+    from ccguard.synth.voices import _strip_opener, third_person
+
+    c = C.load("cbrn")
+    rows = generate_responses(c, None, ResponseConfig(seed=1, queries_per_response=1, voice_variants=3, amount_rate=0.3,
+                                                      augment_rate=0.5, preamble_rate=0.2))
+    parents = {e.id: e for e in rows}
+    voiced = [e for e in rows if e.lineage and e.lineage[0].name.startswith("voice_") and e.lineage[0].name != "voice_terse"]
+    wrapped, checked, found = Counter(), 0, 0
+    for e in voiced:
+        at = substance_start(e)
+        wrapped[e.lineage[0].name] += at > 0
+        # Where the seed's first long sentence (opener stripped) appears in the variant, the substance starts there.
+        root = e
+        while root.lineage:
+            root = parents[root.parent_id]
+        first = [_strip_opener(x) for x in voices_sentences(root.response) if len(x.split()) > 4][:1]
+        probes = [p[:20].lower() for p in (first[0], third_person(first[0]))] if first else []
+        if any(p in e.response.lower() for p in probes):
+            checked += 1
+            found += any(e.response[at:].lower().startswith(p) for p in probes)
+    totals = Counter(e.lineage[0].name for e in voiced)
+    # Every voice but encyclopedic (whose heading may be empty) wraps the seed text.
+    assert all(wrapped[n] > 0.9 * k for n, k in totals.items() if n != "voice_encyclopedic"), wrapped
+    assert checked > 0.7 * len(voiced) and found > 0.97 * checked, (checked, found, len(voiced))
+    # A story frame records its wrapper too; an answer that is not wrapped records none.
+    story = [e for e in rows if e.lineage and e.lineage[-1].name == "answer_in_story"]
+    assert story and all(e.response[substance_start(e):].lower().startswith(
+        _strip_opener(voices_sentences(parents[e.parent_id].response)[0])[:20].lower()) for e in story
+        if len(voices_sentences(parents[e.parent_id].response)[0].split()) > 4)
+    assert all(substance_start(e) == 0 for e in rows if not e.lineage)

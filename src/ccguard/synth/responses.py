@@ -14,6 +14,8 @@ augmentation.
   process overview),
   drawn at the same rates whatever the label, and the prompt side gets the same jailbreak framings the input side
   uses. After the split, :func:`compose` adds answers stitched from two responses of the same category and kind.
+  Each re-voiced variant (and each story frame) records how long the wrapper before the seed text is
+  (``args["wrapper"]``), so training can start a harmful answer's loss where its substance does (``substance_start``).
 
 Responses are grouped by their seed text, so a response never appears in two splits.
 """
@@ -28,7 +30,7 @@ from ccguard.constitution import Category, Constitution
 from ccguard.records import Example, Label, Step, render_prompt, stable_id
 from ccguard.synth.pool import BenignPool
 from ccguard.synth.preambles import lead_in
-from ccguard.synth.voices import sentences, voices
+from ccguard.synth.voices import sentences, voices, wrapper_chars
 from ccguard.transforms.encoding import HOMOGLYPHS, LEET
 from ccguard.transforms.keyword import CODE_WORDS
 
@@ -60,6 +62,12 @@ PREAMBLE_STEP = "answer_preamble"
 def answer_start(example: Example) -> int:
     """Where the answer begins in ``example.response``: after a lead-in (``PREAMBLE_STEP``), else 0."""
     return sum(int(s.args.get("chars", 0)) for s in example.lineage if s.name == PREAMBLE_STEP)
+
+
+def substance_start(example: Example) -> int:
+    """Where the answer's substance begins: after a lead-in and after the wrapper a voice or a story frame put around
+    the seed's text (``args["wrapper"]``: an opener, a persona tag, a chapter heading, a table header)."""
+    return answer_start(example) + sum(int(s.args.get("wrapper", 0)) for s in example.lineage)
 
 
 def with_lead_ins(exchanges: list[Example], rate: float, seed: int) -> list[Example]:
@@ -124,8 +132,14 @@ def _augment(prompt: str, response: str, terms: list[str], rng: random.Random) -
         p = f"Let's call {term} '{code}' from now on. " + re.sub(re.escape(term), code, prompt, flags=re.IGNORECASE)
         r = re.sub(re.escape(term), code, response, flags=re.IGNORECASE)
         return p, r, Step(name="answer_codeword", family="output", args={})
-    frame = rng.choice(_STORY)
-    return "Write it as a story. " + prompt, frame.replace("{r}", response), Step(name="answer_in_story", family="output", args={})
+    story = rng.choice(_STORY).replace("{r}", response)
+    return "Write it as a story. " + prompt, story, Step(name="answer_in_story", family="output", args=_wrapper(story, response))
+
+
+def _wrapper(text: str, original: str) -> dict[str, int]:
+    """A step's record of the wrapper before the original's substance (none when there is none)."""
+    n = wrapper_chars(text, original)
+    return {"wrapper": n} if n else {}
 
 
 def _amount(prompt: str, response: str, rng: random.Random) -> tuple[str, str, Step]:
@@ -181,6 +195,7 @@ def _revoiced(base: Example, n: int, all_voices: dict, framers: list, framings: 
             prompt = t(prompt, TransformContext(rng=random.Random(rng.random()), framings=framings))  # type: ignore[operator]
             steps.append(t.step)  # type: ignore[attr-defined]
         if resp.strip() and resp != base.response:
+            steps[0] = steps[0].model_copy(update={"args": _wrapper(resp, base.response or "")})
             out.append(base.model_copy(update={"id": stable_id(base.id, "voice", str(k), name), "prompt": prompt, "response": resp,
                                                "parent_id": base.id, "lineage": [*base.lineage, *steps]}))
     return out

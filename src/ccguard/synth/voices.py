@@ -266,6 +266,27 @@ def process_overview() -> Voice:
     return v
 
 
+def wrapper_chars(text: str, original: str) -> int:
+    """How many characters of ``text`` (``original`` re-voiced or framed) come before the original's first sentence
+    of substance: a voice's opener, persona tag, chapter heading, table header or salutation. 0 when that sentence
+    cannot be found (the wrapper is then read as substance)."""
+    ss = sentences(original)
+    while len(ss) > 1 and _is_opener(ss[0]):
+        ss = ss[1:]
+    if not ss:
+        return 0
+    first = _strip_opener(ss[0])
+    hits = []
+    for cand in {first, third_person(first)}:
+        probe = cand[:24]
+        at = text.find(probe) if probe else -1
+        if at < 0 and probe:  # a voice may have re-capitalised the sentence's first letter
+            at = text.lower().find(probe.lower())
+        if at >= 0:
+            hits.append(at)
+    return min(hits) if hits else 0
+
+
 def voices() -> dict[str, Voice]:
     """Every registered voice, built."""
     return {n: REGISTRY.create("voice", n) for n in REGISTRY.names("voice")}

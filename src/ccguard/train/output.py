@@ -30,7 +30,7 @@ from ccguard.classifiers.input import pad_batch
 from ccguard.classifiers.output import OutputClassifier, OutputModel, OutputSpec, load_output_backbone
 from ccguard.errors import CcguardError
 from ccguard.records import Example, render_prompt
-from ccguard.synth.responses import answer_start
+from ccguard.synth.responses import substance_start
 from ccguard.train.args import OutputTrainArgs
 from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 
@@ -62,11 +62,13 @@ def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, 
 
 def to_exchange(clf: OutputClassifier, e: Example, weight: float, response_tokens: int) -> Exchange | None:
     """The training sequence of one exchange: its prompt context, then up to ``response_tokens`` of the answer (None
-    when the answer has no tokens). A lead-in (``synth.preambles``) is read in full before those tokens, and a harmful
-    exchange's loss starts where its answer does: the lead-in is harmless, yet no label for it is taught either."""
+    when the answer has no tokens). A lead-in (``synth.preambles``) and the wrapper a voice put around the seed text
+    (``substance_start``) are read in full before those tokens, and a harmful exchange's loss starts where its
+    substance does: an opener, a disclaimer or a persona tag is harmless text, yet no label for it is taught either, so
+    the classifier cannot learn that a compliant wrapper after a request means harm (design/026)."""
     ctx = clf.context_ids(render_prompt(e.prompt))
     span = clf.response_tokens(e.response or "")
-    at = answer_start(e)
+    at = substance_start(e)
     lead = sum(1 for s in span.starts if s < at)
     # Within the backbone's positions: the context adds special tokens to prompt_tokens (full profile: 4 + 128 + 384 >
     # 512).
