@@ -180,29 +180,3 @@ def test_voices_record_the_wrapper_before_the_seed_text_and_the_substance_follow
         _strip_opener(voices_sentences(parents[e.parent_id].response)[0])[:20].lower()) for e in story
         if len(voices_sentences(parents[e.parent_id].response)[0].split()) > 4)
     assert all(substance_start(e) == 0 for e in rows if not e.lineage)
-
-
-def test_neighbour_templates_ask_harmless_questions_about_the_harmful_neighbours_agents():
-    c = C.load("cbrn")
-    cfg = offline.SynthConfig(seed=5, neighbour_fills=3)
-    rows = [e for e in offline.generate(c, None, cfg) if e.source == "neighbour"]
-    by_cat: dict[str, list] = {}
-    for e in rows:
-        by_cat.setdefault(e.category, []).append(e)
-    for cat in c.harmless:
-        n = len(cat.seeds.neighbour_templates)
-        assert len(by_cat.get(cat.id, [])) == 3 * n, cat.id
-    assert rows and all(e.label == "harmless" for e in rows)
-    entities = {e for cat in c.harmful for e in cat.seeds.entities}
-    for e in rows:
-        # Every question names an entity of a harmful category that lists this category as its neighbour.
-        allowed = set(c.neighbour_entities(e.category))
-        assert any(ent in e.prompt for ent in allowed), e.prompt
-        assert allowed <= entities
-    # All fills of one template share a group, so a split never sees a template on both sides.
-    groups: dict[str, set[str]] = {}
-    for e in rows:
-        groups.setdefault(e.group, set()).add(e.category)
-    assert all(len(v) == 1 for v in groups.values()) and len(groups) == len(rows) // 3
-    # Off by default: the generator adds none.
-    assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=5)) if e.source == "neighbour"]
