@@ -180,3 +180,12 @@ def test_voices_record_the_wrapper_before_the_seed_text_and_the_substance_follow
         _strip_opener(voices_sentences(parents[e.parent_id].response)[0])[:20].lower()) for e in story
         if len(voices_sentences(parents[e.parent_id].response)[0].split()) > 4)
     assert all(substance_start(e) == 0 for e in rows if not e.lineage)
+
+
+def test_a_recapitalised_seed_sentence_is_found_at_its_own_offset_after_characters_that_lower_case_longer():
+    from ccguard.synth.voices import wrapper_chars
+
+    original = "the whole thing comes down to patience and a steady routine over many weeks."
+    wrapper = "İstanbul notes, İtem 4 — "  # "İ".lower() is two characters
+    text = wrapper + "The whole thing comes down to patience and a steady routine over many weeks."
+    assert wrapper_chars(text, original) == len(wrapper)

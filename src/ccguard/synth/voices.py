@@ -281,7 +281,9 @@ def wrapper_chars(text: str, original: str) -> int:
         probe = cand[:24]
         at = text.find(probe) if probe else -1
         if at < 0 and probe:  # a voice may have re-capitalised the sentence's first letter
-            at = text.lower().find(probe.lower())
+            # Matched in place, not in a lower-cased copy: lower-casing "İ" adds a character and shifts offsets.
+            m = re.search(re.escape(probe), text, re.IGNORECASE)
+            at = m.start() if m else -1
         if at >= 0:
             hits.append(at)
     return min(hits) if hits else 0
