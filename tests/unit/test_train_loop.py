@@ -43,3 +43,31 @@ def test_bucketed_batches_cover_every_item_once_with_little_padding():
     assert len(batches) == len(BucketBatchSampler(lengths, 8, 16, random.Random(1)))
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded < 1.1 * sum(lengths)
+
+
+def test_next_token_loss_over_two_shards_averages_to_the_whole_batch():
+    """Under two processes each shard's loss is divided by the mean count of predicted tokens over the shards, so
+    the averaged gradients (the mean of the two losses) are the whole batch's; a mean per shard would not be when the
+    shards hold different numbers of labelled tokens."""
+    import torch
+
+    from ccguard.train.output import ntp_loss
+
+    g = torch.Generator().manual_seed(0)
+    lm = torch.randn(4, 7, 11, generator=g)
+    ids = torch.randint(0, 11, (4, 7), generator=g)
+    mask = torch.zeros(4, 7)
+    mask[0, 1:] = 1  # shard 1: many labelled tokens
+    mask[1, 2:] = 1
+    mask[2, 5:] = 1  # shard 2: few
+    mask[3, 6:] = 1
+    whole = ntp_loss(lm, ids, mask)
+    halves = [(lm[:2], ids[:2], mask[:2]), (lm[2:], ids[2:], mask[2:])]
+    counts = [(m[:, 1:] > 0).sum().float() for _, _, m in halves]
+    mean_count = torch.stack(counts).mean()
+    shared = torch.stack([ntp_loss(a, b, m, mean_count) for a, b, m in halves]).mean()
+    per_shard = torch.stack([ntp_loss(a, b, m) for a, b, m in halves]).mean()
+    assert torch.allclose(shared, whole)
+    assert not torch.allclose(per_shard, whole)
+    # A batch with no labelled token adds nothing instead of NaN.
+    assert ntp_loss(lm, ids, torch.zeros(4, 7)).item() == 0.0

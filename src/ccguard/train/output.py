@@ -60,6 +60,15 @@ def prefix_loss(values: torch.Tensor, resp_mask: torch.Tensor, y: torch.Tensor, 
     return loss / (resp_mask.sum() if tokens is None else tokens).clamp(min=1.0)
 
 
+def ntp_loss(lm: torch.Tensor, ids: torch.Tensor, resp_mask: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy over the labelled response tokens, summed and divided by ``targets`` (default: the
+    predicted tokens in this batch). Under N processes pass the mean count over processes, so that the averaged
+    gradients are the whole batch's mean rather than a mean of each shard's means."""
+    tgt_mask = resp_mask[:, 1:] > 0
+    ce = F.cross_entropy(lm[:, :-1][tgt_mask].float(), ids[:, 1:][tgt_mask], reduction="sum")
+    return ce / (tgt_mask.sum() if targets is None else targets).clamp(min=1.0)
+
+
 def to_exchange(clf: OutputClassifier, e: Example, weight: float, response_tokens: int) -> Exchange | None:
     """The training sequence of one exchange: its prompt context, then up to ``response_tokens`` of the answer (None
     when the answer has no tokens). A lead-in (``synth.preambles``) and the wrapper a voice put around the seed text
@@ -174,9 +183,10 @@ def train_output(
                 tokens = accelerator.reduce(resp_mask.sum().detach(), reduction="mean")
             loss = prefix_loss(values.float(), resp_mask, y, w, pos_weight, ew, tokens)
             if args.ntp_lambda > 0 and lm is not None:
-                tgt_mask = resp_mask[:, 1:] > 0
-                ntp = F.cross_entropy(lm[:, :-1][tgt_mask].float(), ids[:, 1:][tgt_mask])
-                loss = loss + args.ntp_lambda * ntp
+                targets = None
+                if accelerator.num_processes > 1:  # as for ``tokens``: the whole batch's mean, not each shard's
+                    targets = accelerator.reduce((resp_mask[:, 1:] > 0).sum().detach().float(), reduction="mean")
+                loss = loss + args.ntp_lambda * ntp_loss(lm, ids, resp_mask, targets)
             ema = optimizer_step(accelerator, model, opt, sched, loss, ema)
             step += 1
             if progress is not None:
