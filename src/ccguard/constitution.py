@@ -28,11 +28,17 @@ class SeedBank(BaseModel):
     queries: list[str] = Field(min_length=1, description="Example user queries, hand-written and diverse.")
     entities: list[str] = Field(default_factory=list, description="Topic entities that fill `{entity}` in templates.")
     templates: list[str] = Field(default_factory=list, description="Query templates; each has `{entity}` once.")
+    neighbour_templates: list[str] = Field(
+        default_factory=list,
+        description="Harmless only: query templates whose `{entity}` is filled from the entities of the harmful "
+        "categories that name this one as a neighbour: the same agents, asked about with harmless intent (history, "
+        "treatment, detection). Each has `{entity}` once and must read as harmless for every such entity.",
+    )
     responses: list[str] = Field(default_factory=list, description="Example assistant responses to this category.")
     partial: list[str] = Field(default_factory=list, description="Harmful only: answers that start to comply.")
     refusals: list[str] = Field(default_factory=list, description="Harmful only: refusals (labelled harmless).")
 
-    @field_validator("templates")
+    @field_validator("templates", "neighbour_templates")
     @classmethod
     def _one_slot(cls, templates: list[str]) -> list[str]:
         for i, t in enumerate(templates):
@@ -71,6 +77,9 @@ class Category(BaseModel):
     def _harmless_has_no_refusals(self) -> Category:
         if self.kind == "harmless" and (self.seeds.partial or self.seeds.refusals):
             raise ValueError("harmless categories take no 'partial' or 'refusals' seeds")
+        if self.kind == "harmful" and self.seeds.neighbour_templates:
+            raise ValueError("harmful categories take no 'neighbour_templates': those are harmless questions about a "
+                             "harmful category's entities")
         return self
 
 
@@ -105,6 +114,10 @@ class Constitution(BaseModel):
             unknown = [n for n in c.neighbours if n not in ids]
             if unknown:
                 raise ValueError(f"category {c.id!r} names unknown neighbours: {', '.join(unknown)}")
+        for c in self.categories:
+            if c.seeds.neighbour_templates and not self.neighbour_entities(c.id):
+                raise ValueError(f"category {c.id!r} has neighbour_templates, but no harmful category with entities "
+                                 "names it as a neighbour")
         return self
 
     @property
@@ -115,6 +128,15 @@ class Constitution(BaseModel):
     def harmless(self) -> list[Category]:
         return [c for c in self.categories if c.kind == "harmless"]
 
+    def neighbour_entities(self, cid: str) -> list[str]:
+        """The entities of the harmful categories that name ``cid`` as a neighbour (what its
+        ``neighbour_templates`` are filled with), deduplicated in constitution order."""
+        out: dict[str, None] = {}
+        for c in self.harmful:
+            if cid in c.neighbours:
+                out.update(dict.fromkeys(e.strip() for e in c.seeds.entities if e.strip()))
+        return list(out)
+
     def category(self, cid: str) -> Category:
         for c in self.categories:
             if c.id == cid:
@@ -124,7 +146,11 @@ class Constitution(BaseModel):
     @property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the validated constitution."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        d = self.model_dump(mode="json")
+        for c in d["categories"]:  # a field added later hashes only when used, so older constitutions keep their hash
+            if not c["seeds"]["neighbour_templates"]:
+                del c["seeds"]["neighbour_templates"]
+        blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def harmful_terms(self) -> list[str]:

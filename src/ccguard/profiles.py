@@ -71,7 +71,8 @@ PROFILES: dict[str, Profile] = {
     # The shipped guard: about 17 minutes on 2 CPU cores (design/017).
     "default": Profile(
         name="default",
-        synth=SynthConfig(fills_per_template=2),
+        # Harmless questions that name a harmful neighbour's agents (history, treatment, security), four per template.
+        synth=SynthConfig(fills_per_template=2, neighbour_fills=4),
         augment=AugmentConfig(
             variants_per_example=1.0,
             family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},

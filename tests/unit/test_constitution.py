@@ -85,3 +85,34 @@ def test_missing_file_and_unknown_name():
         C.load("/nonexistent/c.yaml")
     with pytest.raises(CcguardError, match="no bundled constitution"):
         C.load("nope")
+
+
+def test_neighbour_templates_borrow_the_harmful_neighbours_entities_and_are_checked(tmp_path):
+    d = _minimal()
+    d["categories"][0]["seeds"]["entities"] = ["agent one", "agent two"]
+    d["categories"][1]["seeds"]["neighbour_templates"] = ["What is the history of {entity}?"]
+    # No harmful category names "ok" as its neighbour yet: nothing would fill the template.
+    problems = C.validation_problems(_write(tmp_path, d))
+    assert any("neighbour_templates" in p and "ok" in p for p in problems), problems
+    d["categories"][0]["neighbours"] = ["ok"]
+    c = C.load(_write(tmp_path, d))
+    assert c.neighbour_entities("ok") == ["agent one", "agent two"] and c.neighbour_entities("bad") == []
+    d["categories"][1]["seeds"]["neighbour_templates"] = ["no slot"]
+    d["categories"][0]["seeds"]["neighbour_templates"] = ["Why {entity}?"]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[1] (id=ok).seeds.neighbour_templates" in text
+    assert "categories[0] (id=bad)" in text and "harmful categories take no 'neighbour_templates'" in text
+
+
+def test_a_constitution_without_neighbour_templates_keeps_its_hash(tmp_path):
+    """The field came later: a constitution that does not use it hashes as before, so its runs stay current."""
+    d = _minimal()
+    c = C.load(_write(tmp_path, d))
+    import hashlib
+    import json
+
+    dumped = c.model_dump(mode="json")
+    for cat in dumped["categories"]:
+        del cat["seeds"]["neighbour_templates"]
+    old = hashlib.sha256(json.dumps(dumped, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    assert c.content_hash == old

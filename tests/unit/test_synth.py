@@ -189,3 +189,29 @@ def test_a_recapitalised_seed_sentence_is_found_at_its_own_offset_after_characte
     wrapper = "İstanbul notes, İtem 4 — "  # "İ".lower() is two characters
     text = wrapper + "The whole thing comes down to patience and a steady routine over many weeks."
     assert wrapper_chars(text, original) == len(wrapper)
+
+
+def test_neighbour_templates_ask_harmless_questions_about_the_harmful_neighbours_agents():
+    c = C.load("cbrn")
+    cfg = offline.SynthConfig(seed=5, neighbour_fills=3)
+    rows = [e for e in offline.generate(c, None, cfg) if e.source == "neighbour"]
+    by_cat: dict[str, list] = {}
+    for e in rows:
+        by_cat.setdefault(e.category, []).append(e)
+    for cat in c.harmless:
+        n = len(cat.seeds.neighbour_templates)
+        assert len(by_cat.get(cat.id, [])) == 3 * n, cat.id
+    assert rows and all(e.label == "harmless" for e in rows)
+    entities = {e for cat in c.harmful for e in cat.seeds.entities}
+    for e in rows:
+        # Every question names an entity of a harmful category that lists this category as its neighbour.
+        allowed = set(c.neighbour_entities(e.category))
+        assert any(ent in e.prompt for ent in allowed), e.prompt
+        assert allowed <= entities
+    # All fills of one template share a group, so a split never sees a template on both sides.
+    groups: dict[str, set[str]] = {}
+    for e in rows:
+        groups.setdefault(e.group, set()).add(e.category)
+    assert all(len(v) == 1 for v in groups.values()) and len(groups) == len(rows) // 3
+    # Off by default: the generator adds none.
+    assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=5)) if e.source == "neighbour"]

@@ -31,6 +31,7 @@ class SynthConfig:
     phrasing_variants: float = 0.3  # probability a base gets one extra re-phrased sibling
     pool_size: int | None = None  # None: whole pool
     contextual_per_category: int = 6  # "turn this passage into instructions" requests built on seed responses
+    neighbour_fills: int = 0  # harmful-category entities per harmless ``neighbour_templates`` template (0: none)
 
 
 # Contextual requests: the user pastes a passage and asks for it to be made operational (or explained). Harmful and
@@ -91,6 +92,19 @@ def _example(text: str, label: Label, category: str, source: str, group: str, pa
     )
 
 
+def neighbour_examples(cat: Category, entities: list[str], cfg: SynthConfig, rng: random.Random) -> list[Example]:
+    """Harmless questions about a harmful neighbour's entities: each of ``cat``'s ``neighbour_templates`` filled with
+    ``neighbour_fills`` of ``entities``, grouped by template. The agent is named with harmless intent (its history, its
+    treatment, how it is kept secure), so an agent's name alone does not carry the label."""
+    out = []
+    k = min(cfg.neighbour_fills, len(entities))
+    for i, tpl in enumerate(cat.seeds.neighbour_templates if k else []):
+        group = stable_id(cat.id, "n", str(i), tpl)
+        for ent in rng.sample(entities, k):
+            out.append(_example(tpl.replace("{entity}", ent), "harmless", cat.id, "neighbour", group))
+    return out
+
+
 def category_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[Example]:
     """Base examples for one category: seed queries, then template fills grouped by template."""
     label = _label(cat)
@@ -135,6 +149,8 @@ def generate(constitution: Constitution, pool: BenignPool | None, cfg: SynthConf
     out: list[Example] = []
     for cat in constitution.categories:
         out += category_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}"))
+        out += neighbour_examples(cat, constitution.neighbour_entities(cat.id), cfg,
+                                  random.Random(f"{cfg.seed}:{cat.id}:neighbour"))
     if pool is not None:
         out += pool_examples(pool, cfg, rng)
     seen: set[str] = set()
