@@ -20,6 +20,25 @@ from ccguard.errors import CcguardError
 Kind = Literal["harmful", "harmless"]
 
 
+class IntentPair(BaseModel):
+    """Two requests in one frame about the same agent, differing only in what they ask for: ``harmful`` asks for
+    uplift, ``harmless`` for something the neighbour category ``as`` allows (its history, treatment, detection)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    harmful: str = Field(min_length=1, description="The request that asks for uplift (this category's label).")
+    harmless: str = Field(min_length=1, description="The same request, asking for something the neighbour allows.")
+    as_: str = Field(alias="as", description="Id of the harmless neighbour category the harmless request belongs to.")
+
+    @model_validator(mode="after")
+    def _same_slots(self) -> IntentPair:
+        slots = (self.harmful.count("{entity}"), self.harmless.count("{entity}"))
+        if slots not in ((0, 0), (1, 1)):
+            raise ValueError("both sides must contain '{entity}' once, or neither: "
+                             f"{self.harmful[:40]!r} / {self.harmless[:40]!r}")
+        return self
+
+
 class SeedBank(BaseModel):
     """Hand-written material a category's synthetic data is expanded from."""
 
@@ -33,6 +52,11 @@ class SeedBank(BaseModel):
         description="Harmless only: query templates whose `{entity}` is filled from the entities of the harmful "
         "categories that name this one as a neighbour: the same agents, asked about with harmless intent (history, "
         "treatment, detection). Each has `{entity}` once and must read as harmless for every such entity.",
+    )
+    intent_pairs: list[IntentPair] = Field(
+        default_factory=list,
+        description="Harmful only: frame-matched pairs. Each side is filled with the same entities of this category "
+        "(or taken as is without `{entity}`), so the agent and the frame are on both sides and only the intent differs.",
     )
     responses: list[str] = Field(default_factory=list, description="Example assistant responses to this category.")
     partial: list[str] = Field(default_factory=list, description="Harmful only: answers that start to comply.")
@@ -80,6 +104,15 @@ class Category(BaseModel):
         if self.kind == "harmful" and self.seeds.neighbour_templates:
             raise ValueError("harmful categories take no 'neighbour_templates': those are harmless questions about a "
                              "harmful category's entities")
+        if self.kind == "harmless" and self.seeds.intent_pairs:
+            raise ValueError("harmless categories take no 'intent_pairs': a pair's harmful side takes the category's "
+                             "label, and its harmless side names a neighbour with 'as'")
+        for i, p in enumerate(self.seeds.intent_pairs):
+            if p.as_ not in self.neighbours:
+                raise ValueError(f"intent_pairs[{i}] names {p.as_!r} in 'as', which is not one of this category's "
+                                 f"neighbours ({', '.join(self.neighbours) or 'none'})")
+            if "{entity}" in p.harmful and not self.seeds.entities:
+                raise ValueError(f"intent_pairs[{i}] has '{{entity}}', but this category has no entities")
         return self
 
 
@@ -114,6 +147,12 @@ class Constitution(BaseModel):
             unknown = [n for n in c.neighbours if n not in ids]
             if unknown:
                 raise ValueError(f"category {c.id!r} names unknown neighbours: {', '.join(unknown)}")
+        kind = {c.id: c.kind for c in self.categories}
+        for c in self.categories:
+            for i, p in enumerate(c.seeds.intent_pairs):
+                if kind[p.as_] != "harmless":
+                    raise ValueError(f"category {c.id!r}: intent_pairs[{i}] names {p.as_!r} in 'as', which is not a "
+                                     "harmless category")
         for c in self.categories:
             if c.seeds.neighbour_templates and not self.neighbour_entities(c.id):
                 raise ValueError(f"category {c.id!r} has neighbour_templates, but no harmful category with entities "
@@ -146,10 +185,11 @@ class Constitution(BaseModel):
     @property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the validated constitution."""
-        d = self.model_dump(mode="json")
+        d = self.model_dump(mode="json", by_alias=True)
         for c in d["categories"]:  # a field added later hashes only when used, so older constitutions keep their hash
-            if not c["seeds"]["neighbour_templates"]:
-                del c["seeds"]["neighbour_templates"]
+            for later in ("neighbour_templates", "intent_pairs"):
+                if not c["seeds"][later]:
+                    del c["seeds"][later]
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -72,7 +72,7 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         name="default",
         # Harmless questions that name a harmful neighbour's agents (history, treatment, security), four per template.
-        synth=SynthConfig(fills_per_template=2, neighbour_fills=4),
+        synth=SynthConfig(fills_per_template=2, neighbour_fills=4, pair_fills=3),
         augment=AugmentConfig(
             variants_per_example=1.0,
             family_weights={"encoding": 1.0, "style": 0.8, "framing": 1.8, "structure": 0.6, "keyword": 0.4},

@@ -104,6 +104,30 @@ def test_neighbour_templates_borrow_the_harmful_neighbours_entities_and_are_chec
     assert "categories[0] (id=bad)" in text and "harmful categories take no 'neighbour_templates'" in text
 
 
+def test_intent_pairs_are_checked_with_their_location(tmp_path):
+    d = _minimal()
+    d["categories"][0]["seeds"]["entities"] = ["agent one"]
+    d["categories"][0]["neighbours"] = ["ok"]
+    pair = {"harmful": "How do I make {entity}?", "harmless": "How is {entity} detected?", "as": "ok"}
+    d["categories"][0]["seeds"]["intent_pairs"] = [pair]
+    c = C.load(_write(tmp_path, d))
+    assert c.category("bad").seeds.intent_pairs[0].as_ == "ok"
+    h = c.content_hash
+    d["categories"][0]["seeds"]["intent_pairs"] = [dict(pair, harmless="How is it detected?")]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[0] (id=bad).seeds.intent_pairs[0]" in text and "'{entity}' once, or neither" in text
+    d["categories"][0]["seeds"]["intent_pairs"] = [dict(pair, **{"as": "bad"})]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[0] (id=bad)" in text and "not one of this category's neighbours (ok)" in text
+    d["categories"][0]["seeds"]["intent_pairs"] = []
+    d["categories"][1]["seeds"]["intent_pairs"] = [pair]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[1] (id=ok)" in text and "harmless categories take no 'intent_pairs'" in text
+    # A pair changes the policy's hash; without pairs the field does not count.
+    d["categories"][1]["seeds"]["intent_pairs"] = []
+    assert C.load(_write(tmp_path, d)).content_hash != h
+
+
 def test_a_constitution_without_neighbour_templates_keeps_its_hash(tmp_path):
     """The field came later: a constitution that does not use it hashes as before, so its runs stay current."""
     d = _minimal()
@@ -114,5 +138,6 @@ def test_a_constitution_without_neighbour_templates_keeps_its_hash(tmp_path):
     dumped = c.model_dump(mode="json")
     for cat in dumped["categories"]:
         del cat["seeds"]["neighbour_templates"]
+        del cat["seeds"]["intent_pairs"]
     old = hashlib.sha256(json.dumps(dumped, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     assert c.content_hash == old

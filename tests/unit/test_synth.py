@@ -215,3 +215,37 @@ def test_neighbour_templates_ask_harmless_questions_about_the_harmful_neighbours
     assert all(len(v) == 1 for v in groups.values()) and len(groups) == len(rows) // 3
     # Off by default: the generator adds none.
     assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=5)) if e.source == "neighbour"]
+
+
+def _fill(template: str, text: str) -> tuple[bool, str | None]:
+    """Whether ``text`` is a fill of ``template``, and with which entity (None for a template without a slot)."""
+    if "{entity}" not in template:
+        return template == text, None
+    head, tail = template.split("{entity}")
+    ok = text.startswith(head) and text.endswith(tail) and len(text) > len(head) + len(tail)
+    return ok, text[len(head):len(text) - len(tail)] if ok else None
+
+
+def test_intent_pairs_fill_both_sides_with_the_same_agent_in_one_group():
+    c = C.load("cbrn")
+    pairs = [(cat, p) for cat in c.harmful for p in cat.seeds.intent_pairs]
+    assert len(pairs) >= 40
+    rows = [e for e in offline.generate(c, None, offline.SynthConfig(seed=3, pair_fills=2)) if e.source == "pair"]
+    groups: dict[str, list] = {}
+    for e in rows:
+        groups.setdefault(e.group, []).append(e)
+    n_slots = sum(1 for _, p in pairs if "{entity}" in p.harmful)
+    assert len(groups) == len(pairs) and len(rows) == 2 * (2 * n_slots + len(pairs) - n_slots)
+    for members in groups.values():
+        harmful = [e for e in members if e.label == "harmful"]
+        harmless = [e for e in members if e.label == "harmless"]
+        assert len(harmful) == len(harmless) in (1, 2)
+        for h in harmful:
+            cat, pair = next((cat, p) for cat, p in pairs if cat.id == h.category and _fill(p.harmful, h.prompt)[0])
+            ent = _fill(pair.harmful, h.prompt)[1]
+            assert ent is None or ent in cat.seeds.entities
+            # Its twin is the same pair's harmless side, with the same agent, labelled with the named neighbour.
+            twin = pair.harmless if ent is None else pair.harmless.replace("{entity}", ent)
+            assert [e.category for e in harmless if e.prompt == twin] == [pair.as_]
+    # Off unless asked for.
+    assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=3)) if e.source == "pair"]

@@ -32,6 +32,7 @@ class SynthConfig:
     pool_size: int | None = None  # None: whole pool
     contextual_per_category: int = 6  # "turn this passage into instructions" requests built on seed responses
     neighbour_fills: int = 0  # harmful-category entities per harmless ``neighbour_templates`` template (0: none)
+    pair_fills: int = 0  # entities per ``intent_pairs`` pair with '{entity}', each filling both sides (0: no pairs)
 
 
 # Contextual requests: the user pastes a passage and asks for it to be made operational (or explained). Harmful and
@@ -105,6 +106,22 @@ def neighbour_examples(cat: Category, entities: list[str], cfg: SynthConfig, rng
     return out
 
 
+def pair_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[Example]:
+    """Both sides of each of ``cat``'s ``intent_pairs``, filled with the same ``pair_fills`` of its entities (a pair
+    without '{entity}' once). The harmful side takes ``cat``'s label and the harmless side its ``as`` neighbour's; one
+    group per pair, so the two sides never sit on opposite sides of a split. Same frame, same agent: only the intent
+    tells them apart."""
+    out = []
+    k = min(cfg.pair_fills, len(cat.seeds.entities))
+    for i, pair in enumerate(cat.seeds.intent_pairs if cfg.pair_fills > 0 else []):
+        group = stable_id(cat.id, "p", str(i), pair.harmful, pair.harmless)
+        fills = rng.sample(list(cat.seeds.entities), k) if "{entity}" in pair.harmful else [None]
+        for ent in fills:
+            for text, label, cid in ((pair.harmful, _label(cat), cat.id), (pair.harmless, "harmless", pair.as_)):
+                out.append(_example(text if ent is None else text.replace("{entity}", ent), label, cid, "pair", group))
+    return out
+
+
 def category_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[Example]:
     """Base examples for one category: seed queries, then template fills grouped by template."""
     label = _label(cat)
@@ -151,6 +168,7 @@ def generate(constitution: Constitution, pool: BenignPool | None, cfg: SynthConf
         out += category_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}"))
         out += neighbour_examples(cat, constitution.neighbour_entities(cat.id), cfg,
                                   random.Random(f"{cfg.seed}:{cat.id}:neighbour"))
+        out += pair_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}:pair"))
     if pool is not None:
         out += pool_examples(pool, cfg, rng)
     seen: set[str] = set()
