@@ -329,6 +329,7 @@ def _calibrate_and_evaluate(
     console.print(
         f"input threshold {cal.threshold:.4f} (set by {cal.binding}): val FPR {cal.fpr.fmt()}"
         + (f" everyday, {cal.hard.fmt()} hard neighbours" if cal.hard else "") + f"; val TPR {cal.tpr.fmt()}"
+        + (f"; intent-pair harmless sides flagged {cal.contrast.fmt()} (not bound)" if cal.contrast else "")
     )
     console.print(f"evaluating the input classifier on {len(test)} test examples ...")
     with _timed(stages, "evaluate_input"):
@@ -591,14 +592,16 @@ def run(
         import numpy as np
 
         from ccguard.evaluate.plots import calibration_tradeoff
-        from ccguard.policy import is_everyday
+        from ccguard.policy import is_contrast, is_everyday
 
         val, val_scores, calib, calib_scores = scored
         pairs = list(zip(val, val_scores, strict=True)) + list(zip(calib, calib_scores, strict=True))
         rates = {
             "everyday FPR (val pool)": np.array([s for e, s in pairs if is_everyday(e)]),
-            "hard-neighbour FPR (val)": np.array([s for e, s in pairs if e.label == "harmless" and not is_everyday(e)]),
+            "hard-neighbour FPR (val)": np.array([s for e, s in pairs if e.label == "harmless" and not is_everyday(e)
+                                                  and not is_contrast(e)]),
             "TPR (val harmful)": np.array([s for e, s in pairs if e.label == "harmful"]),
+            "intent-pair harmless sides (val, not bound)": np.array([s for e, s in pairs if is_contrast(e)]),
         }
         report_dir.mkdir(parents=True, exist_ok=True)
         images["Input threshold trade-off (logit axis)"] = calibration_tradeoff(

@@ -125,6 +125,8 @@ class Calibration(BaseModel):
     hard_fpr_cap: float | None = Field(default=None, description="Two-sided: the FPR cap on hard neighbours.")
     hard: Rate | None = Field(default=None, description="Two-sided: FPR achieved on the hard neighbours.")
     everyday_set: str | None = Field(default=None, description="Two-sided: the everyday benign set `fpr` is measured on.")
+    contrast: Rate | None = Field(
+        default=None, description="FPR on the harmless sides of the constitution's intent pairs: reported, never bound.")
 
 
 def calibrate(
@@ -185,15 +187,26 @@ def is_everyday(example: Any) -> bool:
             and all(step.family == "style" for step in example.lineage))
 
 
+def is_contrast(example: Any) -> bool:
+    """A harmless side of an intent pair (``SeedBank.intent_pairs``), or a variant of one."""
+    return example.label == "harmless" and example.source == "pair"
+
+
 def calibrate_input(
     val: Sequence[Any], val_scores: Sequence[float], calib: Sequence[Any], calib_scores: Sequence[float], *,
     target_fpr: float, family_fpr: float | None, hard_fpr: float | None,
 ) -> Calibration:
     """The input classifier's calibration, shared by the pipeline and red-team retraining: two-sided (everyday pool
     traffic at ``target_fpr``, hard neighbours capped at ``hard_fpr``) when ``hard_fpr`` is set, else one-sided over
-    all harmless validation examples and the extra benign variants."""
+    all harmless validation examples and the extra benign variants.
+
+    The harmless sides of intent pairs are left out of every bound and reported as ``contrast``. They are written
+    to differ from a harmful request only in its intent clause, so a few dozen of them set the top of the benign tail
+    and the threshold would follow how many pairs a constitution has, not its users' traffic (design/028)."""
     benign = [(e, s) for e, s in zip(val, val_scores, strict=True) if e.label == "harmless"]
     benign += list(zip(calib, calib_scores, strict=True))
+    contrast = [s for e, s in benign if is_contrast(e)]
+    benign = [(e, s) for e, s in benign if not is_contrast(e)]
     harmful = [s for e, s in zip(val, val_scores, strict=True) if e.label == "harmful"]
     if hard_fpr is None:
         hard = benign
@@ -201,7 +214,7 @@ def calibrate_input(
     else:
         hard = [(e, s) for e, s in benign if not is_everyday(e)]
         everyday = [s for e, s in benign if is_everyday(e)]
-    return calibrate(
+    cal = calibrate(
         [s for _, s in hard], harmful, target_fpr=target_fpr,
         calibration_set="val split harmless examples plus extra augmented variants of them (synthetic)"
         if everyday is None else "hard neighbours: val split harmless constitution categories and benign variants (synthetic)",
@@ -209,6 +222,7 @@ def calibrate_input(
         everyday=everyday, hard_fpr=hard_fpr,
         everyday_set=None if everyday is None else "everyday pool requests in the val split, raw or with typos/casing",
     )
+    return cal.model_copy(update={"contrast": flagged_rate(contrast, cal.threshold)}) if contrast else cal
 
 
 def is_refusal_exchange(example: Any, harmful_categories: Collection[str]) -> bool:

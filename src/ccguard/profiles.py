@@ -71,7 +71,8 @@ PROFILES: dict[str, Profile] = {
     # The shipped guard: about 17 minutes on 2 CPU cores (design/017).
     "default": Profile(
         name="default",
-        # Harmless questions that name a harmful neighbour's agents (history, treatment, security), four per template.
+        # Harmless questions that name a harmful neighbour's agents (history, treatment, security), four per template
+        # (design/027), and frame-matched intent pairs, three agents per pair (design/028).
         synth=SynthConfig(fills_per_template=2, neighbour_fills=4, pair_fills=3),
         augment=AugmentConfig(
             variants_per_example=1.0,

@@ -180,6 +180,8 @@ def render_markdown(const: Constitution, manifest: Any, m: dict[str, Any]) -> st
             + f" (binding: {cal.get('binding', 'overall')}): achieved FPR {_pct(cal['fpr'])}, TPR {_pct(cal['tpr'])}."
         ),
         "",
+        *([f"Harmless sides of held-out intent pairs flagged (reported, not bound; design/028): {_pct(cal['contrast'])}.", ""]
+          if cal.get("contrast") else []),
         "Validation FPR per benign family at this threshold: "
         + ", ".join(f"{k} {_pct(v)}" for k, v in (cal.get("by_family") or {}).items()) + ".",
         "",
