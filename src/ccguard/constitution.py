@@ -32,6 +32,10 @@ class IntentPair(BaseModel):
 
     @model_validator(mode="after")
     def _same_slots(self) -> IntentPair:
+        if not self.harmful.strip() or not self.harmless.strip():
+            raise ValueError("both sides must be non-empty")
+        if self.harmful.strip() == self.harmless.strip():
+            raise ValueError(f"the two sides are the same request: {self.harmful[:60]!r}")
         slots = (self.harmful.count("{entity}"), self.harmless.count("{entity}"))
         if slots not in ((0, 0), (1, 1)):
             raise ValueError("both sides must contain '{entity}' once, or neither: "

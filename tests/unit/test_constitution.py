@@ -116,6 +116,8 @@ def test_intent_pairs_are_checked_with_their_location(tmp_path):
     d["categories"][0]["seeds"]["intent_pairs"] = [dict(pair, harmless="How is it detected?")]
     text = "\n".join(C.validation_problems(_write(tmp_path, d)))
     assert "categories[0] (id=bad).seeds.intent_pairs[0]" in text and "'{entity}' once, or neither" in text
+    d["categories"][0]["seeds"]["intent_pairs"] = [dict(pair, harmless=pair["harmful"])]
+    assert "the two sides are the same request" in "\n".join(C.validation_problems(_write(tmp_path, d)))
     d["categories"][0]["seeds"]["intent_pairs"] = [dict(pair, **{"as": "bad"})]
     text = "\n".join(C.validation_problems(_write(tmp_path, d)))
     assert "categories[0] (id=bad)" in text and "not one of this category's neighbours (ok)" in text
