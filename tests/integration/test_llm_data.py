@@ -184,7 +184,9 @@ def test_run_with_a_backend_over_http(smollm2, tmp_path: Path, monkeypatch):
     bundled = yaml.safe_load((resources.files("ccguard") / "constitutions" / "cbrn.yaml").read_text(encoding="utf-8"))
     keep = ("agent_synthesis", "toxin_production", "medicine_antidotes", "cooking", "homonyms")
     cut = tmp_path / "cbrn5.yaml"
-    cats = [{**c, "neighbours": [n for n in c.get("neighbours", []) if n in keep]} for c in bundled["categories"] if c["id"] in keep]
+    cats = [{**c, "neighbours": [n for n in c.get("neighbours", []) if n in keep],
+             "seeds": {**c["seeds"], "intent_pairs": [p for p in c["seeds"].get("intent_pairs", []) if p["as"] in keep]}}
+            for c in bundled["categories"] if c["id"] in keep]
     cut.write_text(yaml.safe_dump({**bundled, "categories": cats}))
     with serving(backend_app(smollm2)) as url:
         client = make_client(resolve_spec("openai", model="smollm2", base_url=f"{url}/v1"), cache_dir=tmp_path / "cache")
