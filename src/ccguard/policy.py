@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ccguard.errors import CcguardError
+from ccguard.records import PAIR_SOURCE
 
 Stage = Literal["input", "output"]
 # Default ``Policy.history_margin`` (logits); see benchmarks/multi_turn.py for how it trades context poisoning
@@ -189,7 +190,7 @@ def is_everyday(example: Any) -> bool:
 
 def is_contrast(example: Any) -> bool:
     """A harmless side of an intent pair (``SeedBank.intent_pairs``), or a variant of one."""
-    return example.label == "harmless" and example.source == "pair"
+    return example.label == "harmless" and example.source == PAIR_SOURCE
 
 
 def calibrate_input(

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ccguard.errors import CcguardError
 
 Label = Literal["harmful", "harmless"]
+# ``Example.source`` of both sides of a constitution's intent pairs: calibration reports their harmless sides apart.
+PAIR_SOURCE = "pair"
 Split = Literal["train", "val", "test"]
 # Content-part types that carry text (chat completions' 'text'; the Responses API's 'input_text' and 'output_text').
 TEXT_PARTS = ("text", "input_text", "output_text")

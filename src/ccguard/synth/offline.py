@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from ccguard.constitution import Category, Constitution
-from ccguard.records import Example, Label, stable_id
+from ccguard.records import PAIR_SOURCE, Example, Label, stable_id
 from ccguard.synth.pool import BenignPool
 
 _PREFIXES = (
@@ -118,7 +118,8 @@ def pair_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[E
         fills = rng.sample(list(cat.seeds.entities), k) if "{entity}" in pair.harmful else [None]
         for ent in fills:
             for text, label, cid in ((pair.harmful, _label(cat), cat.id), (pair.harmless, "harmless", pair.as_)):
-                out.append(_example(text if ent is None else text.replace("{entity}", ent), label, cid, "pair", group))
+                out.append(_example(text if ent is None else text.replace("{entity}", ent), label, cid, PAIR_SOURCE,
+                                    group))
     return out
 
 
