@@ -30,6 +30,7 @@ from ccguard.classifiers.input import InputClassifier, InputModel, WindowSpec, p
 from ccguard.records import Example, render_prompt
 from ccguard.synth.conversations import ANCHOR_LAST_TURN
 from ccguard.train.args import TrainArgs
+from ccguard.train.dropout import fast_dropout
 from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 from ccguard.views import view_names
 
@@ -156,6 +157,8 @@ def train_input(
     opt = make_optimizer([{"params": body_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr}],
                          args.weight_decay, accelerator.device)
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
+    # Cheaper dropout masks on the CPU: the same distribution, a MiniLM step 12-16% shorter (ccguard.train.dropout).
+    restore = fast_dropout(model) if accelerator.device.type == "cpu" else (lambda: None)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     pad = tokenizer.pad_token_id
     loader = make_loader(accelerator, items, [len(i.ids) for i in items], args.batch_size, 32, rng,
@@ -182,6 +185,7 @@ def train_input(
             if progress is not None:
                 progress(step, total, ema)
     model = accelerator.unwrap_model(model).eval()
+    restore()
     clf = InputClassifier(model, tokenizer, spec, harmful_categories)
     stats = {
         "train_examples": len(examples),

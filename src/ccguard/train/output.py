@@ -32,6 +32,7 @@ from ccguard.errors import CcguardError
 from ccguard.records import Example, render_prompt
 from ccguard.synth.responses import substance_start
 from ccguard.train.args import OutputTrainArgs
+from ccguard.train.dropout import fast_dropout
 from ccguard.train.loop import make_accelerator, make_loader, make_optimizer, optimizer_step
 
 
@@ -164,6 +165,8 @@ def train_output(
         args.weight_decay, accelerator.device,
     )
     sched = get_linear_schedule_with_warmup(opt, int(total * args.warmup_ratio), total)
+    # Cheaper dropout masks on the CPU: the same distribution, a MiniLM step 12-16% shorter (ccguard.train.dropout).
+    restore = fast_dropout(model) if accelerator.device.type == "cpu" else (lambda: None)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     loader = make_loader(accelerator, items, [len(x.ids) for x in items], args.batch_size, 16, rng,
                          partial(_collate, pad=tokenizer.pad_token_id), args.seed)
@@ -192,6 +195,7 @@ def train_output(
             if progress is not None:
                 progress(step, total, ema)
     model = accelerator.unwrap_model(model).eval()
+    restore()
     stats = {
         "train_examples": len(items),
         "positive_examples": int(n_pos),
