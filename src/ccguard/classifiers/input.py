@@ -88,6 +88,18 @@ def edge_paragraphs(text: str) -> list[str]:
     return [paras[0], paras[-1]]
 
 
+# Padded tokens per scoring batch. On a CPU, batches of about 2,048 tokens stay in cache: scoring the default guard's
+# validation split took 31% less time (input) and 23% less (output) than with 8,192, with the same scores to 1e-5
+# (design/031). An accelerator wants large batches.
+CPU_TOKEN_BUDGET = 2048
+ACCELERATOR_TOKEN_BUDGET = 8192
+
+
+def token_budget_for(device: torch.device | str) -> int:
+    """The padded-token budget of one scoring batch on ``device``."""
+    return CPU_TOKEN_BUDGET if torch.device(device).type == "cpu" else ACCELERATOR_TOKEN_BUDGET
+
+
 def length_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Indices grouped shortest-first into batches whose padded size (count x longest) stays within the budget."""
     batches: list[list[int]] = []
@@ -150,6 +162,9 @@ class InputScore:
     view: str
     window: int
     n_windows: int
+    # The maximum over the raw view's windows alone: the prompt's score with decoded views turned off, from the same
+    # pass (the raw view gets the same windows either way).
+    raw: float | None = None
 
 
 class InputClassifier:
@@ -202,8 +217,10 @@ class InputClassifier:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def logits(self, seqs: Sequence[Sequence[int]], token_budget: int = 8192) -> np.ndarray:
-        """Head logits for model-ready sequences, batched by length to limit padding."""
+    def logits(self, seqs: Sequence[Sequence[int]], token_budget: int | None = None) -> np.ndarray:
+        """Head logits for model-ready sequences, batched by length to limit padding (``token_budget`` padded tokens
+        a batch; None: the device's, ``token_budget_for``)."""
+        token_budget = token_budget or token_budget_for(self.device)
         if self.runner is None:
             return self._model_logits(seqs, token_budget)
         out = np.zeros((len(seqs), 1 + len(self.categories)), dtype=np.float32)
@@ -264,15 +281,18 @@ class InputClassifier:
         lg = self.logits(seqs)[[o[4] for o in owner]]
         probs = 1.0 / (1.0 + np.exp(-lg[:, 0]))
         best: dict[int, int] = {}
-        for k, (ti, *_rest) in enumerate(owner):
+        raw: dict[int, float] = {}
+        for k, (ti, vname, *_rest) in enumerate(owner):
             if ti not in best or probs[k] > probs[best[ti]]:
                 best[ti] = k
+            if vname == "raw":
+                raw[ti] = max(raw.get(ti, 0.0), float(probs[k]))
         out = []
         for ti in range(len(prepared)):
             k = best[ti]
             _, vname, wi, nw, _row = owner[k]
             cat = self.categories[int(np.argmax(lg[k, 1:]))] if self.categories else None
-            out.append(InputScore(float(probs[k]), cat, vname, wi, nw))
+            out.append(InputScore(float(probs[k]), cat, vname, wi, nw, raw.get(ti)))
         return out
 
     def score(self, texts: Sequence[str], spec: WindowSpec | None = None) -> list[InputScore]:

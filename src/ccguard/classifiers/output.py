@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ccguard.classifiers.backbone import load_tokenizer
-from ccguard.classifiers.input import _special_affixes, length_batches, pad_batch
+from ccguard.classifiers.input import _special_affixes, length_batches, pad_batch, token_budget_for
 from ccguard.errors import CcguardError
 
 SEPARATOR = "\nAssistant:"
@@ -142,9 +142,11 @@ class OutputClassifier:
         return TokenSpan(list(enc["input_ids"]), [start + a for a, _ in offs], [start + b for _, b in offs])
 
     # --- batch scoring (full causal pass) -----------------------------------------------------------------
-    def score(self, prompts: Sequence[str], responses: Sequence[str], token_budget: int = 8192) -> list[ExchangeScore]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str], token_budget: int | None = None) -> list[ExchangeScore]:
         """Per-token scores for each exchange with one full causal pass. Responses longer than the backbone's
-        position budget are scored up to it (``truncated``); streaming sessions have no such limit."""
+        position budget are scored up to it (``truncated``); streaming sessions have no such limit. Batches hold up
+        to ``token_budget`` padded tokens (None: the device's, ``token_budget_for``)."""
+        token_budget = token_budget or token_budget_for(self.device)
         out = self._score_with(self.model, prompts, responses, token_budget)
         if self.exact_model is not None and self.exact_from is not None:
             redo = [i for i, r in enumerate(out) if r.score >= self.exact_from]

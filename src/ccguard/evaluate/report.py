@@ -73,13 +73,8 @@ def evaluate_input(clf: Any, val: list[Example], val_scores: list[float], test: 
     texts = [render_prompt(e.prompt) for e in test]
     scored = clf.score(texts)
     s_views = [s.score for s in scored]
-    # Only prompts a decoder changes can score differently without views.
-    changed = [i for i, t in enumerate(texts) if len(clf.views(t)) > 1]
-    s_raw = list(s_views)
-    if changed:
-        raw = clf.score([texts[i] for i in changed], replace(clf.spec, views=False))
-        for i, r in zip(changed, raw, strict=True):
-            s_raw[i] = r.score
+    # Without views: the raw view's own windows, scored in the same pass.
+    s_raw = [s.score if s.raw is None else s.raw for s in scored]
     metrics: dict[str, Any] = {
         "threshold": threshold,
         "val": split_metrics(val, val_scores, threshold),
