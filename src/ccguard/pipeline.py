@@ -13,7 +13,7 @@ import platform
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -199,10 +199,10 @@ def build_data(
     return manifest
 
 
-def _progress_bar(desc: str, disable: bool = False):
+def _progress_bar(desc: str, disable: bool = False, position: int | None = None):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=1, desc=desc, unit="step", dynamic_ncols=True, disable=disable)
+    bar = tqdm(total=1, desc=desc, unit="step", dynamic_ncols=True, disable=disable, position=position)
 
     def progress(step: int, total: int, loss: float) -> None:
         bar.total = total
@@ -228,12 +228,14 @@ def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: 
 
 def train_stage(
     kind: str, const: Constitution, args: Any, train_file: Path, train_sha: str, guard_dir: Path, console: Console,
-    state: Any = None, init: tuple[Path, str] | None = None,
+    state: Any = None, init: tuple[Path, str] | None = None, on_step: Callable[[], None] | None = None,
+    bar_position: int | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train the ``kind`` ('input' or 'output') classifier unless an identical one is already saved. Under
     ``accelerate launch``, every process (``state``, an accelerate ``PartialState``) trains its shard and only the
     main process writes. ``init`` (output only): the input classifier's directory and training fingerprint, to start
-    from its encoder."""
+    from its encoder. ``on_step`` runs after every optimiser step, on the training thread; ``bar_position``: the progress bar's line.
+    """
     from ccguard.train.card import write_card
     from ccguard.train.debias import training_weights
 
@@ -270,7 +272,14 @@ def train_stage(
         else:
             console.print(f"{kind} classifier: debias {args.debias:g} not applied: the training data has one label or "
                           "fewer groups than folds", markup=False)
-    bar, progress = _progress_bar(f"train {kind} classifier", disable=not main)
+    bar, progress = _progress_bar(f"train {kind} classifier", disable=not main, position=bar_position)
+    if on_step is not None:
+        bar_progress = progress
+
+        def progress(step: int, total: int, loss: float) -> None:
+            on_step()
+            bar_progress(step, total, loss)
+
     clf, stats = fit(train, progress, weights)
     if debias is not None:
         stats = {**stats, "debias": debias}
@@ -307,14 +316,14 @@ def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
     return random.Random(seed).sample(rows, n)
 
 
-def _calibrate_and_evaluate(
-    const: Constitution, profile: Profile, data_dir: Path, clf: Any, oclf: Any, seed: int, console: Console,
-    stages: dict[str, float], shortcut: dict[str, Any],
-) -> tuple[Any, dict[str, Any], Any, dict[str, Any], Any]:
-    """Calibrate both classifiers on the validation split and evaluate them on the test split: the input calibration,
-    the run's metrics, the output calibration, the output metrics, and the scored validation rows (for the plot)."""
-    from ccguard.evaluate.report import evaluate_input, evaluate_output
-    from ccguard.policy import calibrate_input, calibrate_output
+def _calibrate_input_side(
+    profile: Profile, data_dir: Path, clf: Any, seed: int, console: Console, stages: dict[str, float],
+    shortcut: dict[str, Any],
+) -> tuple[Any, dict[str, Any], Any]:
+    """Calibrate the input classifier on the validation split and evaluate it on the test split: the calibration, the
+    run's metrics, and the scored validation rows (for the plot). The output side is :mod:`ccguard.sides`."""
+    from ccguard.evaluate.report import evaluate_input
+    from ccguard.policy import calibrate_input
 
     n_eval = profile.eval_max_examples
     val = _subsample(read_examples(data_dir / "val.jsonl"), n_eval and 2 * n_eval, seed)
@@ -336,30 +345,7 @@ def _calibrate_and_evaluate(
         metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
     metrics["calibration"] = cal.model_dump()
     metrics["shortcut_audit"] = shortcut
-
-    n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
-    oval = _subsample(read_examples(data_dir / "output_val.jsonl"), n_out, seed)
-    otest = _subsample(read_examples(data_dir / "output_test.jsonl"),
-                       profile.test_max_examples or profile.output_eval_max or n_eval, seed)
-    console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
-    with _timed(stages, "calibrate_output"):
-        oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
-        harmful_ids = {c.id for c in const.harmful}
-        # The output split's harmless answers are hard neighbours almost to a row: helpful answers on the
-        # constitution's topics, style twins that differ from a harmful seed answer only in the topic, out-of-scope
-        # compliance. Answers to everyday requests score near 0. So they get the input side's cap on hard neighbours,
-        # not the everyday target: 0.5% of them was the top seven, three seed answers in several voices, and moved the
-        # threshold from 0.99 to 0.9995 between two seeds (design/025).
-        ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
-                                target_fpr=max(profile.target_fpr, profile.hard_fpr or 0.0),
-                                refusal_fpr=profile.output_refusal_fpr)
-    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
-                  f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
-    with _timed(stages, "evaluate_output"):
-        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold, harmful_ids)
-    omet["calibration"] = ocal.model_dump()
-    metrics["output"] = omet
-    return cal, metrics, ocal, omet, (val, val_scores, calib, calib_scores)
+    return cal, metrics, (val, val_scores, calib, calib_scores)
 
 
 RUN_STATE = "run.json"  # written last by a finished run: what it was run on
@@ -406,12 +392,15 @@ def run(
     target_fpr: float | None = None,
     hard_fpr: float | None = None,
     conversations: float | None = None,
+    parallel: bool = True,
 ) -> Path:
     """Run the whole pipeline; returns the run directory. ``client`` (an LLMClient) adds LLM stage I data and LLM
     transforms; without one the run is offline. ``target_fpr`` (on everyday traffic) and ``hard_fpr`` (the cap on hard
     neighbours) override the profile's; they are not part of any stage's
     fingerprint, so a re-run with another value only recalibrates and re-evaluates. ``conversations`` overrides the
-    profile's rate of multi-turn training variants (it is part of the data's fingerprint)."""
+    profile's rate of multi-turn training variants (it is part of the data's fingerprint). ``parallel``: on a CPU-only
+    machine with two or more cores, train and calibrate the output classifier in a second process beside the input
+    side (the scores then match a serial run's up to float rounding, not bit for bit)."""
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.evaluate.report import write_report
     from ccguard.policy import Calibration
@@ -481,54 +470,90 @@ def run(
     # keeps stage 1's audit, calibration and evaluation, which the cascade is then calibrated on top of.
     stage1_fp = _sha(fp_parts | {"profile": repr(_stage1_profile(profile))})
     kept_metrics = _stage1_metrics(run_dir, stage1_fp)
-    from ccguard.evaluate.shortcut import audit_data_dir
+    import torch
 
-    # Does the data give the label away by its style alone? Reported, never blocking.
-    shortcut: dict[str, Any] = {}
-    if kept_metrics is not None:
-        shortcut = kept_metrics["shortcut_audit"]
-    elif state.is_main_process:
-        with _timed(stages, "shortcut_audit"):
-            shortcut_report = audit_data_dir(data_dir, const, seed=seed)
-        for audit in (shortcut_report.input, shortcut_report.output):
-            console.print(audit.summary(), markup=False)
-        shortcut = shortcut_report.model_dump()
-    with _timed(stages, "train_input"):
-        clf, training = train_stage("input", const, replace(profile.input_train, seed=seed), data_dir / "train.jsonl",
-                                    sha["train"], guard_dir, console, state)
-    with _timed(stages, "train_output"):
-        init = None
-        if profile.output_train.init_from_input:
-            init = (guard_dir / "input", fp_parts["input"])
-        oclf, otraining = train_stage("output", const, replace(profile.output_train, seed=seed),
-                                      data_dir / "output_train.jsonl", sha["output_train"], guard_dir, console, state,
-                                      init)
+    from ccguard.sides import (
+        OutputSideJob,
+        OutputSideProcess,
+        calibrate_output_side,
+        can_run_beside,
+        thread_grower,
+        train_output_side,
+    )
+
+    threads = torch.get_num_threads()
+    init = (guard_dir / "input", fp_parts["input"]) if profile.output_train.init_from_input else None
+    job = OutputSideJob(const=const, profile=profile, seed=seed, data_dir=data_dir, guard_dir=guard_dir,
+                        train_sha=sha["output_train"])
+    # On CPU cores, the output side (train, calibrate, evaluate) runs in a second process beside the input side:
+    # more work per second than one process on every core (ccguard.sides, design/032).
+    beside = parallel and state.num_processes == 1 and kept_metrics is None and init is None and can_run_beside(threads)
+    with contextlib.ExitStack() as stack:
+        child = None
+        if beside:
+            child = stack.enter_context(OutputSideProcess(replace(job, threads=threads // 2, grow_to=threads)))
+            torch.set_num_threads(threads - threads // 2)
+            console.print(f"the output classifier trains in a second process ({threads // 2} of {threads} threads "
+                          "until the input side is done)")
+        grow = None if child is None else thread_grower(child.done, threads)
+        # Does the data give the label away by its style alone? Reported, never blocking.
+        shortcut: dict[str, Any] = {}
+        if kept_metrics is not None:
+            shortcut = kept_metrics["shortcut_audit"]
+        elif state.is_main_process:
+            from ccguard.evaluate.shortcut import audit_data_dir
+
+            with _timed(stages, "shortcut_audit"):
+                shortcut_report = audit_data_dir(data_dir, const, seed=seed)
+            for audit in (shortcut_report.input, shortcut_report.output):
+                console.print(audit.summary(), markup=False)
+            shortcut = shortcut_report.model_dump()
+        with _timed(stages, "train_input"):
+            clf, training = train_stage("input", const, replace(profile.input_train, seed=seed),
+                                        data_dir / "train.jsonl", sha["train"], guard_dir, console, state, on_step=grow)
+        if child is None:
+            with _timed(stages, "train_output"):
+                oclf, otraining = train_output_side(job, console, state=state, init=init)
+        stage2_training = None
+        if profile.cascade is not None and profile.cascade.kind == "classifier":
+            # Stage 2 is a second input classifier (e.g. on a multilingual backbone) trained on the same data, by
+            # every process like the others; it lives beside the guard until the cascade copies it in.
+            with _timed(stages, "train_stage2"):
+                _, stage2_training = train_stage(
+                    "input", const, replace(profile.cascade_classifier or profile.input_train, seed=seed),
+                    data_dir / "train.jsonl", sha["train"], run_dir / "stage2", console, state, on_step=grow)
+        if not state.is_main_process:
+            return run_dir
+
+        if kept_metrics is not None:
+            console.print("stage 1 up to date: its calibration and evaluation are kept")
+            metrics = kept_metrics
+            cal = Calibration.model_validate(metrics["calibration"])
+            omet = metrics["output"]
+            ocal = Calibration.model_validate(omet["calibration"])
+            stream_spec = asdict(oclf.spec)
+            scored = None
+        else:
+            if grow is not None:
+                grow()
+            cal, metrics, scored = _calibrate_input_side(profile, data_dir, clf, seed, console, stages, shortcut)
+            if child is not None:
+                side = child.result()
+            else:
+                side = calibrate_output_side(job, oclf, otraining, console, {})
+            stages.update(side.stages)
+            otraining, omet, stream_spec = side.training, side.metrics, side.spec
+            ocal = Calibration.model_validate(side.calibration)
+            metrics["output"] = omet
+            metrics["output_side"] = "second process" if child is not None else "this process"
+    torch.set_num_threads(threads)
     # Style-debiased training (ccguard.train.debias): the audit's model as the training weights see it.
     weighted = {k: t["data"]["debias"] for k, t in (("input", training), ("output", otraining))
                 if t["data"].get("debias", {}).get("applied")}
     if weighted and shortcut:
         shortcut = {**shortcut, "training_weights": weighted}
-    stage2_training = None
-    if profile.cascade is not None and profile.cascade.kind == "classifier":
-        # Stage 2 is a second input classifier (e.g. on a multilingual backbone) trained on the same data, by every
-        # process like the others; it lives beside the guard until the cascade copies it in.
-        with _timed(stages, "train_stage2"):
-            _, stage2_training = train_stage("input", const, replace(profile.cascade_classifier or profile.input_train,
-                                             seed=seed), data_dir / "train.jsonl", sha["train"], run_dir / "stage2",
-                                             console, state)  # fmt: skip
-    if not state.is_main_process:
-        return run_dir
-
-    if kept_metrics is not None:
-        console.print("stage 1 up to date: its calibration and evaluation are kept")
-        metrics = kept_metrics
-        cal = Calibration.model_validate(metrics["calibration"])
-        omet = metrics["output"]
-        ocal = Calibration.model_validate(omet["calibration"])
-        scored = None
-    else:
-        cal, metrics, ocal, omet, scored = _calibrate_and_evaluate(
-            const, profile, data_dir, clf, oclf, seed, console, stages, shortcut)
+        if kept_metrics is None:
+            metrics["shortcut_audit"] = shortcut
 
     manifest = GuardManifest(
         format_version=FORMAT_VERSION,
@@ -538,7 +563,7 @@ def run(
         output=ClassifierInfo(path="output", backbone=otraining["args"]["backbone"], calibration=ocal, training=otraining),
         data={"sha256": sha, "counts": data_manifest["counts"], "seed": seed,
               "llm": None if llm_manifest is None else {k: llm_manifest[k] for k in ("backend", "usage", "queries", "responses")}},
-        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "hard_fpr": profile.hard_fpr, "window": asdict(clf.spec), "stream": asdict(oclf.spec),
+        config={"profile": profile.name, "target_fpr": profile.target_fpr, "family_fpr": profile.family_fpr, "hard_fpr": profile.hard_fpr, "window": asdict(clf.spec), "stream": stream_spec,
                 "input_precision": clf.precision},
         metrics={"input": {k: metrics[k] for k in ("test", "val")}, "output": {k: omet[k] for k in ("test", "test_answers", "refusals_flagged", "val", "stop")},
                  "shortcut_audit": shortcut},

@@ -68,8 +68,8 @@ PROFILES: dict[str, Profile] = {
         eval_max_examples=150,
         test_max_examples=60,  # report numbers only; calibration still scores 300 val prompts
     ),
-    # The shipped guard: about 26 minutes on 2 CPU cores in fp32 (design/029, design/031), about 17 with bf16
-    # (design/017).
+    # The shipped guard: about 23 minutes on 2 CPU cores in fp32, its output side in a second process (design/032;
+    # 26 in one process, design/031).
     "default": Profile(
         name="default",
         # Harmless questions that name a harmful neighbour's agents (history, treatment, security), four per template

@@ -156,14 +156,15 @@ def resolve_precision(precision: str | None = None) -> str:
 
 
 def torch_setup() -> None:
-    """Use every core the process may run on (its share, when a launcher started several processes on this machine);
-    hub access stays off unless the user turned it on."""
+    """Use no more threads than the cores the process may run on (its share, when a launcher started several
+    processes on this machine); hub access stays off unless the user turned it on. A lower count set before is kept:
+    a run whose two sides share the cores (ccguard.sides) sets it, and so may the user."""
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # set by torchrun / accelerate launch
-    torch.set_num_threads(max(1, n // max(1, local)))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), n // max(1, local))))
 
 
 def load_tokenizer(path: str | Path) -> Any:

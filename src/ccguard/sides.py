@@ -1,0 +1,222 @@
+"""The output side of a run (train, calibrate and evaluate the output classifier), in this process or beside it.
+
+On a CPU-only machine the run's two sides share no state until the guard is written, and two processes of one thread
+each do more work than one process of two threads: a MiniLM training step takes 1.09 s on one core of this 2-core
+EPYC and 0.62 s on both, so two steps side by side finish in 1.09 s where one process needs 1.24 s (design/032).
+So `run` starts the output side in a second process, keeps the input side in its own, and gives the side that is
+still working every core once the other one is done. Both processes score and train the same way as a serial run;
+only float rounding differs, since a gradient summed by two threads is not added in the order one thread adds it.
+
+The child is a fresh interpreter (``python -m ccguard.sides``), not a ``multiprocessing`` spawn, so a user's script
+that calls :func:`ccguard.pipeline.run` needs no ``if __name__ == "__main__"`` guard. The request and the answer
+travel as pickles over the child's own stdin and stdout pipes, never through a file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ccguard.constitution import Constitution
+from ccguard.errors import CcguardError
+from ccguard.profiles import Profile
+
+
+@dataclass(frozen=True)
+class OutputSideJob:
+    """What the output side needs: everything is decided by the parent before the child starts."""
+
+    const: Constitution
+    profile: Profile
+    seed: int
+    data_dir: Path
+    guard_dir: Path
+    train_sha: str
+    threads: int = 0  # intra-op threads to start with (0: leave torch's setting)
+    grow_to: int = 0  # threads to take once ``peer_done`` exists
+    peer_done: Path | None = None  # a file the other side creates when it has finished
+
+
+@dataclass(frozen=True)
+class OutputSide:
+    """The trained, calibrated and evaluated output classifier, as the guard's manifest and the report need it."""
+
+    training: dict[str, Any]
+    calibration: dict[str, Any]  # policy.Calibration, dumped
+    metrics: dict[str, Any]  # evaluate_output's, with the calibration
+    spec: dict[str, Any]  # the classifier's OutputSpec
+    stages: dict[str, float]
+
+
+def thread_grower(done: Callable[[], bool], total: int) -> Callable[[], None]:
+    """A callback for every training step: once ``done()`` is true (the other side has finished), this process takes
+    ``total`` intra-op threads. torch (OpenMP) takes the count from the thread that sets it, so this runs on the
+    training thread, not on a watcher of its own."""
+    import torch
+
+    def grow() -> None:
+        if total > torch.get_num_threads() and done():
+            torch.set_num_threads(total)
+
+    return grow
+
+
+def train_output_side(job: OutputSideJob, console: Console, on_step: Callable[[], None] | None = None,
+                      state: Any = None, init: tuple[Path, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train the output classifier, or load an identical saved one: the classifier and its training record. ``state``
+    and ``init`` as for :func:`ccguard.pipeline.train_stage`."""
+    from ccguard.pipeline import train_stage
+
+    return train_stage("output", job.const, replace(job.profile.output_train, seed=job.seed),
+                       job.data_dir / "output_train.jsonl", job.train_sha, job.guard_dir, console, state, init,
+                       on_step=on_step, bar_position=1 if on_step is not None else None)
+
+
+def calibrate_output_side(job: OutputSideJob, oclf: Any, training: dict[str, Any], console: Console,
+                          stages: dict[str, float]) -> OutputSide:
+    """Calibrate the output classifier on the output validation split and evaluate it on the output test split."""
+    from ccguard.evaluate.report import evaluate_output
+    from ccguard.pipeline import _subsample, _timed
+    from ccguard.policy import calibrate_output
+    from ccguard.records import read_examples, render_prompt
+
+    profile, seed = job.profile, job.seed
+    n_eval = profile.eval_max_examples
+    n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
+    oval = _subsample(read_examples(job.data_dir / "output_val.jsonl"), n_out, seed)
+    otest = _subsample(read_examples(job.data_dir / "output_test.jsonl"),
+                       profile.test_max_examples or profile.output_eval_max or n_eval, seed)
+    console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
+    with _timed(stages, "calibrate_output"):
+        oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
+        harmful_ids = {c.id for c in job.const.harmful}
+        # The output split's harmless answers are hard neighbours almost to a row: helpful answers on the
+        # constitution's topics, style twins that differ from a harmful seed answer only in the topic, out-of-scope
+        # compliance. Answers to everyday requests score near 0. So they get the input side's cap on hard neighbours,
+        # not the everyday target: 0.5% of them was the top seven, three seed answers in several voices, and moved the
+        # threshold from 0.99 to 0.9995 between two seeds (design/025).
+        ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
+                                target_fpr=max(profile.target_fpr, profile.hard_fpr or 0.0),
+                                refusal_fpr=profile.output_refusal_fpr)
+    console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
+                  f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
+    with _timed(stages, "evaluate_output"):
+        omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold, harmful_ids)
+    omet["calibration"] = ocal.model_dump()
+    return OutputSide(training=training, calibration=ocal.model_dump(), metrics=omet, spec=asdict(oclf.spec),
+                      stages=dict(stages))
+
+
+def output_side(job: OutputSideJob, console: Console) -> OutputSide:
+    """The whole output side, as the child process runs it: train, then calibrate and evaluate. Starts with
+    ``job.threads`` threads and takes ``job.grow_to`` once the file ``job.peer_done`` exists."""
+    import torch
+
+    from ccguard.pipeline import _timed
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    peer = job.peer_done
+    grow = thread_grower(lambda: peer is not None and peer.exists(), job.grow_to) if job.grow_to else None
+    stages: dict[str, float] = {}
+    with _timed(stages, "train_output"):
+        oclf, training = train_output_side(job, console, on_step=grow)
+    if grow is not None:
+        grow()
+    return calibrate_output_side(job, oclf, training, console, stages)
+
+
+def can_run_beside(threads: int) -> bool:
+    """Whether a second process pays: a CPU-only torch with at least two intra-op threads. On an accelerator the two
+    sides would queue on one device; under ``accelerate launch`` the processes already share the cores."""
+    import torch
+
+    if threads < 2:
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+class OutputSideProcess:
+    """The output side running in a child interpreter with ``job.threads`` threads, until :meth:`result`.
+
+    Use as a context manager: leaving it early (an error or Ctrl-C on the input side) stops the child."""
+
+    def __init__(self, job: OutputSideJob) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="ccguard-sides-")
+        self.job = job
+        self.input_done = Path(self._tmp.name) / "input-done"
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[1])  # where this ccguard is imported from, editable or not
+        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+        self._proc = subprocess.Popen([sys.executable, "-m", "ccguard.sides"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env)  # stderr: the parent's, for its log lines
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(pickle.dumps(replace(job, peer_done=self.input_done)))
+        self._proc.stdin.close()
+
+    def done(self) -> bool:
+        """Whether the child has exited; if it failed, its error is raised here, so the input side stops early."""
+        code = self._proc.poll()
+        if code not in (None, 0):
+            self.result()
+        return code is not None
+
+    def result(self) -> OutputSide:
+        """Tell the child that the input side has finished (it then takes every core), and wait for its answer."""
+        self.input_done.touch()
+        assert self._proc.stdout is not None
+        raw = self._proc.stdout.read()
+        code = self._proc.wait()
+        if not raw:
+            raise RuntimeError(f"the output side's process failed (exit code {code}); its error is printed above")
+        kind, value = pickle.loads(raw)  # our own child's answer on a private pipe
+        if kind == "error":
+            raise CcguardError(value)
+        return value
+
+    def __enter__(self) -> OutputSideProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._tmp.cleanup()
+
+
+def _child() -> int:
+    out = os.fdopen(os.dup(1), "wb")  # the answer's channel; anything else printed goes to stderr
+    os.dup2(2, 1)
+    # Under `python -m` this file is __main__: the answer's classes must come from the module the parent imports.
+    from ccguard import sides
+    from ccguard.classifiers.backbone import torch_setup
+
+    job: sides.OutputSideJob = pickle.loads(sys.stdin.buffer.read())  # written by OutputSideProcess, our parent
+    torch_setup()
+    try:
+        answer: tuple[str, Any] = ("ok", sides.output_side(job, Console(stderr=True)))
+    except CcguardError as e:
+        answer = ("error", str(e))
+    out.write(pickle.dumps(answer))
+    out.close()
+    return 0 if answer[0] == "ok" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
