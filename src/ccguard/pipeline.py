@@ -234,8 +234,8 @@ def train_stage(
     """Train the ``kind`` ('input' or 'output') classifier unless an identical one is already saved. Under
     ``accelerate launch``, every process (``state``, an accelerate ``PartialState``) trains its shard and only the
     main process writes. ``init`` (output only): the input classifier's directory and training fingerprint, to start
-    from its encoder. ``on_step`` runs after every optimiser step, on the training thread; ``bar_position``: the progress bar's line.
-    """
+    from its encoder. ``on_step`` runs after every optimiser step, on the training thread; ``bar_position`` is the
+    progress bar's line."""
     from ccguard.train.card import write_card
     from ccguard.train.debias import training_weights
 
@@ -484,7 +484,7 @@ def run(
     threads = torch.get_num_threads()
     init = (guard_dir / "input", fp_parts["input"]) if profile.output_train.init_from_input else None
     job = OutputSideJob(const=const, profile=profile, seed=seed, data_dir=data_dir, guard_dir=guard_dir,
-                        train_sha=sha["output_train"])
+                        train_sha=sha["output_train"], quiet=console.quiet)
     # On CPU cores, the output side (train, calibrate, evaluate) runs in a second process beside the input side:
     # more work per second than one process on every core (ccguard.sides, design/032).
     beside = parallel and state.num_processes == 1 and kept_metrics is None and init is None and can_run_beside(threads)
@@ -493,6 +493,7 @@ def run(
         if beside:
             child = stack.enter_context(OutputSideProcess(replace(job, threads=threads // 2, grow_to=threads)))
             torch.set_num_threads(threads - threads // 2)
+            stack.callback(torch.set_num_threads, threads)
             console.print(f"the output classifier trains in a second process ({threads // 2} of {threads} threads "
                           "until the input side is done)")
         grow = None if child is None else thread_grower(child.done, threads)
@@ -546,7 +547,6 @@ def run(
             ocal = Calibration.model_validate(side.calibration)
             metrics["output"] = omet
             metrics["output_side"] = "second process" if child is not None else "this process"
-    torch.set_num_threads(threads)
     # Style-debiased training (ccguard.train.debias): the audit's model as the training weights see it.
     weighted = {k: t["data"]["debias"] for k, t in (("input", training), ("output", otraining))
                 if t["data"].get("debias", {}).get("applied")}

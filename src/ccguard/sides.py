@@ -44,6 +44,7 @@ class OutputSideJob:
     threads: int = 0  # intra-op threads to start with (0: leave torch's setting)
     grow_to: int = 0  # threads to take once ``peer_done`` exists
     peer_done: Path | None = None  # a file the other side creates when it has finished
+    quiet: bool = False  # the parent's console is quiet: so is the child's
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def _child() -> int:
     job: sides.OutputSideJob = pickle.loads(sys.stdin.buffer.read())  # written by OutputSideProcess, our parent
     torch_setup()
     try:
-        answer: tuple[str, Any] = ("ok", sides.output_side(job, Console(stderr=True)))
+        answer: tuple[str, Any] = ("ok", sides.output_side(job, Console(stderr=True, quiet=job.quiet)))
     except CcguardError as e:
         answer = ("error", str(e))
     out.write(pickle.dumps(answer))
