@@ -483,8 +483,7 @@ def run(
 
     threads = torch.get_num_threads()
     init = (guard_dir / "input", fp_parts["input"]) if profile.output_train.init_from_input else None
-    job = OutputSideJob(const=const, profile=profile, seed=seed, data_dir=data_dir, guard_dir=guard_dir,
-                        train_sha=sha["output_train"], quiet=console.quiet)
+    job = OutputSideJob.for_run(const, profile, seed, data_dir, guard_dir, sha["output_train"], quiet=console.quiet)
     # On CPU cores, the output side (train, calibrate, evaluate) runs in a second process beside the input side:
     # more work per second than one process on every core (ccguard.sides, design/032).
     beside = parallel and state.num_processes == 1 and kept_metrics is None and init is None and can_run_beside(threads)

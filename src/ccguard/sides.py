@@ -8,27 +8,30 @@ still working every core once the other one is done. Both processes score and tr
 only float rounding differs, since a gradient summed by two threads is not added in the order one thread adds it.
 
 The child is a fresh interpreter (``python -m ccguard.sides``), not a ``multiprocessing`` spawn, so a user's script
-that calls :func:`ccguard.pipeline.run` needs no ``if __name__ == "__main__"`` guard. The request and the answer
-travel as pickles over the child's own stdin and stdout pipes, never through a file.
+that calls :func:`ccguard.pipeline.run` needs no ``if __name__ == "__main__"`` guard. The job and the answer travel
+as JSON over the child's own stdin and stdout pipes: nothing is unpickled, here or anywhere in ccguard.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from ccguard.constitution import Constitution
 from ccguard.errors import CcguardError
-from ccguard.profiles import Profile
+from ccguard.train.args import OutputTrainArgs
+
+if TYPE_CHECKING:
+    from ccguard.profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,47 @@ class OutputSideJob:
     """What the output side needs: everything is decided by the parent before the child starts."""
 
     const: Constitution
-    profile: Profile
-    seed: int
+    args: OutputTrainArgs  # with the run's seed
     data_dir: Path
     guard_dir: Path
-    train_sha: str
+    train_sha: str  # the output training file's hash, part of the training fingerprint
+    target_fpr: float  # on the output validation split's harmless answers
+    refusal_fpr: float | None = None  # a cap on halted refusals of harmful requests, if any
+    n_val: int | None = None  # output validation exchanges scored for calibration (None: all)
+    n_test: int | None = None  # output test exchanges scored for the report (None: all)
     threads: int = 0  # intra-op threads to start with (0: leave torch's setting)
     grow_to: int = 0  # threads to take once ``peer_done`` exists
     peer_done: Path | None = None  # a file the other side creates when it has finished
     quiet: bool = False  # the parent's console is quiet: so is the child's
+
+    @classmethod
+    def for_run(cls, const: Constitution, profile: Profile, seed: int, data_dir: Path, guard_dir: Path, train_sha: str,
+                quiet: bool = False) -> OutputSideJob:
+        """The output side of a run of ``profile`` with ``seed``."""
+        n_eval = profile.eval_max_examples
+        # The output split's harmless answers are hard neighbours almost to a row: helpful answers on the
+        # constitution's topics, style twins that differ from a harmful seed answer only in the topic, out-of-scope
+        # compliance. Answers to everyday requests score near 0. So they get the input side's cap on hard neighbours,
+        # not the everyday target: 0.5% of them was the top seven, three seed answers in several voices, and moved the
+        # threshold from 0.99 to 0.9995 between two seeds (design/025).
+        return cls(const=const, args=replace(profile.output_train, seed=seed), data_dir=data_dir, guard_dir=guard_dir,
+                   train_sha=train_sha, target_fpr=max(profile.target_fpr, profile.hard_fpr or 0.0),
+                   refusal_fpr=profile.output_refusal_fpr, n_val=profile.output_eval_max or (n_eval and 2 * n_eval),
+                   n_test=profile.test_max_examples or profile.output_eval_max or n_eval, quiet=quiet)
+
+    def to_json(self) -> str:
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d |= {"const": self.const.model_dump(mode="json"), "args": asdict(self.args), "data_dir": str(self.data_dir),
+              "guard_dir": str(self.guard_dir), "peer_done": None if self.peer_done is None else str(self.peer_done)}
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> OutputSideJob:
+        d = json.loads(text)
+        d |= {"const": Constitution.model_validate(d["const"]), "args": OutputTrainArgs.from_dict(d["args"]),
+              "data_dir": Path(d["data_dir"]), "guard_dir": Path(d["guard_dir"]),
+              "peer_done": None if d["peer_done"] is None else Path(d["peer_done"])}
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -77,7 +112,7 @@ def train_output_side(job: OutputSideJob, console: Console, on_step: Callable[[]
     and ``init`` as for :func:`ccguard.pipeline.train_stage`."""
     from ccguard.pipeline import train_stage
 
-    return train_stage("output", job.const, replace(job.profile.output_train, seed=job.seed),
+    return train_stage("output", job.const, job.args,
                        job.data_dir / "output_train.jsonl", job.train_sha, job.guard_dir, console, state, init,
                        on_step=on_step, bar_position=1 if on_step is not None else None)
 
@@ -90,24 +125,15 @@ def calibrate_output_side(job: OutputSideJob, oclf: Any, training: dict[str, Any
     from ccguard.policy import calibrate_output
     from ccguard.records import read_examples, render_prompt
 
-    profile, seed = job.profile, job.seed
-    n_eval = profile.eval_max_examples
-    n_out = profile.output_eval_max or (n_eval and 2 * n_eval)
-    oval = _subsample(read_examples(job.data_dir / "output_val.jsonl"), n_out, seed)
-    otest = _subsample(read_examples(job.data_dir / "output_test.jsonl"),
-                       profile.test_max_examples or profile.output_eval_max or n_eval, seed)
+    seed = job.args.seed
+    oval = _subsample(read_examples(job.data_dir / "output_val.jsonl"), job.n_val, seed)
+    otest = _subsample(read_examples(job.data_dir / "output_test.jsonl"), job.n_test, seed)
     console.print(f"calibrating the output classifier on {len(oval)} validation exchanges ...")
     with _timed(stages, "calibrate_output"):
         oval_scores = oclf.score([render_prompt(e.prompt) for e in oval], [e.response or "" for e in oval])
         harmful_ids = {c.id for c in job.const.harmful}
-        # The output split's harmless answers are hard neighbours almost to a row: helpful answers on the
-        # constitution's topics, style twins that differ from a harmful seed answer only in the topic, out-of-scope
-        # compliance. Answers to everyday requests score near 0. So they get the input side's cap on hard neighbours,
-        # not the everyday target: 0.5% of them was the top seven, three seed answers in several voices, and moved the
-        # threshold from 0.99 to 0.9995 between two seeds (design/025).
         ocal = calibrate_output(oval, [s.score for s in oval_scores], harmful_categories=harmful_ids,
-                                target_fpr=max(profile.target_fpr, profile.hard_fpr or 0.0),
-                                refusal_fpr=profile.output_refusal_fpr)
+                                target_fpr=job.target_fpr, refusal_fpr=job.refusal_fpr)
     console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
                   f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
     with _timed(stages, "evaluate_output"):
@@ -162,7 +188,7 @@ class OutputSideProcess:
         self._proc = subprocess.Popen([sys.executable, "-m", "ccguard.sides"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env=env)  # stderr: the parent's, for its log lines
         assert self._proc.stdin is not None
-        self._proc.stdin.write(pickle.dumps(replace(job, peer_done=self.input_done)))
+        self._proc.stdin.write(replace(job, peer_done=self.input_done).to_json().encode())
         self._proc.stdin.close()
 
     def done(self) -> bool:
@@ -180,10 +206,10 @@ class OutputSideProcess:
         code = self._proc.wait()
         if not raw:
             raise RuntimeError(f"the output side's process failed (exit code {code}); its error is printed above")
-        kind, value = pickle.loads(raw)  # our own child's answer on a private pipe
-        if kind == "error":
-            raise CcguardError(value)
-        return value
+        answer = json.loads(raw)
+        if "error" in answer:
+            raise CcguardError(answer["error"])
+        return OutputSide(**answer["ok"])
 
     def __enter__(self) -> OutputSideProcess:
         return self
@@ -204,19 +230,17 @@ class OutputSideProcess:
 def _child() -> int:
     out = os.fdopen(os.dup(1), "wb")  # the answer's channel; anything else printed goes to stderr
     os.dup2(2, 1)
-    # Under `python -m` this file is __main__: the answer's classes must come from the module the parent imports.
-    from ccguard import sides
     from ccguard.classifiers.backbone import torch_setup
 
-    job: sides.OutputSideJob = pickle.loads(sys.stdin.buffer.read())  # written by OutputSideProcess, our parent
+    job = OutputSideJob.from_json(sys.stdin.read())  # written by OutputSideProcess, our parent
     torch_setup()
     try:
-        answer: tuple[str, Any] = ("ok", sides.output_side(job, Console(stderr=True, quiet=job.quiet)))
+        answer: dict[str, Any] = {"ok": asdict(output_side(job, Console(stderr=True, quiet=job.quiet)))}
     except CcguardError as e:
-        answer = ("error", str(e))
-    out.write(pickle.dumps(answer))
+        answer = {"error": str(e)}
+    out.write(json.dumps(answer).encode())  # NaN stays NaN, as in metrics.json
     out.close()
-    return 0 if answer[0] == "ok" else 2
+    return 0 if "ok" in answer else 2
 
 
 if __name__ == "__main__":

@@ -54,3 +54,17 @@ def test_an_output_side_error_stops_the_run_with_its_message(smoke_run: Path, tm
         run("cbrn", out, "smoke_bad_output", seed=0, console=Console(stderr=True, quiet=True))
     # The child's error stopped the input side too: nothing was written as a finished run.
     assert not (out / "run.json").exists() and not (out / "guard" / "guard.json").exists()
+
+
+def test_the_job_crosses_to_the_child_as_json_unchanged(tmp_path: Path):
+    from ccguard import constitution
+    from ccguard.profiles import PROFILES
+    from ccguard.sides import OutputSideJob
+
+    job = OutputSideJob.for_run(constitution.load("cbrn"), PROFILES["default"], 7, tmp_path / "data", tmp_path / "guard",
+                                "ab" * 32)
+    job = replace(job, threads=1, grow_to=2, peer_done=tmp_path / "done")
+    text = job.to_json()
+    assert json.loads(text)["data_dir"] == str(tmp_path / "data") and OutputSideJob.from_json(text) == job
+    assert job.args.seed == 7 and job.args.max_steps == PROFILES["default"].output_train.max_steps
+    assert job.target_fpr == 0.02 and job.n_val == 2000  # the hard-neighbour cap; output_eval_max
