@@ -318,10 +318,11 @@ def _subsample(rows: list[Example], n: int | None, seed: int) -> list[Example]:
 
 def _calibrate_input_side(
     profile: Profile, data_dir: Path, clf: Any, seed: int, console: Console, stages: dict[str, float],
-    shortcut: dict[str, Any],
+    shortcut: dict[str, Any], between: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Calibrate the input classifier on the validation split and evaluate it on the test split: the calibration, the
-    run's metrics, and the scored validation rows (for the plot). The output side is :mod:`ccguard.sides`."""
+    run's metrics, and the scored validation rows (for the plot). ``between`` runs between the two. The output side
+    is :mod:`ccguard.sides`."""
     from ccguard.evaluate.report import evaluate_input
     from ccguard.policy import calibrate_input
 
@@ -340,6 +341,8 @@ def _calibrate_input_side(
         + (f" everyday, {cal.hard.fmt()} hard neighbours" if cal.hard else "") + f"; val TPR {cal.tpr.fmt()}"
         + (f"; intent-pair harmless sides flagged {cal.contrast.fmt()} (not bound)" if cal.contrast else "")
     )
+    if between is not None:
+        between()
     console.print(f"evaluating the input classifier on {len(test)} test examples ...")
     with _timed(stages, "evaluate_input"):
         metrics = evaluate_input(clf, val, val_scores, test, cal.threshold)
@@ -477,6 +480,7 @@ def run(
         OutputSideProcess,
         calibrate_output_side,
         can_run_beside,
+        thread_cap,
         thread_grower,
         train_output_side,
     )
@@ -491,8 +495,7 @@ def run(
         child = None
         if beside:
             child = stack.enter_context(OutputSideProcess(replace(job, threads=threads // 2, grow_to=threads)))
-            torch.set_num_threads(threads - threads // 2)
-            stack.callback(torch.set_num_threads, threads)
+            stack.enter_context(thread_cap(threads - threads // 2))
             console.print(f"the output classifier trains in a second process ({threads // 2} of {threads} threads "
                           "until the input side is done)")
         grow = None if child is None else thread_grower(child.done, threads)
@@ -536,7 +539,8 @@ def run(
         else:
             if grow is not None:
                 grow()
-            cal, metrics, scored = _calibrate_input_side(profile, data_dir, clf, seed, console, stages, shortcut)
+            cal, metrics, scored = _calibrate_input_side(profile, data_dir, clf, seed, console, stages, shortcut,
+                                                         between=grow)
             if child is not None:
                 side = child.result()
             else:

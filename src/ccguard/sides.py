@@ -7,19 +7,23 @@ So `run` starts the output side in a second process, keeps the input side in its
 still working every core once the other one is done. Both processes score and train the same way as a serial run;
 only float rounding differs, since a gradient summed by two threads is not added in the order one thread adds it.
 
-The child is a fresh interpreter (``python -m ccguard.sides``), not a ``multiprocessing`` spawn, so a user's script
-that calls :func:`ccguard.pipeline.run` needs no ``if __name__ == "__main__"`` guard. The job and the answer travel
-as JSON over the child's own stdin and stdout pipes: nothing is unpickled, here or anywhere in ccguard.
+The child is a fresh interpreter (:func:`child_main`), not a ``multiprocessing`` spawn, so a user's script that
+calls :func:`ccguard.pipeline.run` needs no ``if __name__ == "__main__"`` guard. The job and the answer are JSON
+files in a private temporary folder: nothing is unpickled, here or anywhere in ccguard. A backbone registered in the
+user's script (rather than through an entry point) does not exist in the child: such runs need ``parallel=False``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +55,7 @@ class OutputSideJob:
     grow_to: int = 0  # threads to take once ``peer_done`` exists
     peer_done: Path | None = None  # a file the other side creates when it has finished
     quiet: bool = False  # the parent's console is quiet: so is the child's
+    parent_pid: int = 0  # the child exits when this process is gone (0: no check)
 
     @classmethod
     def for_run(cls, const: Constitution, profile: Profile, seed: int, data_dir: Path, guard_dir: Path, train_sha: str,
@@ -93,6 +98,36 @@ class OutputSide:
     stages: dict[str, float]
 
 
+def set_threads(n: int) -> None:
+    """This process's intra-op threads, and the cap that :func:`ccguard.classifiers.backbone.torch_setup` keeps to (a
+    training function calls it again, and would otherwise take every core)."""
+    import torch
+
+    from ccguard.classifiers.backbone import THREADS_ENV
+
+    os.environ[THREADS_ENV] = str(n)
+    torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def thread_cap(n: int) -> Iterator[None]:
+    """:func:`set_threads` for the duration; the cap and the thread count are put back after."""
+    import torch
+
+    from ccguard.classifiers.backbone import THREADS_ENV
+
+    before, threads = os.environ.get(THREADS_ENV), torch.get_num_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = before
+        torch.set_num_threads(threads)
+
+
 def thread_grower(done: Callable[[], bool], total: int) -> Callable[[], None]:
     """A callback for every training step: once ``done()`` is true (the other side has finished), this process takes
     ``total`` intra-op threads. torch (OpenMP) takes the count from the thread that sets it, so this runs on the
@@ -101,7 +136,7 @@ def thread_grower(done: Callable[[], bool], total: int) -> Callable[[], None]:
 
     def grow() -> None:
         if total > torch.get_num_threads() and done():
-            torch.set_num_threads(total)
+            set_threads(total)
 
     return grow
 
@@ -118,8 +153,9 @@ def train_output_side(job: OutputSideJob, console: Console, on_step: Callable[[]
 
 
 def calibrate_output_side(job: OutputSideJob, oclf: Any, training: dict[str, Any], console: Console,
-                          stages: dict[str, float]) -> OutputSide:
-    """Calibrate the output classifier on the output validation split and evaluate it on the output test split."""
+                          stages: dict[str, float], between: Callable[[], None] | None = None) -> OutputSide:
+    """Calibrate the output classifier on the output validation split and evaluate it on the output test split;
+    ``between`` runs between the two."""
     from ccguard.evaluate.report import evaluate_output
     from ccguard.pipeline import _subsample, _timed
     from ccguard.policy import calibrate_output
@@ -136,6 +172,8 @@ def calibrate_output_side(job: OutputSideJob, oclf: Any, training: dict[str, Any
                                 target_fpr=job.target_fpr, refusal_fpr=job.refusal_fpr)
     console.print(f"output threshold {ocal.threshold:.4f}: val FPR {ocal.fpr.fmt()} on answers to harmless requests, "
                   f"val TPR {ocal.tpr.fmt()}; refusals of harmful requests halted {ocal.hard.fmt()}")
+    if between is not None:
+        between()
     with _timed(stages, "evaluate_output"):
         omet = evaluate_output(oclf, oval, oval_scores, otest, ocal.threshold, harmful_ids)
     omet["calibration"] = ocal.model_dump()
@@ -145,51 +183,64 @@ def calibrate_output_side(job: OutputSideJob, oclf: Any, training: dict[str, Any
 
 def output_side(job: OutputSideJob, console: Console) -> OutputSide:
     """The whole output side, as the child process runs it: train, then calibrate and evaluate. Starts with
-    ``job.threads`` threads and takes ``job.grow_to`` once the file ``job.peer_done`` exists."""
-    import torch
-
+    ``job.threads`` threads and takes ``job.grow_to`` once the file ``job.peer_done`` exists; exits at the next
+    training step if the parent (``job.parent_pid``) is gone."""
     from ccguard.pipeline import _timed
 
     if job.threads:
-        torch.set_num_threads(job.threads)
+        set_threads(job.threads)
     peer = job.peer_done
-    grow = thread_grower(lambda: peer is not None and peer.exists(), job.grow_to) if job.grow_to else None
+    grow = thread_grower(lambda: peer is not None and peer.exists(), job.grow_to) if job.grow_to else (lambda: None)
+
+    def on_step() -> None:
+        if job.parent_pid and os.getppid() != job.parent_pid:
+            os._exit(3)  # orphaned: nobody will read the answer, and a re-run may be writing the same guard
+        grow()
+
     stages: dict[str, float] = {}
     with _timed(stages, "train_output"):
-        oclf, training = train_output_side(job, console, on_step=grow)
-    if grow is not None:
-        grow()
-    return calibrate_output_side(job, oclf, training, console, stages)
+        oclf, training = train_output_side(job, console, on_step=on_step)
+    grow()
+    return calibrate_output_side(job, oclf, training, console, stages, between=grow)
 
 
 def can_run_beside(threads: int) -> bool:
-    """Whether a second process pays: a CPU-only torch with at least two intra-op threads. On an accelerator the two
-    sides would queue on one device; under ``accelerate launch`` the processes already share the cores."""
+    """Whether a second process pays: a CPU-only torch with at least two intra-op threads. Training runs on CUDA
+    where there is one (the two sides would then queue on one device), else on the CPU; under ``accelerate launch``
+    the processes already share the cores, and the caller checks that."""
     import torch
 
-    if threads < 2:
-        return False
-    mps = getattr(torch.backends, "mps", None)
-    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+    return threads >= 2 and not torch.cuda.is_available()
+
+
+# The child's first line: this ccguard's folder goes on its path unless it is there already (an installed or editable
+# ccguard is; a source tree on the parent's sys.path may not be). -P keeps the working directory off the path.
+_BOOT = ("import sys; p = sys.argv[1]; sys.path[:0] = [] if p in sys.path else [p]; "
+         "from ccguard.sides import child_main; sys.exit(child_main(sys.argv[2]))")
 
 
 class OutputSideProcess:
     """The output side running in a child interpreter with ``job.threads`` threads, until :meth:`result`.
 
-    Use as a context manager: leaving it early (an error or Ctrl-C on the input side) stops the child."""
+    The job and the answer are JSON files in a private temporary folder, so neither side ever blocks on a pipe. Use
+    as a context manager: leaving it early (an error or Ctrl-C on the input side) stops the child."""
 
     def __init__(self, job: OutputSideJob) -> None:
+        from ccguard.classifiers.backbone import THREADS_ENV
+
         self._tmp = tempfile.TemporaryDirectory(prefix="ccguard-sides-")
-        self.job = job
-        self.input_done = Path(self._tmp.name) / "input-done"
-        env = dict(os.environ)
-        src = str(Path(__file__).resolve().parents[1])  # where this ccguard is imported from, editable or not
-        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-        self._proc = subprocess.Popen([sys.executable, "-m", "ccguard.sides"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, env=env)  # stderr: the parent's, for its log lines
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(replace(job, peer_done=self.input_done).to_json().encode())
-        self._proc.stdin.close()
+        tmp = Path(self._tmp.name)
+        self.input_done, self._answer = tmp / "input-done", tmp / "answer.json"
+        try:
+            job_path = tmp / "job.json"
+            job_path.write_text(replace(job, peer_done=self.input_done, parent_pid=os.getpid()).to_json(),
+                                encoding="utf-8")
+            src = str(Path(__file__).resolve().parents[1])  # the folder this ccguard is imported from
+            env = dict(os.environ) | {THREADS_ENV: str(job.threads)}
+            self._proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, src, str(job_path)], env=env)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
 
     def done(self) -> bool:
         """Whether the child has exited; if it failed, its error is raised here, so the input side stops early."""
@@ -201,15 +252,18 @@ class OutputSideProcess:
     def result(self) -> OutputSide:
         """Tell the child that the input side has finished (it then takes every core), and wait for its answer."""
         self.input_done.touch()
-        assert self._proc.stdout is not None
-        raw = self._proc.stdout.read()
         code = self._proc.wait()
-        if not raw:
-            raise RuntimeError(f"the output side's process failed (exit code {code}); its error is printed above")
-        answer = json.loads(raw)
-        if "error" in answer:
-            raise CcguardError(answer["error"])
-        return OutputSide(**answer["ok"])
+        if self._answer.is_file():
+            answer = json.loads(self._answer.read_text(encoding="utf-8"))
+            if "error" in answer:
+                raise CcguardError(answer["error"])
+            return OutputSide(**answer["ok"])
+        how = f"exit code {code}"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                how = f"killed by {signal.Signals(-code).name}"
+        raise RuntimeError(f"the output side's process failed ({how}); any traceback is printed above, and "
+                           "`ccguard run --serial` runs that side in this process")
 
     def __enter__(self) -> OutputSideProcess:
         return self
@@ -222,26 +276,33 @@ class OutputSideProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
         self._tmp.cleanup()
 
 
-def _child() -> int:
-    out = os.fdopen(os.dup(1), "wb")  # the answer's channel; anything else printed goes to stderr
-    os.dup2(2, 1)
-    from ccguard.classifiers.backbone import torch_setup
+def _exit_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG): no orphan
+    keeps training after a SIGKILL or an out-of-memory kill of the run. Elsewhere the per-step check does it."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
-    job = OutputSideJob.from_json(sys.stdin.read())  # written by OutputSideProcess, our parent
+
+def child_main(job_path: str) -> int:
+    """The child interpreter's entry point: run the job in ``job_path`` and write the answer beside it."""
+    from ccguard.classifiers.backbone import torch_setup
+    from ccguard.records import atomic_write_text
+
+    _exit_with_parent()
+    path = Path(job_path)
+    job = OutputSideJob.from_json(path.read_text(encoding="utf-8"))
+    if job.parent_pid and os.getppid() != job.parent_pid:
+        return 3  # the parent died before the line above took effect
     torch_setup()
     try:
         answer: dict[str, Any] = {"ok": asdict(output_side(job, Console(stderr=True, quiet=job.quiet)))}
     except CcguardError as e:
         answer = {"error": str(e)}
-    out.write(json.dumps(answer).encode())  # NaN stays NaN, as in metrics.json
-    out.close()
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C reached the parent too, which reports it
+    atomic_write_text(path.with_name("answer.json"), json.dumps(answer))  # NaN stays NaN, as in metrics.json
     return 0 if "ok" in answer else 2
-
-
-if __name__ == "__main__":
-    sys.exit(_child())

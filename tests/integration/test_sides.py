@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,11 +14,25 @@ import pytest
 from rich.console import Console
 
 
+def _beside_here() -> bool:
+    import torch
+
+    from ccguard.classifiers.backbone import torch_setup
+    from ccguard.sides import can_run_beside
+
+    torch_setup()
+    return can_run_beside(torch.get_num_threads())
+
+
+needs_two_cores = pytest.mark.skipif(not _beside_here(), reason="one thread or an accelerator: runs stay serial")
+
+
 def _guard_and_metrics(run_dir: Path) -> tuple[dict, dict]:
     return (json.loads((run_dir / "guard" / "guard.json").read_text()),
             json.loads((run_dir / "report" / "metrics.json").read_text()))
 
 
+@needs_two_cores
 def test_the_output_side_beside_the_input_side_gives_the_serial_runs_guard(smoke_run: Path, tmp_path: Path):
     from ccguard.pipeline import run
 
@@ -39,7 +56,10 @@ def test_the_output_side_beside_the_input_side_gives_the_serial_runs_guard(smoke
     assert {"train_output", "calibrate_output", "evaluate_output"} <= set(metrics["stage_seconds"])
 
 
+@needs_two_cores
 def test_an_output_side_error_stops_the_run_with_its_message(smoke_run: Path, tmp_path: Path, monkeypatch):
+    import torch
+
     from ccguard import profiles
     from ccguard.errors import CcguardError
     from ccguard.pipeline import run
@@ -50,10 +70,15 @@ def test_an_output_side_error_stops_the_run_with_its_message(smoke_run: Path, tm
         smoke, name="smoke_bad_output", output_train=replace(smoke.output_train, backbone=str(missing))))  # fmt: skip
     out = tmp_path / "cbrn"
     shutil.copytree(smoke_run / "data", out / "data")
-    with pytest.raises(CcguardError, match=f"cannot load backbone '{missing}'"):
+    threads, cap = torch.get_num_threads(), os.environ.get("CCGUARD_THREADS")
+    folders = set(Path(tempfile.gettempdir()).glob("ccguard-sides-*"))
+    with pytest.raises(CcguardError, match=re.escape(f"cannot load backbone '{missing}'")):
         run("cbrn", out, "smoke_bad_output", seed=0, console=Console(stderr=True, quiet=True))
-    # The child's error stopped the input side too: nothing was written as a finished run.
-    assert not (out / "run.json").exists() and not (out / "guard" / "guard.json").exists()
+    # The child's error stopped the input side at its next step, before its classifier was saved.
+    assert not (out / "guard" / "input").exists() and not (out / "run.json").exists()
+    # This process has its threads back, and the child's folder is gone.
+    assert (torch.get_num_threads(), os.environ.get("CCGUARD_THREADS")) == (threads, cap)
+    assert set(Path(tempfile.gettempdir()).glob("ccguard-sides-*")) == folders
 
 
 def test_the_job_crosses_to_the_child_as_json_unchanged(tmp_path: Path):
@@ -68,3 +93,29 @@ def test_the_job_crosses_to_the_child_as_json_unchanged(tmp_path: Path):
     assert json.loads(text)["data_dir"] == str(tmp_path / "data") and OutputSideJob.from_json(text) == job
     assert job.args.seed == 7 and job.args.max_steps == PROFILES["default"].output_train.max_steps
     assert job.target_fpr == 0.02 and job.n_val == 2000  # the hard-neighbour cap; output_eval_max
+
+
+def test_threads_are_capped_grown_and_given_back(monkeypatch):
+    import torch
+
+    from ccguard.classifiers.backbone import torch_setup
+    from ccguard.errors import CcguardError
+    from ccguard.sides import thread_cap, thread_grower
+
+    monkeypatch.delenv("CCGUARD_THREADS", raising=False)
+    torch_setup()
+    full = torch.get_num_threads()
+    done = False
+    with thread_cap(1):
+        torch_setup()  # a training function calls it again: the cap holds
+        assert torch.get_num_threads() == 1 and os.environ["CCGUARD_THREADS"] == "1"
+        grow = thread_grower(lambda: done, 2)
+        grow()
+        assert torch.get_num_threads() == 1  # the other side is still working
+        done = True
+        grow()
+        assert torch.get_num_threads() == 2 and os.environ["CCGUARD_THREADS"] == "2"
+    assert torch.get_num_threads() == full and "CCGUARD_THREADS" not in os.environ
+    monkeypatch.setenv("CCGUARD_THREADS", "two")
+    with pytest.raises(CcguardError, match="CCGUARD_THREADS must be a whole number"):
+        torch_setup()

@@ -155,16 +155,25 @@ def resolve_precision(precision: str | None = None) -> str:
     return "bf16" if _cpu_has_bf16() else "no"
 
 
+THREADS_ENV = "CCGUARD_THREADS"  # a cap on the intra-op threads of torch_setup
+
+
 def torch_setup() -> None:
-    """Use no more threads than the cores the process may run on (its share, when a launcher started several
-    processes on this machine); hub access stays off unless the user turned it on. A lower count set before is kept:
-    a run whose two sides share the cores (ccguard.sides) sets it, and so may the user."""
+    """Use every core the process may run on (its share, when a launcher started several processes on this machine),
+    or at most ``CCGUARD_THREADS`` threads where that is set (by the user, or by a run whose two sides share the
+    cores, ccguard.sides); hub access stays off unless the user turned it on."""
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # set by torchrun / accelerate launch
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), n // max(1, local))))
+    n //= max(1, local)
+    cap = os.environ.get(THREADS_ENV, "").strip()
+    if cap:
+        if not cap.isdigit() or int(cap) < 1:
+            raise CcguardError(f"{THREADS_ENV} must be a whole number of threads, 1 or more; it is {cap!r}")
+        n = min(n, int(cap))
+    torch.set_num_threads(max(1, n))
 
 
 def load_tokenizer(path: str | Path) -> Any:
