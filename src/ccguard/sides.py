@@ -9,8 +9,8 @@ only float rounding differs, since a gradient summed by two threads is not added
 
 The child is a fresh interpreter (:func:`child_main`), not a ``multiprocessing`` spawn, so a user's script that
 calls :func:`ccguard.pipeline.run` needs no ``if __name__ == "__main__"`` guard. The job and the answer are JSON
-files in a private temporary folder: nothing is unpickled, here or anywhere in ccguard. A backbone registered in the
-user's script (rather than through an entry point) does not exist in the child: such runs need ``parallel=False``.
+files in a private temporary folder, so nothing is unpickled. A backbone registered in the user's script (rather
+than through an entry point) does not exist in the child: such runs need ``parallel=False``.
 """
 
 from __future__ import annotations
