@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter
 from rich.console import Console
 
 from ccguard.constitution import Constitution
@@ -73,18 +74,14 @@ class OutputSideJob:
                    n_test=profile.test_max_examples or profile.output_eval_max or n_eval, quiet=quiet)
 
     def to_json(self) -> str:
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        d |= {"const": self.const.model_dump(mode="json"), "args": asdict(self.args), "data_dir": str(self.data_dir),
-              "guard_dir": str(self.guard_dir), "peer_done": None if self.peer_done is None else str(self.peer_done)}
-        return json.dumps(d)
+        return _JOB.dump_json(self).decode()
 
     @classmethod
     def from_json(cls, text: str) -> OutputSideJob:
-        d = json.loads(text)
-        d |= {"const": Constitution.model_validate(d["const"]), "args": OutputTrainArgs.from_dict(d["args"]),
-              "data_dir": Path(d["data_dir"]), "guard_dir": Path(d["guard_dir"]),
-              "peer_done": None if d["peer_done"] is None else Path(d["peer_done"])}
-        return cls(**d)
+        return _JOB.validate_json(text)
+
+
+_JOB = TypeAdapter(OutputSideJob)
 
 
 @dataclass(frozen=True)
@@ -226,8 +223,6 @@ class OutputSideProcess:
     as a context manager: leaving it early (an error or Ctrl-C on the input side) stops the child."""
 
     def __init__(self, job: OutputSideJob) -> None:
-        from ccguard.classifiers.backbone import THREADS_ENV
-
         self._tmp = tempfile.TemporaryDirectory(prefix="ccguard-sides-")
         tmp = Path(self._tmp.name)
         self.input_done, self._answer = tmp / "input-done", tmp / "answer.json"
@@ -236,8 +231,8 @@ class OutputSideProcess:
             job_path.write_text(replace(job, peer_done=self.input_done, parent_pid=os.getpid()).to_json(),
                                 encoding="utf-8")
             src = str(Path(__file__).resolve().parents[1])  # the folder this ccguard is imported from
-            env = dict(os.environ) | {THREADS_ENV: str(job.threads)}
-            self._proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, src, str(job_path)], env=env)
+            # The child sets its own threads (job.threads) before any model work.
+            self._proc = subprocess.Popen([sys.executable, "-P", "-c", _BOOT, src, str(job_path)])
         except BaseException:
             self._tmp.cleanup()
             raise
