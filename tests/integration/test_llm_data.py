@@ -153,8 +153,8 @@ def test_offline_run_skips_llm_transforms_with_a_message(tmp_path: Path):
     from rich.console import Console
 
     from ccguard import constitution as C
-    from ccguard.pipeline import build_data
     from ccguard.profiles import PROFILES
+    from ccguard.synth.build import build_data
 
     console = Console(record=True, width=200)
     build_data(C.load("cbrn"), PROFILES["smoke"], tmp_path / "data", console, 0)
