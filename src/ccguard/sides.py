@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,7 @@ def output_side(job: OutputSideJob, console: Console) -> OutputSide:
 
     def on_step() -> None:
         if job.parent_pid and os.getppid() != job.parent_pid:
+            _remove_folder(job.peer_done)
             os._exit(3)  # orphaned: nobody will read the answer, and a re-run may be writing the same guard
         grow()
 
@@ -210,6 +212,7 @@ def can_run_beside(threads: int) -> bool:
     return threads >= 2 and not torch.cuda.is_available()
 
 
+_FOLDER_PREFIX = "ccguard-sides-"
 # The child's first line: this ccguard's folder goes on its path unless it is there already (an installed or editable
 # ccguard is; a source tree on the parent's sys.path may not be). -P keeps the working directory off the path.
 _BOOT = ("import sys; p = sys.argv[1]; sys.path[:0] = [] if p in sys.path else [p]; "
@@ -223,7 +226,7 @@ class OutputSideProcess:
     as a context manager: leaving it early (an error or Ctrl-C on the input side) stops the child."""
 
     def __init__(self, job: OutputSideJob) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="ccguard-sides-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=_FOLDER_PREFIX)
         tmp = Path(self._tmp.name)
         self.input_done, self._answer = tmp / "input-done", tmp / "answer.json"
         try:
@@ -274,9 +277,27 @@ class OutputSideProcess:
         self._tmp.cleanup()
 
 
-def _exit_with_parent() -> None:
+def _remove_folder(inside: Path | None) -> None:
+    """Remove the parent's private folder that ``inside`` is in, when the parent died without removing it (a SIGKILL
+    or an out-of-memory kill of the run). Only a folder this module names is touched."""
+    if inside is not None and inside.parent.name.startswith(_FOLDER_PREFIX):
+        shutil.rmtree(inside.parent, ignore_errors=True)
+
+
+def _exit_with_parent(folder_file: Path) -> None:
     """On Linux, have the kernel send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG): no orphan
-    keeps training after a SIGKILL or an out-of-memory kill of the run. Elsewhere the per-step check does it."""
+    keeps training after a SIGKILL or an out-of-memory kill of the run. Elsewhere the per-step check does it. Either
+    way the orphan removes the parent's folder (``folder_file``'s) before it goes; a SIGTERM from a living parent
+    (leaving :class:`OutputSideProcess` early) kills as before, and the parent removes its folder itself."""
+    parent = os.getppid()
+
+    def on_term(signum: int, frame: object) -> None:
+        if os.getppid() != parent:
+            _remove_folder(folder_file)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
@@ -287,10 +308,11 @@ def child_main(job_path: str) -> int:
     from ccguard.classifiers.backbone import torch_setup
     from ccguard.records import atomic_write_text
 
-    _exit_with_parent()
     path = Path(job_path)
+    _exit_with_parent(path)
     job = OutputSideJob.from_json(path.read_text(encoding="utf-8"))
     if job.parent_pid and os.getppid() != job.parent_pid:
+        _remove_folder(path)
         return 3  # the parent died before the line above took effect
     torch_setup()
     try:

@@ -6,7 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,3 +123,46 @@ def test_threads_are_capped_grown_and_given_back(monkeypatch):
     monkeypatch.setenv("CCGUARD_THREADS", "two")
     with pytest.raises(CcguardError, match="CCGUARD_THREADS must be a whole number"):
         torch_setup()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the child's signal handler")
+def test_a_killed_runs_child_exits_and_removes_the_runs_folder(smoke_run: Path, tmp_path: Path):
+    """`kill -9` of a run: its output side's process gets SIGTERM from the kernel, and removes the folder that the
+    dead parent would have removed."""
+    from ccguard import constitution
+    from ccguard.profiles import PROFILES
+    from ccguard.sides import OutputSideJob
+
+    job = OutputSideJob.for_run(constitution.load("cbrn"), PROFILES["smoke"], 0, smoke_run / "data",
+                                tmp_path / "guard", "ab" * 32, quiet=True)
+    (tmp_path / "job.json").write_text(job.to_json())
+    script = ("import sys, time; from pathlib import Path; from ccguard.sides import OutputSideJob, OutputSideProcess\n"
+              "p = OutputSideProcess(OutputSideJob.from_json(Path(sys.argv[1]).read_text()))\n"
+              "print(p.input_done.parent, p._proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "job.json")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        folder, pid = parent.stdout.readline().split()
+        folder = Path(folder)
+        assert folder.is_dir() and folder.name.startswith("ccguard-sides-")
+        deadline = time.monotonic() + 120
+        while not int(_proc_field(pid, "SigCgt") or "0", 16) & (1 << (signal.SIGTERM - 1)):
+            assert time.monotonic() < deadline, "the child never set its SIGTERM handler"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while folder.exists() or _proc_field(pid, "State") not in (None, "Z"):
+        assert time.monotonic() < deadline, "the orphaned child kept running or left the folder"
+        time.sleep(0.1)
+
+
+def _proc_field(pid: str, name: str) -> str | None:
+    """A field of /proc/PID/status (State's first letter), or None once the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    value = next(line.split(":", 1)[1].strip() for line in lines if line.startswith(name + ":"))
+    return value[0] if name == "State" else value
