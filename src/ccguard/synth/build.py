@@ -1,7 +1,7 @@
 """Stage I and II of ``ccguard run``: the constitution's synthetic data, augmented and split, for both classifiers.
 
-``build_data`` writes the run's ``data/`` folder atomically with a fingerprint of everything it was built from, and
-skips the work when a folder with the same fingerprint is complete.
+``build_data`` writes each file of the run's ``data/`` folder atomically, and last its manifest with a fingerprint of
+everything the data was built from; it skips the work when a folder with the same fingerprint is complete.
 """
 
 from __future__ import annotations
