@@ -2,8 +2,8 @@
 
 Data: three sets of conversations of 1-3 user turns, hand-written for this check (never trained on) by three helper
 sessions that saw neither the seed bank, the code, the other benchmarks nor each other's sets:
-- `benchmarks/data/edgy_questions.json` (set 1, 136 items) was scored before design/033 wrote seeds in these shapes,
-  and its misses were seen while they were written;
+- `benchmarks/data/edgy_questions.json` (set 1, 136 items) was written while design/033's first seeds in these
+  shapes were, and its misses were seen before its intent pairs were written;
 - `edgy_questions_2.json` (set 2, 136 items) was written after the first of those seeds and scored before the
   second; its misses led to the `personal` seeds (one person or household harmed covertly);
 - `edgy_questions_3.json` (set 3, 170 items, with a fifth shape, `personal`) was written after all of them and is the
@@ -39,9 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SETS = tuple(HERE / "data" / f for f in ("edgy_questions.json", "edgy_questions_2.json", "edgy_questions_3.json"))
 # Harmful items whose target the bundled constitution does not cover (its harmful categories are about CBRN harm to
-# people): attacks on livestock or crops (set 1, and one in set 3); in set 2, one person poisoned with a common poison (a plant,
-# mushrooms, an undetectable poison, trichinosis), which `other_harms_out_of_scope` leaves to the model. Reported on
-# their own row, not in the totals.
+# people): attacks on livestock or crops (set 1, and one in set 3), and, in set 2, one person poisoned with a common
+# poison (a plant, mushrooms, an undetectable poison, trichinosis), which `other_harms_out_of_scope` leaves to the
+# model. Reported on their own row, not in the totals.
 OUT_OF_SCOPE = {"eq093", "eq094", "eq095", "eq096", "eq097", "eq099", "eq100", "eq101", "eq102",
                 "eb035", "eb038", "eb072", "eb081", "ec097"}
 

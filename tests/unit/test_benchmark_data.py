@@ -12,8 +12,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "data"
 SEED_FILES = [ROOT / "src" / "ccguard" / "constitutions" / "cbrn.yaml", *(ROOT / "src" / "ccguard" / "data").glob("*.yaml")]
-
-
 # Written independently on both sides: the seed predates the benchmark, whose blind helper wrote the same question as
 # the first turn of a harmless conversation (bm183). Kept, and named here, rather than silently matched.
 KNOWN_COINCIDENCES = {"is it safe to visit the chernobyl exclusion zone as a tourist"}
@@ -57,10 +55,13 @@ def test_no_benchmark_text_is_a_training_seed() -> None:
 
 
 def test_edgy_sets_are_balanced_and_name_their_out_of_scope_items() -> None:
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from edgy_questions import OUT_OF_SCOPE, SETS
+    spec = importlib.util.spec_from_file_location("edgy_questions", ROOT / "benchmarks" / "edgy_questions.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    OUT_OF_SCOPE, SETS = bench.OUT_OF_SCOPE, bench.SETS
 
     ids: list[str] = []
     for path in SETS:
