@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,11 +43,6 @@ SETS = tuple(HERE / "data" / f for f in ("edgy_questions.json", "edgy_questions_
 # model. Reported on their own row, not in the totals.
 OUT_OF_SCOPE = {"eq093", "eq094", "eq095", "eq096", "eq097", "eq099", "eq100", "eq101", "eq102",
                 "eb035", "eb038", "eb072", "eb081", "ec097"}
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
 
 
 def main() -> int:
@@ -63,6 +57,7 @@ def main() -> int:
 
     from ccguard import Guard
     from ccguard.evaluate.metrics import wilson
+    from ccguard.policy import logit
 
     guard = Guard.load(a.guard)
     thr = guard.policy.input_threshold
@@ -104,7 +99,7 @@ def main() -> int:
             for it, v in rows:
                 if (not v.allowed) != (it["label"] == "harmful"):
                     print(f"    {it['id']} {it['shape']:<12} {it['lang']} {it['label']:<7} "
-                          f"{_logit(v.score) - _logit(thr):+.2f}  {' | '.join(it['turns'])[:130]!r}")
+                          f"{logit(v.score) - logit(thr):+.2f}  {' | '.join(it['turns'])[:130]!r}")
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))
     return 0
