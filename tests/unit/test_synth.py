@@ -249,3 +249,41 @@ def test_intent_pairs_fill_both_sides_with_the_same_agent_in_one_group():
             assert [e.category for e in harmless if e.prompt == twin] == [pair.as_]
     # Off unless asked for.
     assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=3)) if e.source == "pair"]
+
+
+def test_both_sides_of_an_intent_pair_get_the_same_transforms_and_frames():
+    import random
+
+    from ccguard.augment import AugmentConfig, augment
+    from ccguard.records import render_prompt
+    from ccguard.transforms.base import TransformContext, load_framings
+
+    c = C.load("cbrn")
+    rows = [e for e in offline.generate(c, None, offline.SynthConfig(seed=3, pair_fills=1)) if e.source == "pair"]
+    ctx = TransformContext(rng=random.Random(0), terms=tuple(c.harmful_terms()), framings=load_framings(),
+                           pool=(("What is 2+2?", "4."), ("Name a primary colour.", "Red.")))
+    out = [e for e in augment(rows, ctx, AugmentConfig(seed=4, variants_per_example=2.0)) if e.lineage]
+    by_parent = {e.id: e for e in rows}
+    variants: dict[tuple[str, str], list] = {}
+    for e in out:
+        variants.setdefault((e.group, by_parent[e.parent_id].label), []).append(e)
+    framed = 0
+    for (group, label), mine in variants.items():
+        if label != "harmful":
+            continue
+        theirs = variants[(group, "harmless")]
+        # The same transforms, in the same order, for each of the two variants of the two sides...
+        assert [[s.name for s in e.lineage] for e in mine] == [[s.name for s in e.lineage] for e in theirs]
+        for h, b in zip(mine, theirs, strict=True):
+            # ...and a wrapper picks the same frame for both: the text around the request is identical.
+            if h.lineage[-1].name in ("jailbreak_template", "roleplay", "hypothetical", "research_pretext"):
+                framed += 1
+                ht, bt = render_prompt(h.prompt), render_prompt(b.prompt)
+                head = next((i for i, (x, y) in enumerate(zip(ht, bt, strict=False)) if x != y), min(len(ht), len(bt)))
+                tail = next((i for i, (x, y) in enumerate(zip(ht[::-1], bt[::-1], strict=False)) if x != y), min(len(ht), len(bt)))
+                assert head + tail >= 40, (ht[:80], bt[:80])
+    assert framed >= 10
+    # Rows outside pairs keep their own draws: two seed rows with the same text but different ids differ.
+    seeds = [r.model_copy(update={"id": f"s{i}", "source": "seed", "group": f"s{i}"}) for i, r in enumerate(rows[:40:2])]
+    lineages = [[s.name for s in e.lineage] for e in augment(seeds, ctx, AugmentConfig(seed=4)) if e.lineage]
+    assert len({tuple(x) for x in lineages}) > 1
