@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ccguard.records import PAIR_SOURCE, Example, render_prompt, stable_id
+from ccguard.records import Example, render_prompt, stable_id
 from ccguard.registry import REGISTRY
 from ccguard.transforms.base import Transform, TransformContext, build
 
@@ -51,43 +51,26 @@ def transforms_by_family(exclude: Sequence[str] = ()) -> dict[str, list[str]]:
     return out
 
 
-def _pair_mates(examples: Sequence[Example]) -> dict[str, str]:
-    """For each side of an intent pair (``source == "pair"``), a key it shares with its other side only: the k-th
-    harmful and the k-th harmless row of one pair group were filled with the same agent (``synth.offline``)."""
-    seen: dict[tuple[str, str], int] = {}
-    out: dict[str, str] = {}
-    for ex in examples:
-        if ex.source != PAIR_SOURCE or ex.parent_id is not None:
-            continue
-        k = seen.get((ex.group, ex.label), 0)
-        seen[(ex.group, ex.label)] = k + 1
-        out[ex.id] = f"{ex.group}:{k}"
-    return out
-
-
 def augment(examples: list[Example], ctx_base: TransformContext, cfg: AugmentConfig) -> list[Example]:
-    """Return the originals plus their transformed variants, each with lineage and the same group. The two sides of an
-    intent pair get the same transforms with the same choices, so only their intent differs (design/034)."""
+    """Return the originals plus their transformed variants, each with lineage and the same group."""
     by_family = transforms_by_family(cfg.exclude)
     built: dict[str, Transform] = {}
     out = list(examples)
-    mates = _pair_mates(examples)
     for ex in examples:
-        mate = mates.get(ex.id)
-        key = ex.id if mate is None else f"pair:{mate}"
-        rng = random.Random(f"{cfg.seed}:{key}")
+        rng = random.Random(f"{cfg.seed}:{ex.id}")
         n = int(cfg.variants_per_example) + (rng.random() < cfg.variants_per_example % 1)
         for v in range(n):
             names = _choose(rng, cfg, by_family)
             ts = [built.setdefault(nm, build(nm)) for nm in names]
-            # Both sides of an intent pair draw each transform's choices (the template, the persona, the cipher's key)
-            # from one stream per transform, so the text before it cannot set them apart; other rows share one stream.
-            streams = [f"{cfg.seed}:{ex.id}:{v}"] if mate is None else [f"{cfg.seed}:{key}:{v}:{i}" for i in range(len(ts))]
-            ctxs = [TransformContext(rng=random.Random(s), terms=ctx_base.terms, pool=ctx_base.pool,
-                                     framings=ctx_base.framings) for s in streams]
+            ctx = TransformContext(
+                rng=random.Random(f"{cfg.seed}:{ex.id}:{v}"),
+                terms=ctx_base.terms,
+                pool=ctx_base.pool,
+                framings=ctx_base.framings,
+            )
             prompt = ex.prompt
-            for i, t in enumerate(ts):
-                prompt = t(prompt, ctxs[min(i, len(ctxs) - 1)])
+            for t in ts:
+                prompt = t(prompt, ctx)
             if render_prompt(prompt) == render_prompt(ex.prompt):
                 continue
             lineage = [*ex.lineage, *(t.step for t in ts)]
