@@ -55,8 +55,11 @@ def test_the_output_side_beside_the_input_side_gives_the_serial_runs_guard(smoke
         # Threads add a gradient's terms in another order: equal up to float rounding, not bit for bit.
         assert a["calibration"]["threshold"] == pytest.approx(b["calibration"]["threshold"], abs=1e-3)
     assert guard["config"]["stream"] == serial["config"]["stream"]
-    assert metrics["test"]["auroc"] == pytest.approx(serial_metrics["test"]["auroc"], abs=1e-3)
-    assert metrics["output"]["test"]["auroc"] == pytest.approx(serial_metrics["output"]["test"]["auroc"], abs=1e-3)
+    # Under bf16 autocast (a CPU with AVX512-BF16) each product rounds to 8 significant bits, so one and two threads
+    # part further over the steps: the small smoke test splits' AUROCs then agree to about a point, not to 1e-3.
+    tol = 1e-3 if guard["config"]["input_precision"] == "no" else 2e-2
+    assert metrics["test"]["auroc"] == pytest.approx(serial_metrics["test"]["auroc"], abs=tol)
+    assert metrics["output"]["test"]["auroc"] == pytest.approx(serial_metrics["output"]["test"]["auroc"], abs=tol)
     assert {"train_output", "calibrate_output", "evaluate_output"} <= set(metrics["stage_seconds"])
 
 

@@ -232,8 +232,11 @@ def test_scores_do_not_depend_on_the_scoring_batch_size(smoke_guard):
     inp = smoke_guard.input_classifier
     seqs = [inp.prepare(p).views[0][1][0] for p in prompts]
     tiny, default, huge = (inp.logits(seqs, budget) for budget in (1, None, 10**6))
-    np.testing.assert_allclose(tiny, default, atol=1e-5)
-    np.testing.assert_allclose(tiny, huge, atol=1e-5)
+    # Under bf16 autocast (a CPU with AVX512-BF16) a batch's padding changes how matrix products round: equal to
+    # bf16's precision (8 significant bits), not to fp32's.
+    atol = 1e-5 if inp.precision == "no" else 1e-2
+    np.testing.assert_allclose(tiny, default, atol=atol)
+    np.testing.assert_allclose(tiny, huge, atol=atol)
     assert len({round(float(x), 4) for x in tiny[:, 0]}) == len(prompts), "distinct prompts should score differently"
 
 
