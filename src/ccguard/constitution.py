@@ -62,11 +62,23 @@ class SeedBank(BaseModel):
         description="Harmful only: frame-matched pairs. Each side is filled with the same entities of this category "
         "(or taken as is without `{entity}`), so the agent and the frame are on both sides and only the intent differs.",
     )
+    crossed_templates: list[str] = Field(
+        default_factory=list,
+        description="Harmful only: request frames whose intent is neutral, so that the thing named in `{entity}` alone "
+        "decides the label ('how would i make {entity} at home', 'my kids want to grow {entity}, what do we need'). "
+        "Each is filled with this category's entities (harmful) and with the `crossed_entities` of its harmless "
+        "neighbours (harmless): the same phrasing on both sides of the boundary. Each has `{entity}` once.",
+    )
+    crossed_entities: list[str] = Field(
+        default_factory=list,
+        description="Harmless only: everyday things of this category that a harmful neighbour's `crossed_templates` "
+        "can ask to make, buy, grow, ship or scale up with no harm (kombucha, a Geiger counter, grass seed).",
+    )
     responses: list[str] = Field(default_factory=list, description="Example assistant responses to this category.")
     partial: list[str] = Field(default_factory=list, description="Harmful only: answers that start to comply.")
     refusals: list[str] = Field(default_factory=list, description="Harmful only: refusals (labelled harmless).")
 
-    @field_validator("templates", "neighbour_templates")
+    @field_validator("templates", "neighbour_templates", "crossed_templates")
     @classmethod
     def _one_slot(cls, templates: list[str]) -> list[str]:
         for i, t in enumerate(templates):
@@ -74,7 +86,7 @@ class SeedBank(BaseModel):
                 raise ValueError(f"template {i} must contain '{{entity}}' exactly once: {t[:60]!r}")
         return templates
 
-    @field_validator("queries", "entities", "responses", "partial", "refusals")
+    @field_validator("queries", "entities", "crossed_entities", "responses", "partial", "refusals")
     @classmethod
     def _non_empty(cls, items: list[str]) -> list[str]:
         for i, s in enumerate(items):
@@ -111,6 +123,15 @@ class Category(BaseModel):
         if self.kind == "harmless" and self.seeds.intent_pairs:
             raise ValueError("harmless categories take no 'intent_pairs': a pair's harmful side takes the category's "
                              "label, and its harmless side names a neighbour with 'as'")
+        if self.kind == "harmless" and self.seeds.crossed_templates:
+            raise ValueError("harmless categories take no 'crossed_templates': those are filled with a harmful "
+                             "category's entities; give this category 'crossed_entities' instead")
+        if self.kind == "harmful" and self.seeds.crossed_entities:
+            raise ValueError("harmful categories take no 'crossed_entities': those fill a harmful neighbour's "
+                             "'crossed_templates' with harmless things; a harmful category's own 'entities' fill the "
+                             "other side")
+        if self.seeds.crossed_templates and not self.seeds.entities:
+            raise ValueError("'crossed_templates' need this category's 'entities' for their harmful side")
         for i, p in enumerate(self.seeds.intent_pairs):
             if p.as_ not in self.neighbours:
                 raise ValueError(f"intent_pairs[{i}] names {p.as_!r} in 'as', which is not one of this category's "
@@ -158,6 +179,9 @@ class Constitution(BaseModel):
                     raise ValueError(f"category {c.id!r}: intent_pairs[{i}] names {p.as_!r} in 'as', which is not a "
                                      "harmless category")
         for c in self.categories:
+            if c.seeds.crossed_templates and not self.crossed_fills(c.id):
+                raise ValueError(f"category {c.id!r} has crossed_templates, but none of its harmless neighbours "
+                                 f"({', '.join(c.neighbours) or 'none'}) has crossed_entities for their harmless side")
             if c.seeds.neighbour_templates and not self.neighbour_entities(c.id):
                 raise ValueError(f"category {c.id!r} has neighbour_templates, but no harmful category with entities "
                                  "names it as a neighbour")
@@ -180,6 +204,16 @@ class Constitution(BaseModel):
                 out.update(dict.fromkeys(e.strip() for e in c.seeds.entities if e.strip()))
         return list(out)
 
+    def crossed_fills(self, cid: str) -> list[tuple[str, str]]:
+        """The (entity, category id) pairs that fill the harmless side of ``cid``'s ``crossed_templates``: the
+        ``crossed_entities`` of its harmless neighbours, in constitution order, each once."""
+        out: dict[str, str] = {}
+        for c in self.harmless:
+            if c.id in self.category(cid).neighbours:
+                for e in c.seeds.crossed_entities:
+                    out.setdefault(e.strip(), c.id)
+        return list(out.items())
+
     def category(self, cid: str) -> Category:
         for c in self.categories:
             if c.id == cid:
@@ -191,7 +225,7 @@ class Constitution(BaseModel):
         """sha256 of the canonical JSON of the validated constitution."""
         d = self.model_dump(mode="json", by_alias=True)
         for c in d["categories"]:  # a field added later hashes only when used, so older constitutions keep their hash
-            for later in ("neighbour_templates", "intent_pairs"):
+            for later in ("neighbour_templates", "intent_pairs", "crossed_templates", "crossed_entities"):
                 if not c["seeds"][later]:
                     del c["seeds"][later]
         blob = json.dumps(d, sort_keys=True, ensure_ascii=False)

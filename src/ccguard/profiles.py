@@ -120,6 +120,14 @@ PROFILES["warm-start"] = replace(
     name="warm-start",
     output_train=replace(PROFILES["default"].output_train, init_from_input=True, max_steps=720),
 )
+# Trial (design/036): the constitution's crossed templates filled 4 times with harmful entities and 16 times with
+# everyday things, so intent phrasing appears on both sides of the boundary. Not adopted: the prompt audit fell from
+# 0.778 to 0.697, and the input guard lost on the real-shape checks (encoded CBRN requests 94.5% -> 80.8% blocked).
+PROFILES["crossed"] = replace(
+    PROFILES["default"],
+    name="crossed",
+    synth=replace(PROFILES["default"].synth, crossed_fills=4, crossed_harmless_fills=16),
+)
 # The default guard plus the input cascade's second stage (Gemma 3 270M, read up to its 8th layer).
 PROFILES["cascade"] = replace(PROFILES["default"], name="cascade", cascade=CascadeSpec())
 # The default guard plus a fine-tuned multilingual-e5-small input classifier as the cascade's stage 2 (needs

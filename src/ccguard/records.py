@@ -17,6 +17,7 @@ from ccguard.errors import CcguardError
 Label = Literal["harmful", "harmless"]
 # ``Example.source`` of both sides of a constitution's intent pairs: calibration reports their harmless sides apart.
 PAIR_SOURCE = "pair"
+CROSSED_SOURCE = "crossed"  # SeedBank.crossed_templates rows, both labels
 Split = Literal["train", "val", "test"]
 # Content-part types that carry text (chat completions' 'text'; the Responses API's 'input_text' and 'output_text').
 TEXT_PARTS = ("text", "input_text", "output_text")

@@ -141,5 +141,40 @@ def test_a_constitution_without_neighbour_templates_keeps_its_hash(tmp_path):
     for cat in dumped["categories"]:
         del cat["seeds"]["neighbour_templates"]
         del cat["seeds"]["intent_pairs"]
+        del cat["seeds"]["crossed_templates"]
+        del cat["seeds"]["crossed_entities"]
     old = hashlib.sha256(json.dumps(dumped, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     assert c.content_hash == old
+
+
+def test_crossed_templates_take_harmless_fills_from_the_neighbours_and_are_checked(tmp_path):
+    d = _minimal()
+    d["categories"][0]["seeds"]["entities"] = ["agent one"]
+    d["categories"][0]["seeds"]["crossed_templates"] = ["how would i make {entity} at home"]
+    d["categories"][1]["seeds"]["crossed_entities"] = ["kombucha", "kombucha ", "a kite"]
+    # "ok" is not a neighbour of "bad" yet: nothing would fill the harmless side.
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "category 'bad' has crossed_templates, but none of its harmless neighbours (none)" in text, text
+    d["categories"][0]["neighbours"] = ["ok"]
+    c = C.load(_write(tmp_path, d))
+    assert c.crossed_fills("bad") == [("kombucha", "ok"), ("a kite", "ok")]
+    h = c.content_hash
+    d["categories"][0]["seeds"]["crossed_templates"] = ["how would i make it at home"]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[0] (id=bad).seeds.crossed_templates" in text and "exactly once" in text
+    d["categories"][0]["seeds"]["crossed_templates"] = []
+    d["categories"][0]["seeds"]["crossed_entities"] = ["a kite"]
+    d["categories"][1]["seeds"]["crossed_templates"] = ["where can i buy {entity}"]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[0] (id=bad)" in text and "harmful categories take no 'crossed_entities'" in text
+    assert "categories[1] (id=ok)" in text and "harmless categories take no 'crossed_templates'" in text
+    d["categories"][0]["seeds"]["crossed_entities"] = []
+    d["categories"][1]["seeds"]["crossed_templates"] = []
+    d["categories"][0]["seeds"]["entities"] = []
+    d["categories"][0]["seeds"]["crossed_templates"] = ["where can i buy {entity}"]
+    text = "\n".join(C.validation_problems(_write(tmp_path, d)))
+    assert "categories[0] (id=bad)" in text and "need this category's 'entities'" in text
+    # Crossed templates change the policy's hash; without them the fields do not count.
+    d["categories"][0]["seeds"]["entities"] = ["agent one"]
+    d["categories"][0]["seeds"]["crossed_templates"] = []
+    assert C.load(_write(tmp_path, d)).content_hash != h

@@ -249,3 +249,30 @@ def test_intent_pairs_fill_both_sides_with_the_same_agent_in_one_group():
             assert [e.category for e in harmless if e.prompt == twin] == [pair.as_]
     # Off unless asked for.
     assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=3)) if e.source == "pair"]
+
+
+def test_crossed_templates_ask_the_same_thing_of_an_agent_and_of_an_everyday_thing_in_one_group():
+    c = C.load("cbrn")
+    cfg = offline.SynthConfig(seed=2, crossed_fills=2, crossed_harmless_fills=3)
+    rows = [e for e in offline.generate(c, None, cfg) if e.source == "crossed"]
+    templates = [(cat, t) for cat in c.harmful for t in cat.seeds.crossed_templates]
+    assert len(templates) >= 40
+    groups: dict[str, list] = {}
+    for e in rows:
+        groups.setdefault(e.group, []).append(e)
+    assert len(groups) == len(templates) and len(rows) == 5 * len(templates)
+    kind = {cat.id: cat.kind for cat in c.categories}
+    for members in groups.values():
+        harmful = [e for e in members if e.label == "harmful"]
+        harmless = [e for e in members if e.label == "harmless"]
+        assert len(harmful) == 2 and len(harmless) == 3
+        cat, tpl = next((cat, t) for cat, t in templates if cat.id == harmful[0].category and _fill(t, harmful[0].prompt)[0])
+        # The harmful side names the category's own agents; the harmless side, in the same frame, an everyday thing
+        # of one of its harmless neighbours, and takes that neighbour's label and id.
+        assert all(_fill(tpl, e.prompt)[1] in cat.seeds.entities for e in harmful)
+        fills = dict(c.crossed_fills(cat.id))
+        for e in harmless:
+            ent = _fill(tpl, e.prompt)[1]
+            assert fills[ent] == e.category and kind[e.category] == "harmless" and e.category in cat.neighbours
+    # Off unless asked for.
+    assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=2)) if e.source == "crossed"]

@@ -13,7 +13,7 @@ from ccguard.cli import llm_options as o
 def run(
     constitution: Annotated[str, typer.Option(help="Bundled constitution name or path to a YAML file.")] = "cbrn",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<constitution>).")] = None,
-    profile: Annotated[str, typer.Option(help="smoke (about a minute), default (about 23 min on 2 CPU cores in fp32), cascade (default plus the input cascade's stage 2, Gemma 3 270M; needs ccguard-classifiers[cascade]), cascade-multilingual (default plus a fine-tuned multilingual-e5-small input classifier as stage 2; needs ccguard-classifiers[multilingual]), multilingual (the input classifier on multilingual-e5-small), debiased (default with style-debiased training weights, design/021), warm-start (trial: the output classifier starts from the input encoder, design/022) or full.")] = "default",
+    profile: Annotated[str, typer.Option(help="smoke (about a minute), default (about 23 min on 2 CPU cores in fp32), cascade (default plus the input cascade's stage 2, Gemma 3 270M; needs ccguard-classifiers[cascade]), cascade-multilingual (default plus a fine-tuned multilingual-e5-small input classifier as stage 2; needs ccguard-classifiers[multilingual]), multilingual (the input classifier on multilingual-e5-small), debiased (default with style-debiased training weights, design/021), warm-start (trial: the output classifier starts from the input encoder, design/022), crossed (trial: crossed templates on both sides of the boundary, design/036) or full.")] = "default",
     seed: Annotated[int, typer.Option(help="Seed for data generation, splits and training.")] = 0,
     target_fpr: Annotated[
         float | None,

@@ -1,9 +1,10 @@
 """Shortcut audit: can a bag of words tell harmful from harmless once the topic words are masked?
 
 If it can, the training data teaches the classifiers its *style* (phrasings only the harmful seeds use) as well as its
-CBRN content, and a guard trained on it will key on those phrasings. Topic words are every category's seed entities,
-the constitution's harmful terms and the content words of each category's title and description; any token with a
-digit is masked too. A TF-IDF + logistic-regression model is fitted on the masked train split and scored on val+test.
+CBRN content, and a guard trained on it will key on those phrasings. Topic words are every category's seed entities
+and crossed entities, the constitution's harmful terms and the content words of each category's title and
+description; any token with a digit is masked too. A TF-IDF + logistic-regression model is fitted on the masked
+train split and scored on val+test.
 """
 
 from __future__ import annotations
@@ -131,12 +132,13 @@ def _stems(w: str) -> list[str]:
 
 
 def topic_vocabulary(const: Constitution) -> set[str]:
-    """Lowercased words to mask: the words of every entity and harmful term, plus the content words of each category's
-    title and description, closed under light stemming. Stop-words are dropped everywhere ('a Novichok agent' must not
-    mask 'a'); entity words keep short forms such as 'vx', policy prose only words of 4+ letters."""
+    """Lowercased words to mask: the words of every entity (crossed entities included) and harmful term, plus the
+    content words of each category's title and description, closed under light stemming. Stop-words are dropped
+    everywhere ('a Novichok agent' must not mask 'a'); entity words keep short forms such as 'vx', policy prose only
+    words of 4+ letters."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    terms = [e for c in const.categories for e in c.seeds.entities] + const.harmful_terms()
+    terms = [e for c in const.categories for e in (*c.seeds.entities, *c.seeds.crossed_entities)] + const.harmful_terms()
     vocab = {w for t in terms for w in _WORD.findall(t.lower()) if len(w) >= 2 and w not in ENGLISH_STOP_WORDS}
     for c in const.categories:
         prose = f"{c.title} {c.description}".lower()

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from ccguard.constitution import Category, Constitution
-from ccguard.records import PAIR_SOURCE, Example, Label, stable_id
+from ccguard.records import CROSSED_SOURCE, PAIR_SOURCE, Example, Label, stable_id
 from ccguard.synth.pool import BenignPool
 
 _PREFIXES = (
@@ -33,6 +33,8 @@ class SynthConfig:
     contextual_per_category: int = 6  # "turn this passage into instructions" requests built on seed responses
     neighbour_fills: int = 0  # harmful-category entities per harmless ``neighbour_templates`` template (0: none)
     pair_fills: int = 0  # entities per ``intent_pairs`` pair with '{entity}', each filling both sides (0: no pairs)
+    crossed_fills: int = 0  # harmful-category entities per ``crossed_templates`` template (0: no crossed rows)
+    crossed_harmless_fills: int = 0  # harmless ``crossed_entities`` per crossed template (more: everyday things abound)
 
 
 # Contextual requests: the user pastes a passage and asks for it to be made operational (or explained). Harmful and
@@ -123,6 +125,22 @@ def pair_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[E
     return out
 
 
+def crossed_examples(cat: Category, fills: list[tuple[str, str]], cfg: SynthConfig, rng: random.Random) -> list[Example]:
+    """Each of ``cat``'s ``crossed_templates`` filled with ``crossed_fills`` of its own entities (``cat``'s label) and
+    ``crossed_harmless_fills`` harmless ``fills`` ((entity, category) pairs from its neighbours' ``crossed_entities``;
+    each row takes its entity's category). One group per template, so its two sides never sit on opposite sides of a
+    split. The phrasing is on both sides of the boundary, and only the thing asked about tells them apart."""
+    out = []
+    k, kh = cfg.crossed_fills, cfg.crossed_harmless_fills
+    for i, tpl in enumerate(cat.seeds.crossed_templates if k > 0 else []):
+        group = stable_id(cat.id, "x", str(i), tpl)
+        for ent in rng.sample(list(cat.seeds.entities), min(k, len(cat.seeds.entities))):
+            out.append(_example(tpl.replace("{entity}", ent), _label(cat), cat.id, CROSSED_SOURCE, group))
+        for ent, cid in rng.sample(fills, min(kh, len(fills))):
+            out.append(_example(tpl.replace("{entity}", ent), "harmless", cid, CROSSED_SOURCE, group))
+    return out
+
+
 def category_examples(cat: Category, cfg: SynthConfig, rng: random.Random) -> list[Example]:
     """Base examples for one category: seed queries, then template fills grouped by template."""
     label = _label(cat)
@@ -170,6 +188,8 @@ def generate(constitution: Constitution, pool: BenignPool | None, cfg: SynthConf
         out += neighbour_examples(cat, constitution.neighbour_entities(cat.id), cfg,
                                   random.Random(f"{cfg.seed}:{cat.id}:neighbour"))
         out += pair_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}:pair"))
+        out += crossed_examples(cat, constitution.crossed_fills(cat.id) if cat.kind == "harmful" else [], cfg,
+                                random.Random(f"{cfg.seed}:{cat.id}:crossed"))
     if pool is not None:
         out += pool_examples(pool, cfg, rng)
     seen: set[str] = set()
