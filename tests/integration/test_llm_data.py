@@ -184,8 +184,12 @@ def test_run_with_a_backend_over_http(smollm2, tmp_path: Path, monkeypatch):
     bundled = yaml.safe_load((resources.files("ccguard") / "constitutions" / "cbrn.yaml").read_text(encoding="utf-8"))
     keep = ("agent_synthesis", "toxin_production", "medicine_antidotes", "cooking", "homonyms")
     cut = tmp_path / "cbrn5.yaml"
+    crossing = {c["id"] for c in bundled["categories"] if c["id"] in keep and c["seeds"].get("crossed_entities")}
     cats = [{**c, "neighbours": [n for n in c.get("neighbours", []) if n in keep],
-             "seeds": {**c["seeds"], "intent_pairs": [p for p in c["seeds"].get("intent_pairs", []) if p["as"] in keep]}}
+             "seeds": {**c["seeds"], "intent_pairs": [p for p in c["seeds"].get("intent_pairs", []) if p["as"] in keep],
+                       # Crossed templates need a kept neighbour with everyday things to fill their harmless side.
+                       "crossed_templates": c["seeds"].get("crossed_templates", [])
+                       if crossing & set(c.get("neighbours", [])) else []}}
             for c in bundled["categories"] if c["id"] in keep]
     cut.write_text(yaml.safe_dump({**bundled, "categories": cats}))
     with serving(backend_app(smollm2)) as url:
