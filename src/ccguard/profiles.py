@@ -121,8 +121,9 @@ PROFILES["warm-start"] = replace(
     output_train=replace(PROFILES["default"].output_train, init_from_input=True, max_steps=720),
 )
 # Trial (design/036): the constitution's crossed templates filled 4 times with harmful entities and 16 times with
-# everyday things, so intent phrasing appears on both sides of the boundary. Not adopted: the prompt audit fell from
-# 0.778 to 0.697, and the input guard lost on the real-shape checks (encoded CBRN requests 94.5% -> 80.8% blocked).
+# everyday things, so intent phrasing appears on both sides of the boundary. Not adopted: it takes the prompt audit
+# from 0.778 to 0.710 (0.697 with the trial's 735 hand-written queries), and the input guard lost on the real-shape
+# checks (with the queries: encoded CBRN requests 94.5% -> 80.8% blocked).
 PROFILES["crossed"] = replace(
     PROFILES["default"],
     name="crossed",
