@@ -179,7 +179,7 @@ class Constitution(BaseModel):
                     raise ValueError(f"category {c.id!r}: intent_pairs[{i}] names {p.as_!r} in 'as', which is not a "
                                      "harmless category")
         for c in self.categories:
-            if c.seeds.crossed_templates and not self.crossed_fills(c.id):
+            if c.seeds.crossed_templates and not self.crossed_neighbour_entities(c.id):
                 raise ValueError(f"category {c.id!r} has crossed_templates, but none of its harmless neighbours "
                                  f"({', '.join(c.neighbours) or 'none'}) has crossed_entities for their harmless side")
             if c.seeds.neighbour_templates and not self.neighbour_entities(c.id):
@@ -204,12 +204,13 @@ class Constitution(BaseModel):
                 out.update(dict.fromkeys(e.strip() for e in c.seeds.entities if e.strip()))
         return list(out)
 
-    def crossed_fills(self, cid: str) -> list[tuple[str, str]]:
+    def crossed_neighbour_entities(self, cid: str) -> list[tuple[str, str]]:
         """The (entity, category id) pairs that fill the harmless side of ``cid``'s ``crossed_templates``: the
         ``crossed_entities`` of its harmless neighbours, in constitution order, each once."""
         out: dict[str, str] = {}
+        neighbours = self.category(cid).neighbours
         for c in self.harmless:
-            if c.id in self.category(cid).neighbours:
+            if c.id in neighbours:
                 for e in c.seeds.crossed_entities:
                     out.setdefault(e.strip(), c.id)
         return list(out.items())

@@ -157,7 +157,7 @@ def test_crossed_templates_take_harmless_fills_from_the_neighbours_and_are_check
     assert "category 'bad' has crossed_templates, but none of its harmless neighbours (none)" in text, text
     d["categories"][0]["neighbours"] = ["ok"]
     c = C.load(_write(tmp_path, d))
-    assert c.crossed_fills("bad") == [("kombucha", "ok"), ("a kite", "ok")]
+    assert c.crossed_neighbour_entities("bad") == [("kombucha", "ok"), ("a kite", "ok")]
     h = c.content_hash
     d["categories"][0]["seeds"]["crossed_templates"] = ["how would i make it at home"]
     text = "\n".join(C.validation_problems(_write(tmp_path, d)))

@@ -270,7 +270,7 @@ def test_crossed_templates_ask_the_same_thing_of_an_agent_and_of_an_everyday_thi
         # The harmful side names the category's own agents; the harmless side, in the same frame, an everyday thing
         # of one of its harmless neighbours, and takes that neighbour's label and id.
         assert all(_fill(tpl, e.prompt)[1] in cat.seeds.entities for e in harmful)
-        fills = dict(c.crossed_fills(cat.id))
+        fills = dict(c.crossed_neighbour_entities(cat.id))
         for e in harmless:
             ent = _fill(tpl, e.prompt)[1]
             assert fills[ent] == e.category and kind[e.category] == "harmless" and e.category in cat.neighbours

@@ -188,7 +188,7 @@ def generate(constitution: Constitution, pool: BenignPool | None, cfg: SynthConf
         out += neighbour_examples(cat, constitution.neighbour_entities(cat.id), cfg,
                                   random.Random(f"{cfg.seed}:{cat.id}:neighbour"))
         out += pair_examples(cat, cfg, random.Random(f"{cfg.seed}:{cat.id}:pair"))
-        out += crossed_examples(cat, constitution.crossed_fills(cat.id) if cat.kind == "harmful" else [], cfg,
+        out += crossed_examples(cat, constitution.crossed_neighbour_entities(cat.id), cfg,
                                 random.Random(f"{cfg.seed}:{cat.id}:crossed"))
     if pool is not None:
         out += pool_examples(pool, cfg, rng)
