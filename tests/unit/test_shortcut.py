@@ -6,7 +6,7 @@ import pytest
 from ccguard import constitution as C
 from ccguard.constitution import Constitution
 from ccguard.evaluate.report import _shortcut_lines
-from ccguard.evaluate.shortcut import ShortcutReport, audit, mask_topic, topic_vocabulary
+from ccguard.evaluate.shortcut import ShortcutReport, audit, mask_content, mask_topic, topic_vocabulary
 from ccguard.records import Example, stable_id
 
 FILLER = ["please", "quickly", "explain", "the", "details", "of", "this", "for", "a", "project", "today", "tomorrow",
@@ -91,6 +91,7 @@ def test_style_token_is_reported_as_a_shortcut():
     a = audit(train, evals, v, "output")
     assert a.auroc_masked > 0.98 and a.auroc_masked_base > 0.98 and not a.passed
     assert a.auroc_topic_deleted > 0.98  # style words survive deleting the topic words
+    assert a.auroc_function_words > 0.98  # 'sure', 'here' and 'is' are function words and discourse markers
     assert {"sure", "here"} & {f.ngram for f in a.top_features.harmful[:5]}
     assert a.n_train == 300 and a.n_eval == 200 and a.n_train_base == 300
 
@@ -110,6 +111,31 @@ def test_topic_only_difference_vanishes_after_masking():
     assert abs(a.auroc_masked - 0.5) < 0.1 and abs(a.auroc_masked_base - 0.5) < 0.1
     assert abs(a.auroc_topic_deleted - 0.5) < 0.1
     assert a.passed
+
+
+def test_mask_content_keeps_function_words_contractions_and_punctuation_only():
+    text = "Sure, here's how you'd make sourdough with rye flour. I won't list amounts, or 50 g."
+    assert mask_content(text) == "Sure, here's how you'd __ with __. I won't __, or __."
+    assert mask_content("用中文回答 wie macht man das") == "__"  # other scripts and languages carry no English style
+    assert mask_content("") == ""
+
+
+def test_everyday_nouns_on_the_harmless_side_show_through_the_topic_mask_not_the_function_word_one():
+    # The topic mask hides the agent and leaves the everyday noun, so '__' alone reads as harmful although both sides
+    # ask the same thing in the same words; masking every content word is symmetric.
+    v = topic_vocabulary(_const())
+    everyday = ["sourdough", "kombucha", "candles", "birdhouses", "pickles", "soap", "quilts", "jam"]
+
+    def harmful(f, rng):
+        return f"{f} how would i make {rng.choice(['sarin', 'Novichok agents', 'cesium-137'])} at home"
+
+    def harmless(f, rng):
+        return f"{f} how would i make {rng.choice(everyday)} at home"
+
+    train, evals = _examples(400, 0, harmful, harmless), _examples(400, 1, harmful, harmless)
+    a = audit(train, evals, v, "output")
+    assert a.auroc_masked > 0.95 and not a.passed
+    assert abs(a.auroc_function_words - 0.5) < 0.1
 
 
 def test_topic_word_density_shows_when_masked_not_when_deleted():

@@ -324,16 +324,19 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
         "",
         "Topic words (the constitution's entities and its categories' policy vocabulary) and numbers are masked, then "
         "TF-IDF + logistic regression is fitted on the train split and scored on val+test. A masked AUROC well above "
-        "0.5 means the data's style gives the label away, and the classifiers can learn that instead of the content.",
+        "0.5 means the data's style gives the label away, and the classifiers can learn that instead of the content. "
+        "'Function words only' masks every word but English function words on both sides, so no topic word is left "
+        "on either label's side.",
         "",
-        "| side | masked AUROC | unmasked AUROC | masked AUROC, base only | topic words deleted | target | result |",
-        "|---|---|---|---|---|---|---|",
+        "| side | masked AUROC | unmasked AUROC | masked AUROC, base only | topic words deleted | function words only "
+        "| target | result |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for side in ("input", "output"):
         a = sa[side]
         lines.append(
             f"| {side} | {_f(a['auroc_masked'])} | {_f(a['auroc_unmasked'])} | {_f(a['auroc_masked_base'])} | "
-            f"{_f(a.get('auroc_topic_deleted'))} | ≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
+            f"{_f(a.get('auroc_topic_deleted'))} | {_f(a.get('auroc_function_words'))} | ≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
         )
     for side, d in sa.get("training_weights", {}).items():
         if not d.get("applied"):
