@@ -4,6 +4,15 @@ well above 0.5 means the data's style, not its CBRN content, gives the label awa
 
 Usage: python benchmarks/shortcut_audit.py --data runs/cbrn/data [--constitution cbrn] [--json audit.json]
        python benchmarks/shortcut_audit.py --data runs/cbrn/data --filter-check [--side input|output]
+       python benchmarks/shortcut_audit.py --data runs/cbrn/data --dev ../shared/data/dev
+
+--dev asks whether the prompt-side style the audit finds is a synthetic artefact or also holds in real requests. The
+audit's models (topic mask, and function words only) are fitted on the training prompts as the audit fits them, then
+score the dev prompts: the 13 CBRN-weapons requests (`dev_eval.NOT_CBRN` left out) against the benign prompts and
+against the non-CBRN harmful ones, with percentile-bootstrap CIs. Evaluation only: nothing is fitted on dev data.
+Above 0.5, the style our data teaches points the right way on real text; at 0.5 it says nothing; below, it misleads.
+The dev responses hold no CBRN-weapons answers (their 12 `cbrn`-tagged harmful rows are war crimes, politics and
+health misinformation), so the response side cannot be checked this way.
 
 --filter-check asks whether dropping the style-predictable rows (AFLite: Le Bras et al., 2020, "Adversarial Filters
 of Dataset Biases", ICML) would be an honest fix. Each round fits the audit's masked-text model out of fold on every
@@ -29,11 +38,15 @@ def main() -> int:
     ap.add_argument("--filter-check", action="store_true", help="the AFLite check above instead of the audit")
     ap.add_argument("--side", choices=("input", "output"), default=None, help="--filter-check: one side (both if unset)")
     ap.add_argument("--rounds", type=int, default=10, help="--filter-check: filtering rounds")
+    ap.add_argument("--dev", type=Path, default=None, help="score the audit's prompt models on these dev prompts")
     a = ap.parse_args()
 
     from ccguard import constitution
     from ccguard.evaluate.shortcut import audit_data_dir
 
+    if a.dev is not None:
+        dev_check(a.data, constitution.load(a.constitution), a.dev, seed=a.seed)
+        return 0
     if a.filter_check:
         const = constitution.load(a.constitution)
         for side in (a.side,) if a.side else ("input", "output"):
@@ -97,6 +110,46 @@ def filter_check(data_dir: Path, const, side: str, *, rounds: int = 10, step: fl
             mine = idx[y[idx] == label]
             surest = mine[np.argsort(-sure[mine])][: int(step * len(mine))]
             keep[[i for i in surest if sure[i] > 0.6]] = False
+
+
+def dev_check(data_dir: Path, const, dev: Path, *, seed: int = 0, resamples: int = 1000) -> None:
+    """The audit's prompt models, fitted on our training prompts, scored on real dev prompts (see --dev above)."""
+    import random
+
+    from dev_eval import NOT_CBRN, load_jsonl
+
+    from ccguard.evaluate.metrics import auroc
+    from ccguard.evaluate.shortcut import _fit, _text, mask_content, mask_topic, topic_vocabulary
+    from ccguard.records import read_examples
+
+    path = dev / "prompts.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found (--dev takes the folder that holds prompts.jsonl)")
+    rows = load_jsonl(path)
+    vocab = topic_vocabulary(const)
+    train = read_examples(data_dir / "train.jsonl")
+    y = [int(e.label == "harmful") for e in train]
+    cbrn = [r for r in rows if r["label"] == "harmful" and r.get("cbrn") and r["id"] not in NOT_CBRN]
+    benign = [r for r in rows if r["label"] == "benign"]
+    other = [r for r in rows if r["label"] == "harmful" and not r.get("cbrn")]
+    print(f"dev prompts: {len(cbrn)} CBRN-weapons requests, {len(benign)} benign, {len(other)} non-CBRN harmful; "
+          f"models fitted on {len(train)} training prompts")
+    for name, mask in (("topic mask", lambda t, m: mask_topic(t, vocab, m)), ("function words only", mask_content)):
+        memo: dict[str, bool] = {}
+        model = _fit([mask(_text(e, "input"), memo) for e in train], y)
+        score = dict(zip([r["id"] for r in rows], model.predict_proba([mask(r["prompt"], memo) for r in rows])[:, 1],
+                         strict=True))
+        for against, neg in (("benign", benign), ("non-CBRN harmful", other)):
+            pos_s, neg_s = [score[r["id"]] for r in cbrn], [score[r["id"]] for r in neg]
+            rng = random.Random(seed)
+            boot = sorted(
+                auroc([1] * len(pos_s) + [0] * len(neg_s), p + n)
+                for p, n in (([rng.choice(pos_s) for _ in pos_s], [rng.choice(neg_s) for _ in neg_s])
+                             for _ in range(resamples))
+            )
+            lo, hi = boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+            a = auroc([1] * len(pos_s) + [0] * len(neg_s), pos_s + neg_s)
+            print(f"  {name:20s} CBRN requests vs {against:17s} AUROC {a:.3f} [{lo:.3f}, {hi:.3f}]")
 
 
 if __name__ == "__main__":

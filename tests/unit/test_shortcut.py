@@ -191,3 +191,51 @@ def test_by_group_names_the_seed_bank_that_carries_the_style():
     assert groups["harmful"].label == "harmful"
     md = "\n".join(_shortcut_lines(ShortcutReport(input=a, output=a).model_dump()))
     assert "Most separable groups (output" in md and "styled (harmless, n=100)" in md
+
+
+def test_dev_check_scores_the_audits_prompt_models_on_real_prompts(tmp_path, monkeypatch, capsys):
+    # benchmarks/shortcut_audit.py --dev: models fitted on our training prompts, scored on dev-format prompts. Here
+    # the 'real' CBRN requests share the training data's harmful voice ('could i') and the benign ones its harmless
+    # voice ('why is my'), so both models must read them the right way; with the voices swapped, the wrong way.
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from ccguard.records import write_jsonl
+
+    bench_dir = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location("shortcut_audit_bench", bench_dir / "shortcut_audit.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    voice = {"harmful": "could i get {t} into a room", "harmless": "why is my {t} so loud"}
+    train = _examples(400, 0, lambda f, r: f"{f} " + voice["harmful"].format(t=r.choice(["sarin", "VX"])),
+                      lambda f, r: f"{f} " + voice["harmless"].format(t=r.choice(["honey mustard", "kettle"])))
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", train)
+
+    def dev_dir(name: str, cbrn_voice: str, benign_voice: str) -> Path:
+        rows = [{"id": f"c{i}", "prompt": cbrn_voice.format(t="cyanide"), "label": "harmful", "cbrn": True}
+                for i in range(15)]
+        rows += [{"id": f"b{i}", "prompt": benign_voice.format(t=f"dog{i}"), "label": "benign", "cbrn": False}
+                 for i in range(40)]
+        rows += [{"id": f"o{i}", "prompt": benign_voice.format(t=f"car{i}"), "label": "harmful", "cbrn": False}
+                 for i in range(40)]
+        d = tmp_path / name
+        d.mkdir()
+        (d / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+        return d
+
+    def aurocs(dev: Path) -> list[float]:
+        bench.dev_check(data, _const(), dev, resamples=50)
+        return [float(m) for m in re.findall(r"AUROC (\d\.\d+)", capsys.readouterr().out)]
+
+    right = aurocs(dev_dir("right", voice["harmful"], voice["harmless"]))
+    assert len(right) == 4 and min(right) > 0.9
+    wrong = aurocs(dev_dir("wrong", voice["harmless"], voice["harmful"]))
+    assert max(wrong) < 0.1
+    with pytest.raises(SystemExit, match="prompts.jsonl"):
+        bench.dev_check(data, _const(), tmp_path / "missing")
