@@ -336,7 +336,8 @@ def _shortcut_lines(sa: dict[str, Any]) -> list[str]:
         a = sa[side]
         lines.append(
             f"| {side} | {_f(a['auroc_masked'])} | {_f(a['auroc_unmasked'])} | {_f(a['auroc_masked_base'])} | "
-            f"{_f(a.get('auroc_topic_deleted'))} | {_f(a.get('auroc_function_words'))} | ≤ {a['target']:.2f} | {'pass' if a['passed'] else '**FAIL**'} |"
+            f"{_f(a.get('auroc_topic_deleted'))} | {_f(a.get('auroc_function_words'))} | ≤ {a['target']:.2f} | "
+            f"{'pass' if a['passed'] else '**FAIL**'} |"
         )
     for side, d in sa.get("training_weights", {}).items():
         if not d.get("applied"):

@@ -4,7 +4,9 @@ If it can, the training data teaches the classifiers its *style* (phrasings only
 CBRN content, and a guard trained on it will key on those phrasings. Topic words are every category's seed entities
 and crossed entities, the constitution's harmful terms and the content words of each category's title and
 description; any token with a digit is masked too. A TF-IDF + logistic-regression model is fitted on the masked
-train split and scored on val+test.
+train split and scored on val+test. The same model is also fitted with every word but English function words masked
+(:func:`mask_content`): the topic mask hides the constitution's topics only, and the everyday nouns that harmless
+texts are mostly about stay visible; this one hides every content word.
 """
 
 from __future__ import annotations
@@ -108,9 +110,9 @@ class ShortcutAudit(BaseModel):
     auroc_function_words: float | None = Field(
         default=None,
         description="The same model on text where every word but the English function words (FUNCTION_WORDS) is "
-        "masked: style alone, symmetric in the labels. The topic mask hides the harmful side's topic words and leaves "
-        "the harmless side's everyday nouns, which the model then reads as harmless; this mask hides both. It does not "
-        "decide 'passed'.",
+        "masked: style alone, symmetric in the labels. The topic mask hides the constitution's topic words and leaves "
+        "the everyday nouns outside it, which occur mostly on the harmless side and which the model then reads as "
+        "harmless; this mask hides both. It does not decide 'passed'.",
     )
     top_features: TopFeatures = Field(description="The masked-text n-grams that most predict each label.")
     by_group: list[GroupAudit] = Field(
