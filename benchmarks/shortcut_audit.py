@@ -8,8 +8,9 @@ Usage: python benchmarks/shortcut_audit.py --data runs/cbrn/data [--constitution
 
 --dev asks whether the prompt-side style the audit finds is a synthetic artefact or also holds in real requests. The
 audit's models (topic mask, and function words only) are fitted on the training prompts as the audit fits them, then
-score the dev prompts: the 13 CBRN-weapons requests (`dev_eval.NOT_CBRN` left out) against the benign prompts and
-against the non-CBRN harmful ones, with percentile-bootstrap CIs. Evaluation only: nothing is fitted on dev data.
+score the dev prompts: the CBRN-weapons requests (`dev_eval.NOT_CBRN` left out) against benign requests, against
+non-CBRN harmful requests, and against every benign row (moderation web text included, which any model that knows what
+a request looks like tells apart), with percentile-bootstrap CIs. Evaluation only: nothing is fitted on dev data.
 Above 0.5, the style our data teaches points the right way on real text; at 0.5 it says nothing; below, it misleads.
 The dev responses hold no CBRN-weapons answers (their 12 `cbrn`-tagged harmful rows are war crimes, politics and
 health misinformation), so the response side cannot be checked this way.
@@ -112,11 +113,17 @@ def filter_check(data_dir: Path, const, side: str, *, rounds: int = 10, step: fl
             keep[[i for i in surest if sure[i] > 0.6]] = False
 
 
+# Sources in the dev prompts whose rows are web and chat text, not requests to an assistant: against them, any model
+# that has learned what a request looks like scores well, so they are reported apart.
+NOT_REQUESTS = {"openai-moderation"}
+
+
 def dev_check(data_dir: Path, const, dev: Path, *, seed: int = 0, resamples: int = 1000) -> None:
     """The audit's prompt models, fitted on our training prompts, scored on real dev prompts (see --dev above)."""
     import random
+    import sys
 
-    from dev_eval import NOT_CBRN, load_jsonl
+    import numpy as np
 
     from ccguard.evaluate.metrics import auroc
     from ccguard.evaluate.shortcut import _fit, _text, mask_content, mask_topic, topic_vocabulary
@@ -125,31 +132,40 @@ def dev_check(data_dir: Path, const, dev: Path, *, seed: int = 0, resamples: int
     path = dev / "prompts.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path}: not found (--dev takes the folder that holds prompts.jsonl)")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dev_eval import NOT_CBRN, load_jsonl
+
     rows = load_jsonl(path)
     vocab = topic_vocabulary(const)
     train = read_examples(data_dir / "train.jsonl")
     y = [int(e.label == "harmful") for e in train]
     cbrn = [r for r in rows if r["label"] == "harmful" and r.get("cbrn") and r["id"] not in NOT_CBRN]
-    benign = [r for r in rows if r["label"] == "benign"]
-    other = [r for r in rows if r["label"] == "harmful" and not r.get("cbrn")]
-    print(f"dev prompts: {len(cbrn)} CBRN-weapons requests, {len(benign)} benign, {len(other)} non-CBRN harmful; "
-          f"models fitted on {len(train)} training prompts")
-    for name, mask in (("topic mask", lambda t, m: mask_topic(t, vocab, m)), ("function words only", mask_content)):
-        memo: dict[str, bool] = {}
-        model = _fit([mask(_text(e, "input"), memo) for e in train], y)
-        score = dict(zip([r["id"] for r in rows], model.predict_proba([mask(r["prompt"], memo) for r in rows])[:, 1],
+    request = [r for r in rows if r.get("source", "").split("/")[0] not in NOT_REQUESTS]
+    against = {
+        "benign requests": [r for r in request if r["label"] == "benign"],
+        "non-CBRN harmful requests": [r for r in request if r["label"] == "harmful" and not r.get("cbrn")],
+        "benign, all sources": [r for r in rows if r["label"] == "benign"],
+    }
+    if not cbrn or not all(against.values()) or len(set(y)) < 2:
+        raise SystemExit(f"{path}: need CBRN-weapons requests, benign requests and non-CBRN harmful requests, and "
+                         f"{data_dir / 'train.jsonl'} needs both labels")
+    sources = sorted({r.get("source", "") for r in cbrn})
+    print(f"dev prompts: {len(cbrn)} CBRN-weapons requests (from {', '.join(sources)}); "
+          + ", ".join(f"{len(v)} {k}" for k, v in against.items())
+          + f"; models fitted on {len(train)} training prompts")
+    for name, mask in (("topic mask", lambda t: mask_topic(t, vocab)), ("function words only", mask_content)):
+        model = _fit([mask(_text(e, "input")) for e in train], y)
+        score = dict(zip([r["id"] for r in rows], model.predict_proba([mask(r["prompt"]) for r in rows])[:, 1],
                          strict=True))
-        for against, neg in (("benign", benign), ("non-CBRN harmful", other)):
+        for label, neg in against.items():
             pos_s, neg_s = [score[r["id"]] for r in cbrn], [score[r["id"]] for r in neg]
             rng = random.Random(seed)
-            boot = sorted(
-                auroc([1] * len(pos_s) + [0] * len(neg_s), p + n)
-                for p, n in (([rng.choice(pos_s) for _ in pos_s], [rng.choice(neg_s) for _ in neg_s])
-                             for _ in range(resamples))
-            )
-            lo, hi = boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+            boot = [auroc([1] * len(pos_s) + [0] * len(neg_s), p + n)
+                    for p, n in (([rng.choice(pos_s) for _ in pos_s], [rng.choice(neg_s) for _ in neg_s])
+                                 for _ in range(max(1, resamples)))]
+            lo, hi = np.percentile(boot, [2.5, 97.5])
             a = auroc([1] * len(pos_s) + [0] * len(neg_s), pos_s + neg_s)
-            print(f"  {name:20s} CBRN requests vs {against:17s} AUROC {a:.3f} [{lo:.3f}, {hi:.3f}]")
+            print(f"  {name:20s} CBRN requests vs {label:26s} AUROC {a:.3f} [{lo:.3f}, {hi:.3f}]")
 
 
 if __name__ == "__main__":

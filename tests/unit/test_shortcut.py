@@ -159,7 +159,7 @@ def test_one_class_gives_no_auroc_and_the_report_renders():
     a = audit(rows, rows, v, "input")
     assert a.auroc_masked is None and not a.passed and a.top_features.harmful == []
     md = "\n".join(_shortcut_lines(ShortcutReport(input=a, output=a).model_dump()))
-    assert "| input | n/a |" in md and "FAIL" in md
+    assert "| input | n/a |" in md and "FAIL" in md and "| function words only |" in md
 
 
 @pytest.mark.parametrize("side", ["input", "output"])
@@ -193,49 +193,54 @@ def test_by_group_names_the_seed_bank_that_carries_the_style():
     assert "Most separable groups (output" in md and "styled (harmless, n=100)" in md
 
 
-def test_dev_check_scores_the_audits_prompt_models_on_real_prompts(tmp_path, monkeypatch, capsys):
+def test_dev_check_scores_the_audits_prompt_models_on_real_prompts(tmp_path, capsys):
     # benchmarks/shortcut_audit.py --dev: models fitted on our training prompts, scored on dev-format prompts. Here
-    # the 'real' CBRN requests share the training data's harmful voice ('could i') and the benign ones its harmless
-    # voice ('why is my'), so both models must read them the right way; with the voices swapped, the wrong way.
+    # the 'real' CBRN requests share the training prompts' harmful voice ('could i') and the benign ones their harmless
+    # voice ('why is my'), so both models must read them the right way; with the voices swapped, the wrong way. The
+    # training responses carry no voice, so a check fitted on the wrong side would sit at chance.
     import importlib.util
     import json
     from pathlib import Path
 
     from ccguard.records import write_jsonl
 
-    bench_dir = Path(__file__).resolve().parents[2] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench_dir))
-    spec = importlib.util.spec_from_file_location("shortcut_audit_bench", bench_dir / "shortcut_audit.py")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_audit.py"
+    spec = importlib.util.spec_from_file_location("shortcut_audit_bench", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
     voice = {"harmful": "could i get {t} into a room", "harmless": "why is my {t} so loud"}
-    train = _examples(400, 0, lambda f, r: f"{f} " + voice["harmful"].format(t=r.choice(["sarin", "VX"])),
-                      lambda f, r: f"{f} " + voice["harmless"].format(t=r.choice(["honey mustard", "kettle"])))
+    train = [e.model_copy(update={"response": "ok"}) for e in _examples(
+        400, 0, lambda f, r: f"{f} " + voice["harmful"].format(t=r.choice(["sarin", "VX"])),
+        lambda f, r: f"{f} " + voice["harmless"].format(t=r.choice(["honey mustard", "kettle"])))]
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "train.jsonl", train)
 
     def dev_dir(name: str, cbrn_voice: str, benign_voice: str) -> Path:
-        rows = [{"id": f"c{i}", "prompt": cbrn_voice.format(t="cyanide"), "label": "harmful", "cbrn": True}
-                for i in range(15)]
-        rows += [{"id": f"b{i}", "prompt": benign_voice.format(t=f"dog{i}"), "label": "benign", "cbrn": False}
-                 for i in range(40)]
-        rows += [{"id": f"o{i}", "prompt": benign_voice.format(t=f"car{i}"), "label": "harmful", "cbrn": False}
-                 for i in range(40)]
+        def row(i: str, v: str, label: str, cbrn: bool, source: str = "bench") -> dict:
+            return {"id": i, "prompt": v.format(t=f"thing{i}"), "label": label, "cbrn": cbrn, "source": source}
+
+        rows = [row(f"c{i}", cbrn_voice, "harmful", True) for i in range(15)]
+        rows.append(row("a32620f9fd96", benign_voice, "harmful", True))  # dev_eval.NOT_CBRN: not CBRN, left out
+        rows += [row(f"b{i}", benign_voice, "benign", False) for i in range(40)]
+        rows += [row(f"m{i}", benign_voice, "benign", False, "openai-moderation") for i in range(10)]
+        rows += [row(f"o{i}", benign_voice, "harmful", False) for i in range(40)]
         d = tmp_path / name
         d.mkdir()
         (d / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
         return d
 
-    def aurocs(dev: Path) -> list[float]:
+    def run(dev: Path) -> tuple[str, list[float]]:
         bench.dev_check(data, _const(), dev, resamples=50)
-        return [float(m) for m in re.findall(r"AUROC (\d\.\d+)", capsys.readouterr().out)]
+        out = capsys.readouterr().out
+        return out, [float(m) for m in re.findall(r"AUROC (\d\.\d+) \[\d\.\d+, \d\.\d+\]", out)]
 
-    right = aurocs(dev_dir("right", voice["harmful"], voice["harmless"]))
-    assert len(right) == 4 and min(right) > 0.9
-    wrong = aurocs(dev_dir("wrong", voice["harmless"], voice["harmful"]))
-    assert max(wrong) < 0.1
+    out, right = run(dev_dir("right", voice["harmful"], voice["harmless"]))
+    assert "15 CBRN-weapons requests" in out and "40 benign requests" in out and "50 benign, all sources" in out
+    assert len(right) == 6 and min(right) > 0.9
+    _, wrong = run(dev_dir("wrong", voice["harmless"], voice["harmful"]))
+    assert len(wrong) == 6 and max(wrong) < 0.1
     with pytest.raises(SystemExit, match="prompts.jsonl"):
         bench.dev_check(data, _const(), tmp_path / "missing")

@@ -32,26 +32,28 @@ _WORD = re.compile(r"[^\W_]+")
 _MASKED_RUN = re.compile(r"\s*" + re.escape(MASK) + r"\s*")
 # English closed-class words, and the discourse markers that open or close an answer. Masking every other word leaves
 # a text's style alone: its pronouns, modals, prepositions, negation and openers, with no topic word on either side.
-# The contraction fragments ('you'd' is 'you' + 'd') are kept, as the words they belong to are.
+# Homographs with a common topic sense ('well', 'mine', 'still') are left out. Contraction fragments ('you'd' is
+# 'you' + 'd') are kept so that they are not masked, although the vectorizer ignores one-letter tokens ('a', 'i', 'd').
 _FUNCTION_WORDS = """
 a an the this that these those some any each every either neither no none all both few many much more most less least
 several such other another own same what which whose whoever whatever whichever
-i me my mine myself we us our ours ourselves you your yours yourself yourselves he him his himself she her hers
+i me my myself we us our ours ourselves you your yours yourself yourselves he him his himself she her hers
 herself it its itself they them their theirs themselves one oneself someone somebody something anyone anybody
-anything everyone everybody everything nobody nothing
+anything everyone everybody everything nobody nothing somewhere anywhere everywhere nowhere
 about above across after against along amid among around as at before behind below beneath beside besides between
 beyond but by despite down during except for from in inside into like near of off on onto out outside over past
 per since than through throughout till to toward towards under underneath unlike until up upon via with within
-without
-and or nor so yet because although though while whereas if unless whether once whenever wherever lest
+without including regarding versus alongside amongst plus
+and or nor so yet because although though while whilst whereas if unless whether once whenever wherever lest
 be am is are was were been being have has had having do does did doing done will would shall should can could may
-might must ought
-not never no yes t s d ll ve re m don won cannot isn aren wasn weren doesn didn hasn haven hadn shouldn
+might must ought let going
+not never yes t s d ll ve re m don won cannot isn aren wasn weren doesn didn hasn haven hadn shouldn
 wouldn couldn mustn needn shan ain
-how why when where who whom there here then now just only also too very quite rather really even still already
-again ever else instead perhaps maybe almost enough however therefore thus hence otherwise anyway indeed actually
+how why when where who whom there here then now just only also too very quite rather really even already again
+ever else instead perhaps maybe almost enough however therefore thus hence otherwise anyway indeed actually somehow
+moreover furthermore nevertheless nonetheless meanwhile ago etc
 basically generally usually often sometimes always first second third finally next last
-sure okay ok well oh please thanks thank hello hi hey alright right certainly absolutely
+sure okay ok oh please thanks thank hello hi hey alright right certainly absolutely
 """
 FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
 
@@ -129,8 +131,8 @@ class ShortcutAudit(BaseModel):
         top = ", ".join(repr(f.ngram) for f in self.top_features.harmful[:k])
         return (
             f"shortcut audit ({self.side}): masked AUROC {_f(self.auroc_masked)} (unmasked {_f(self.auroc_unmasked)}, "
-            f"base {_f(self.auroc_masked_base)}, topic words deleted {_f(self.auroc_topic_deleted)}, function words only "
-            f"{_f(self.auroc_function_words)}), target <= {self.target:.2f}: {'pass' if self.passed else 'FAIL'}; "
+            f"base {_f(self.auroc_masked_base)}, topic words deleted {_f(self.auroc_topic_deleted)}, "
+            f"function words only {_f(self.auroc_function_words)}), target <= {self.target:.2f}: {'pass' if self.passed else 'FAIL'}; "
             f"top harmful n-grams: {top}"
             + ("; most separable groups: " + ", ".join(f"{g.group} {g.auroc:.2f}" for g in self.by_group[:3]) if self.by_group else "")
         )
@@ -193,10 +195,10 @@ def mask_topic(text: str, vocab: set[str], memo: dict[str, bool] | None = None) 
     return _mask(text, lambda w: _is_topic(w, vocab), memo)
 
 
-def mask_content(text: str, memo: dict[str, bool] | None = None) -> str:
+def mask_content(text: str) -> str:
     """Replace every word that is not an English function word (:data:`FUNCTION_WORDS`) by '__', runs merged as in
     :func:`mask_topic`: what is left is style alone, with no topic or content word on either label's side."""
-    return _mask(text, lambda w: w not in FUNCTION_WORDS, memo)
+    return _mask(text, lambda w: w not in FUNCTION_WORDS, None)
 
 
 def _mask(text: str, masked: Callable[[str], bool], memo: dict[str, bool] | None) -> str:
@@ -323,9 +325,8 @@ def audit(
     m_deleted = _fit([_deleted(t) for t in texts(train, True)], labels(train))
     a_deleted = _eval(m_deleted, [_deleted(t) for t in texts(evals, True)], labels(evals))
     a_base = _eval(m_base, texts(base_eval, True), labels(base_eval))
-    style_memo: dict[str, bool] = {}
-    m_style = _fit([mask_content(_text(e, side), style_memo) for e in train], labels(train))
-    a_style = _eval(m_style, [mask_content(_text(e, side), style_memo) for e in evals], labels(evals))
+    m_style = _fit([mask_content(_text(e, side)) for e in train], labels(train))
+    a_style = _eval(m_style, [mask_content(_text(e, side)) for e in evals], labels(evals))
     harmful: list[Feature] = []
     harmless: list[Feature] = []
     if m_masked is not None:
