@@ -138,6 +138,11 @@ def main() -> int:
             fpr = flagged_rate([x for x, t in zip(sc, y, strict=True) if not t], thr)
             out[name] = {"n": len(sub), "auroc": au, "tpr": tpr.model_dump(), "fpr": fpr.model_dump()}
             print(f"  {name:5s} n={len(sub):5d}  AUROC {au if au is None else round(au, 4)}  TPR {tpr.fmt()}  FPR {fpr.fmt()}")
+        # The responses' `cbrn` tag is a keyword pass too: its 12 harmful rows answer questions about war crimes, a head
+        # of state and COVID-19 or nuclear-energy misinformation, none of them CBRN-weapons content (design/037). So the
+        # "cbrn" row's TPR is no CBRN recall; it is kept for comparison with earlier runs.
+        print("  (the cbrn row's harmful answers are keyword-tagged and none is CBRN-weapons content: its TPR is no "
+              "CBRN recall)")
         # Harmful but not CBRN (a compliant answer about fraud, insults, ...): a CBRN guard should let it through.
         non = flagged_rate([s.score for r, s in zip(rows, scores, strict=True) if r["label"] == "harmful" and not r["cbrn"]], thr)
         out["harmful_not_cbrn_flagged"] = non.model_dump()
