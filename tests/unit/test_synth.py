@@ -276,3 +276,27 @@ def test_crossed_templates_ask_the_same_thing_of_an_agent_and_of_an_everyday_thi
             assert fills[ent] == e.category and kind[e.category] == "harmless" and e.category in cat.neighbours
     # Off unless asked for.
     assert not [e for e in offline.generate(c, None, offline.SynthConfig(seed=2)) if e.source == "crossed"]
+
+
+def test_the_data_fingerprint_covers_the_generators_code_and_banks(tmp_path):
+    # Editing a lead-in bank, a voice or a transform must rebuild an existing run's data, not reuse it.
+    import shutil
+    from pathlib import Path
+
+    from ccguard.synth import build
+
+    pkg = Path(build.__file__).resolve().parents[1]
+    root = tmp_path / "ccguard"
+    for part in build._GENERATOR_PARTS:
+        src = pkg / part
+        (shutil.copy2 if src.is_file() else shutil.copytree)(src, root / part)
+    before = build.generator_sha(root)
+    assert before == build.generator_sha(root) == build.generator_sha(pkg)
+    bank = root / "synth" / "preambles.py"
+    bank.write_text(bank.read_text(encoding="utf-8").replace('"Let\'s not waste time."', '"Let us begin."'),
+                    encoding="utf-8")
+    assert build.generator_sha(root) != before
+    (root / "synth" / "preambles.py").write_bytes((pkg / "synth" / "preambles.py").read_bytes())
+    assert build.generator_sha(root) == before
+    (root / "data" / "framings.yaml").write_text("changed: true\n", encoding="utf-8")
+    assert build.generator_sha(root) != before

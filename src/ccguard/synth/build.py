@@ -41,6 +41,24 @@ def file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
+# What generates a run's data besides the constitution and the profile: sentence banks, voices, transforms, framings.
+_GENERATOR_PARTS = ("synth", "transforms", "data", "augment.py")
+
+
+def generator_sha(root: Path | None = None) -> str:
+    """A hash of the code and bundled data that generate a run's data (``_GENERATOR_PARTS`` under the package root),
+    so that editing a lead-in bank or a voice rebuilds the data of an existing run directory instead of reusing it."""
+    root = Path(__file__).resolve().parents[1] if root is None else root
+    h = hashlib.sha256()
+    for part in _GENERATOR_PARTS:
+        base = root / part
+        files = [base] if base.is_file() else sorted(base.rglob("*"))
+        for f in files:
+            if f.is_file() and f.suffix in (".py", ".yaml"):
+                h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def versions() -> dict[str, str]:
     from ccguard import DIST
 
@@ -95,6 +113,7 @@ def build_data(
             "calib_variants": profile.calib_variants,
             "conversations": asdict(replace(profile.conversations, seed=seed)),
             "version": versions()["ccguard"],
+            "generator": generator_sha(),
             "llm": None if client is None else {
                 "backend": client.spec.public(),
                 "files": {f: file_sha(llm_dir / f) for f in ("queries.jsonl", "exchanges.jsonl")} if llm_dir else None,
