@@ -132,7 +132,9 @@ def dev_check(data_dir: Path, const, dev: Path, *, seed: int = 0, resamples: int
     path = dev / "prompts.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path}: not found (--dev takes the folder that holds prompts.jsonl)")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     from dev_eval import NOT_CBRN, load_jsonl
 
     rows = load_jsonl(path)
