@@ -5,6 +5,7 @@ well above 0.5 means the data's style, not its CBRN content, gives the label awa
 Usage: python benchmarks/shortcut_audit.py --data runs/cbrn/data [--constitution cbrn] [--json audit.json]
        python benchmarks/shortcut_audit.py --data runs/cbrn/data --filter-check [--side input|output]
        python benchmarks/shortcut_audit.py --data runs/cbrn/data --dev ../shared/data/dev
+       python benchmarks/shortcut_audit.py --data runs/cbrn/data --twin-bound
 
 --dev asks whether the prompt-side style the audit finds is a synthetic artefact or also holds in real requests. The
 audit's models (topic mask, and function words only) are fitted on the training prompts as the audit fits them, then
@@ -21,6 +22,13 @@ row of every split (4 folds grouped by base query) and drops the 5% of each labe
 surely (only rows above 0.6). It prints the audit on the kept rows, and the same kept training rows scored on the
 unfiltered evaluation rows: if the second stays high, the kept training data still teaches the style and the filter
 only hid it from the evaluation split (design/035). Minutes per side.
+
+--twin-bound asks how far harmless data can take the audit. The only lever that has moved the response side without
+costing the guard is a harmless twin of each harmful answer, in its words with a harmless topic (design/008, 017).
+This adds the perfect twin to every split: a harmless copy of every harmful row, identical once the topic words are
+masked. The model cannot tell a twin from its original, so they tie; the audit that is left comes from the harmless
+rows that no harmful row resembles (the everyday pool, refusals, homonyms). If it stays above the target, no amount of
+twins passes the audit, and only harmful data in the styles of those rows could (design/039).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ def main() -> int:
     ap.add_argument("--side", choices=("input", "output"), default=None, help="--filter-check: one side (both if unset)")
     ap.add_argument("--rounds", type=int, default=10, help="--filter-check: filtering rounds")
     ap.add_argument("--dev", type=Path, default=None, help="score the audit's prompt models on these dev prompts")
+    ap.add_argument("--twin-bound", action="store_true", help="the audit with a perfect harmless twin of every harmful row")
     a = ap.parse_args()
 
     from ccguard import constitution
@@ -47,6 +56,9 @@ def main() -> int:
 
     if a.dev is not None:
         dev_check(a.data, constitution.load(a.constitution), a.dev, seed=a.seed)
+        return 0
+    if a.twin_bound:
+        twin_bound(a.data, constitution.load(a.constitution), seed=a.seed)
         return 0
     if a.filter_check:
         const = constitution.load(a.constitution)
@@ -111,6 +123,29 @@ def filter_check(data_dir: Path, const, side: str, *, rounds: int = 10, step: fl
             mine = idx[y[idx] == label]
             surest = mine[np.argsort(-sure[mine])][: int(step * len(mine))]
             keep[[i for i in surest if sure[i] > 0.6]] = False
+
+
+def twin_bound(data_dir: Path, const, *, seed: int = 0) -> dict[str, tuple]:
+    """The audit as it is, and with a harmless copy of every harmful row in every split (see --twin-bound above);
+    returns {side: (before, after)}."""
+    from ccguard.evaluate.shortcut import audit, topic_vocabulary
+    from ccguard.records import Example, read_examples
+
+    def twinned(rows: list[Example]) -> list[Example]:
+        return rows + [e.model_copy(update={"id": f"{e.id}:twin", "label": "harmless"}) for e in rows if e.label == "harmful"]
+
+    vocab = topic_vocabulary(const)
+    out = {}
+    for prefix, side in (("", "input"), ("output_", "output")):
+        train = read_examples(data_dir / f"{prefix}train.jsonl")
+        evals = read_examples(data_dir / f"{prefix}val.jsonl") + read_examples(data_dir / f"{prefix}test.jsonl")
+        before, after = audit(train, evals, vocab, side, seed=seed), audit(twinned(train), twinned(evals), vocab, side, seed=seed)
+        n = sum(e.label == "harmful" for e in train + evals)
+        for name, r in (("as built", before), (f"+ {n} perfect twins", after)):
+            print(f"{side:6s} {name:24s} topic mask {r.auroc_masked:.3f}  base rows {r.auroc_masked_base or 0:.3f}  "
+                  f"function words only {r.auroc_function_words or 0:.3f}  (target <= {r.target})")
+        out[side] = (before, after)
+    return out
 
 
 # Sources in the dev prompts whose rows are web and chat text, not requests to an assistant: against them, any model

@@ -244,3 +244,39 @@ def test_dev_check_scores_the_audits_prompt_models_on_real_prompts(tmp_path, cap
     assert len(wrong) == 6 and max(wrong) < 0.1
     with pytest.raises(SystemExit, match="prompts.jsonl"):
         bench.dev_check(data, _const(), tmp_path / "missing")
+
+
+def test_twin_bound_ties_every_harmful_row_with_a_twin_and_leaves_the_styles_no_harmful_row_has(tmp_path, capsys):
+    # benchmarks/shortcut_audit.py --twin-bound. Harmful rows say 'sure here is', harmless ones 'why is my'. A perfect
+    # harmless twin of each harmful row ties with it, so the audit falls from about 1 to about (0.5 + 1) / 2: the
+    # 'why is my' rows, a style no harmful row has, keep it above the target.
+    import importlib.util
+    from pathlib import Path
+
+    from ccguard.records import write_jsonl
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_audit.py"
+    spec = importlib.util.spec_from_file_location("shortcut_audit_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def harmless(f, rng):
+        return f"{f} why is my {rng.choice(['sarin', 'honey mustard'])}"
+
+    def harmful(f, rng):
+        return f"{f} sure here is {rng.choice(['sarin', 'honey mustard'])}"
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, seed, n in (("train", 0, 400), ("val", 1, 150), ("test", 2, 150)):
+        rows = _examples(n, seed, harmful, harmless)
+        write_jsonl(data / f"{split}.jsonl", rows)
+        write_jsonl(data / f"output_{split}.jsonl", rows)
+    out = bench.twin_bound(data, _const())
+    for side in ("input", "output"):
+        before, after = out[side]
+        assert before.auroc_masked > 0.95
+        assert 0.68 < after.auroc_masked < 0.82 and not after.passed, after.auroc_masked
+        assert after.n_eval == before.n_eval * 3 // 2  # one twin per harmful row
+    assert "perfect twins" in capsys.readouterr().out
