@@ -129,6 +129,15 @@ PROFILES["crossed"] = replace(
     name="crossed",
     synth=replace(PROFILES["default"].synth, crossed_fills=4, crossed_harmless_fills=16),
 )
+# Trial (design/039): a copy of 15% of the exchanges, of either label, whose answer follows a harmless neighbour's
+# answer (a history, a mechanism, a safety note). Not adopted: behind such prose the default blocks 45.0% of CBRN content
+# at 0.6% of benign exchanges flagged and this profile 65.5%, but it blocks less with no prose (82.5% against 93.0%) and
+# behind the held-out lead-ins (75.1% against 84.2%), one run each.
+PROFILES["context"] = replace(
+    PROFILES["default"],
+    name="context",
+    responses=replace(PROFILES["default"].responses, context_rate=0.15),
+)
 # The default guard plus the input cascade's second stage (Gemma 3 270M, read up to its 8th layer).
 PROFILES["cascade"] = replace(PROFILES["default"], name="cascade", cascade=CascadeSpec())
 # The default guard plus a fine-tuned multilingual-e5-small input classifier as the cascade's stage 2 (needs

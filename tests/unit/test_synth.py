@@ -146,6 +146,45 @@ def test_lead_ins_are_label_blind_topic_free_and_record_where_the_answer_begins(
     assert len({e.lineage[-1].args["kind"] for e in led}) >= 6
 
 
+def test_context_puts_neighbour_prose_from_the_same_split_before_answers_of_either_label():
+    from collections import Counter
+
+    from ccguard.records import assign_splits
+    from ccguard.synth import responses as R
+
+    c = C.load("cbrn")
+    rows = assign_splits(R.generate_responses(c, None, R.ResponseConfig(seed=3, queries_per_response=1, voice_variants=1,
+                                                                    preamble_rate=0.2)), seed=3)
+    rows += R.compose(rows, 0.5, 3)
+    assert R.with_context(rows, c, 0.0, 3) == []
+    added = R.with_context(rows, c, 0.3, 3)
+    assert added == R.with_context(rows, c, 0.3, 3)  # deterministic
+    # Label-blind: about the same share of each label's exchanges gets a copy, refusals included.
+    eligible = [e for e in rows if not any(s.name in ("answer_preamble", "compose") for s in e.lineage)]
+    share = {y: n / sum(e.label == y for e in eligible) for y, n in Counter(e.label for e in added).items()}
+    assert set(share) == {"harmful", "harmless"} and all(0.2 < x < 0.4 for x in share.values()), share
+    assert any(e.source == "seed_refusal" for e in added)
+    parents = {e.id: e for e in rows}
+    kind = {k.id: k for k in c.categories}
+    prose = {(e.split, e.response): e.category for e in rows if e.source == "seed_helpful" and not e.lineage}
+    for e in added:
+        parent = parents[e.parent_id]
+        step = e.lineage[-1]
+        assert step.name == R.CONTEXT_STEP and e.lineage[:-1] == parent.lineage
+        assert (e.label, e.group, e.split, e.prompt) == (parent.label, parent.group, parent.split, parent.prompt)
+        text, rest = e.response[: step.args["wrapper"]], e.response[step.args["wrapper"] :]
+        assert text.endswith("\n\n") and rest == parent.response
+        # The loss of a harmful copy starts where the parent's own substance does.
+        assert R.substance_start(e) == step.args["wrapper"] + R.substance_start(parent)
+        # The prose is a harmless answer of the same split, from a neighbour of the exchange's harmful category (or,
+        # for a harmless exchange, of a harmful category it neighbours).
+        source = prose[(e.split, text[:-2])]
+        assert kind[source].kind == "harmless" and text[:-2] != parent.response
+        harmful = [parent.category] if kind[parent.category].kind == "harmful" else [
+            h.id for h in c.categories if h.kind == "harmful" and parent.category in h.neighbours]
+        assert any(source in kind[h].neighbours for h in harmful), (parent.category, source)
+
+
 def test_voices_record_the_wrapper_before_the_seed_text_and_the_substance_follows_it():
     from collections import Counter
 

@@ -25,7 +25,7 @@ from ccguard.records import Example, assign_splits, atomic_write_text, read_exam
 from ccguard.synth import offline
 from ccguard.synth.conversations import conversations
 from ccguard.synth.pool import load_pool
-from ccguard.synth.responses import compose, generate_responses
+from ccguard.synth.responses import compose, generate_responses, with_context
 from ccguard.transforms.base import TransformContext, load_framings
 
 
@@ -174,7 +174,8 @@ def build_data(
         generate_responses(const, pool, replace(profile.responses, seed=seed), framings) + llm_exchanges, seed=seed,
         fractions=profile.split_fractions,
     )
-    exchanges += compose(exchanges, profile.responses.compose_rate, seed)
+    exchanges += compose(exchanges, profile.responses.compose_rate, seed) + with_context(
+        exchanges, const, profile.responses.context_rate, seed)
     for prefix, rows_all in (("", examples), ("output_", exchanges)):
         for split in ("train", "val", "test"):
             rows = [e for e in rows_all if e.split == split]

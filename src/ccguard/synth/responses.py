@@ -9,6 +9,8 @@ augmentation.
 - Lead-ins (``synth.preambles``): a copy of some exchanges, of either label at the same rate, whose answer follows a
   persona announcement, a story's opening scene, a disclaimer, an outline or a console banner. Its step records
   where the answer begins (``PREAMBLE_STEP``, ``args["chars"]``).
+- Topical prose (:func:`with_context`, off by default; ``--profile context``): a copy of some exchanges, of either
+  label at the same rate, whose answer follows a harmless neighbour's answer.
 - Style balance: every exchange also gets re-voiced variants (``synth.voices``: compliance opener, numbered steps,
   persona, historian, fiction, encyclopedic, Q&A, table, code block, markdown sections, disclaimer, terse, letter,
   process overview),
@@ -100,6 +102,7 @@ class ResponseConfig:
     compose_rate: float = 0.0  # stitched answers per exchange, added after the split (see compose)
     amount_rate: float = 0.0  # chance that a re-voiced variant's request names an amount its answer repeats
     preamble_rate: float = 0.0  # chance that an exchange also gets a copy whose answer follows a harmless lead-in
+    context_rate: float = 0.0  # chance that an exchange also gets a copy after a harmless neighbour's answer (see with_context)
 
 
 def _leet(text: str, rng: random.Random) -> str:
@@ -224,6 +227,53 @@ def compose(exchanges: list[Example], rate: float, seed: int) -> list[Example]:
             step = Step(name="compose", family="voice", args={"with": b.id})
             out.append(a.model_copy(update={"id": stable_id(a.id, "compose", b.id), "response": resp, "parent_id": a.id,
                                             "lineage": [step]}))
+    return out
+
+
+CONTEXT_STEP = "answer_in_context"
+
+
+def with_context(exchanges: list[Example], constitution: Constitution, rate: float, seed: int) -> list[Example]:
+    """For a ``rate`` share of ``exchanges`` (drawn without regard to the label), a copy whose answer follows a helpful
+    answer from a harmless neighbour category, recorded as a wrapper, so that a harmful answer's loss starts where its
+    own text does. Real answers often give background first (a history, a mechanism, a treaty) and the request's
+    substance after it; a classifier that has only seen answers start at once reads such an answer by its opening.
+    Harmful answers take prose from their own category's neighbours; harmless ones (refusals too) from the neighbours
+    of a harmful category they neighbour, themselves included. So topical prose before an answer says nothing about
+    its label: the text after it does. Added after the split: the prose comes from the same split, and each copy
+    joins its parent's group. Exchanges that already carry a lead-in or are stitched are left out."""
+    if rate <= 0:
+        return []
+    helpful: dict[tuple[str | None, str], list[str]] = {}
+    for e in exchanges:
+        if e.source == "seed_helpful" and not e.lineage and e.response and e.category:
+            helpful.setdefault((e.split, e.category), []).append(e.response)
+    kind = {c.id: c.kind for c in constitution.categories}
+    near: dict[str, set[str]] = {}  # category -> the harmless categories whose prose may come before its answers
+    for c in constitution.categories:
+        if c.kind == "harmful":
+            hs = {n for n in c.neighbours if kind.get(n) == "harmless"}
+            near.setdefault(c.id, set()).update(hs)
+            for h in hs:
+                near.setdefault(h, {h}).update(hs)
+    rng = random.Random(f"{seed}:context")
+    memo: dict[tuple[str | None, str], list[str]] = {}
+    out = []
+    for e in exchanges:
+        if not e.response or e.category not in near or any(s.name in (PREAMBLE_STEP, "compose") for s in e.lineage):
+            continue
+        if rng.random() >= rate:
+            continue
+        key = (e.split, e.category)
+        if key not in memo:
+            memo[key] = sorted({r for c in near[e.category] for r in helpful.get((e.split, c), [])})
+        prose = [r for r in memo[key] if r != e.response]
+        if not prose:
+            continue
+        text = rng.choice(prose)
+        step = Step(name=CONTEXT_STEP, family="output", args={"wrapper": len(text) + 2})
+        out.append(e.model_copy(update={"id": stable_id(e.id, CONTEXT_STEP, text), "response": f"{text}\n\n{e.response}",
+                                        "parent_id": e.id, "lineage": [*e.lineage, step]}))
     return out
 
 
