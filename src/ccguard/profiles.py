@@ -130,9 +130,9 @@ PROFILES["crossed"] = replace(
     synth=replace(PROFILES["default"].synth, crossed_fills=4, crossed_harmless_fills=16),
 )
 # Trial (design/039): a copy of 15% of the exchanges, of either label, whose answer follows a harmless neighbour's
-# answer (a history, a mechanism, a safety note). Not adopted: behind such prose the default blocks 45.0% of CBRN content
-# at 0.6% of benign exchanges flagged and this profile 65.5%, but it blocks less with no prose (82.5% against 93.0%) and
-# behind the held-out lead-ins (75.1% against 84.2%), one run each.
+# answer (a history, a mechanism, a safety note). Not adopted. Where 0.6% of the benign exchanges are flagged, CBRN
+# content behind such prose is blocked 45.0% / 27.5% of the time by the default (seeds 0 / 1) and 65.5% / 69.6% by this
+# profile; with no prose, 93.0% / 78.9% by the default and 82.5% / 66.7% by this profile.
 PROFILES["context"] = replace(
     PROFILES["default"],
     name="context",
