@@ -66,18 +66,17 @@ def main() -> int:
     if a.context > 0:
         adjacent = [r["response"] for r in rows if r["group"] == "benign_cbrn_adjacent"]
         rng = random.Random(0)
-        leads = [{"kind": "adjacent prose before"}, {"kind": "adjacent prose after"}]
         for r in rows:
             for k in range(a.context):
                 text = rng.choice([t for t in adjacent if t != r["response"]]).rstrip()
                 before = k % 2 == 0
                 items.append({**r, "lead": text + "\n\n" if before else "", "tail": "" if before else "\n\n" + text,
-                              "kind": leads[0 if before else 1]["kind"]})
-        what = f"{a.context} adjacent answers each"
+                              "kind": "adjacent prose " + ("before" if before else "after")})
+        what, every = f"{a.context} adjacent answers each", "any prose"
     else:
         leads = json.loads(LEAD_INS.read_text(encoding="utf-8"))
         items += [{**r, "lead": x["text"].rstrip() + "\n\n", "tail": "", "kind": x["kind"]} for x in leads for r in rows]
-        what = f"{len(leads)} lead-ins and none"
+        what, every = f"{len(leads)} lead-ins and none", "any lead-in"
     t0 = time.perf_counter()
     scored = score_items(guard, [{**r, "response": r["lead"] + r["response"] + r["tail"]} for r in items], a.stream)
     secs = time.perf_counter() - t0
@@ -87,13 +86,13 @@ def main() -> int:
     print(f"guard: {a.guard}  output threshold {thr:.4f}  ({len(items)} exchanges: {len(rows)} responses x "
           f"{what}; {secs:.0f}s, {'streamed' if a.stream else 'full pass'}"
           f"{'; every prompt: ' + repr(a.prompt) if a.prompt else ''})")
-    kinds = ["none", *sorted({x["kind"] for x in leads}), "any lead-in"]
+    kinds = ["none", *sorted({r["kind"] for r in items} - {"none"}), every]
     head = "".join(f"{g[:18]:>26s}" for g in GROUPS)
     print(f"{'lead-in kind':22s}{head}{'halts in lead-in':>20s}{'AUROC':>8s}")
     results: dict = {"threshold": thr, "mode": "stream" if a.stream else "full_pass", "prompt": a.prompt,
                      "context": a.context, "kinds": {}}
     for k in kinds:
-        sub = [r for r in items if (r["kind"] != "none" if k == "any lead-in" else r["kind"] == k)]
+        sub = [r for r in items if (r["kind"] != "none" if k == every else r["kind"] == k)]
         res: dict = {}
         cells = []
         for g in GROUPS:

@@ -134,6 +134,10 @@ def twin_bound(data_dir: Path, const, *, seed: int = 0) -> dict[str, tuple]:
     def twinned(rows: list[Example]) -> list[Example]:
         return rows + [e.model_copy(update={"id": f"{e.id}:twin", "label": "harmless"}) for e in rows if e.label == "harmful"]
 
+    missing = [f for f in ("train", "val", "test", "output_train", "output_val", "output_test")
+               if not (data_dir / f"{f}.jsonl").is_file()]
+    if missing:
+        raise SystemExit(f"{data_dir}: no {', '.join(f + '.jsonl' for f in missing)} (--data takes a run's data folder)")
     vocab = topic_vocabulary(const)
     out = {}
     for prefix, side in (("", "input"), ("output_", "output")):

@@ -193,22 +193,30 @@ def test_by_group_names_the_seed_bank_that_carries_the_style():
     assert "Most separable groups (output" in md and "styled (harmless, n=100)" in md
 
 
-def test_dev_check_scores_the_audits_prompt_models_on_real_prompts(tmp_path, capsys):
-    # benchmarks/shortcut_audit.py --dev: models fitted on our training prompts, scored on dev-format prompts. Here
-    # the 'real' CBRN requests share the training prompts' harmful voice ('could i') and the benign ones their harmless
-    # voice ('why is my'), so both models must read them the right way; with the voices swapped, the wrong way. The
-    # training responses carry no voice, so a check fitted on the wrong side would sit at chance.
+def _bench():
+    """benchmarks/shortcut_audit.py, loaded as a module."""
     import importlib.util
-    import json
     from pathlib import Path
-
-    from ccguard.records import write_jsonl
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_audit.py"
     spec = importlib.util.spec_from_file_location("shortcut_audit_bench", path)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_dev_check_scores_the_audits_prompt_models_on_real_prompts(tmp_path, capsys):
+    # benchmarks/shortcut_audit.py --dev: models fitted on our training prompts, scored on dev-format prompts. Here
+    # the 'real' CBRN requests share the training prompts' harmful voice ('could i') and the benign ones their harmless
+    # voice ('why is my'), so both models must read them the right way; with the voices swapped, the wrong way. The
+    # training responses carry no voice, so a check fitted on the wrong side would sit at chance.
+    import json
+    from pathlib import Path
+
+    from ccguard.records import write_jsonl
+
+    bench = _bench()
 
     voice = {"harmful": "could i get {t} into a room", "harmless": "why is my {t} so loud"}
     train = [e.model_copy(update={"response": "ok"}) for e in _examples(
@@ -250,16 +258,9 @@ def test_twin_bound_ties_every_harmful_row_with_a_twin_and_leaves_the_styles_no_
     # benchmarks/shortcut_audit.py --twin-bound. Harmful rows say 'sure here is', harmless ones 'why is my'. A perfect
     # harmless twin of each harmful row ties with it, so the audit falls from about 1 to about (0.5 + 1) / 2: the
     # 'why is my' rows, a style no harmful row has, keep it above the target.
-    import importlib.util
-    from pathlib import Path
-
     from ccguard.records import write_jsonl
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_audit.py"
-    spec = importlib.util.spec_from_file_location("shortcut_audit_bench", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench()
 
     def harmless(f, rng):
         return f"{f} why is my {rng.choice(['sarin', 'honey mustard'])}"
@@ -280,3 +281,5 @@ def test_twin_bound_ties_every_harmful_row_with_a_twin_and_leaves_the_styles_no_
         assert 0.68 < after.auroc_masked < 0.82 and not after.passed, after.auroc_masked
         assert after.n_eval == before.n_eval * 3 // 2  # one twin per harmful row
     assert "perfect twins" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no train.jsonl, val.jsonl"):
+        bench.twin_bound(tmp_path / "missing", _const())
