@@ -160,7 +160,7 @@ def test_context_puts_neighbour_prose_from_the_same_split_before_answers_of_eith
     added = R.with_context(rows, c, 0.3, 3)
     assert added == R.with_context(rows, c, 0.3, 3)  # deterministic
     # Label-blind: about the same share of each label's exchanges gets a copy, refusals included.
-    eligible = [e for e in rows if not any(s.name in ("answer_preamble", "compose") for s in e.lineage)]
+    eligible = [e for e in rows if not any(s.name in (R.PREAMBLE_STEP, R.COMPOSE_STEP) for s in e.lineage)]
     share = {y: n / sum(e.label == y for e in eligible) for y, n in Counter(e.label for e in added).items()}
     assert set(share) == {"harmful", "harmless"} and all(0.2 < x < 0.4 for x in share.values()), share
     assert any(e.source == "seed_refusal" for e in added)

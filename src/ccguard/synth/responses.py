@@ -59,6 +59,7 @@ _ASK_SECRET = (
 
 
 PREAMBLE_STEP = "answer_preamble"
+COMPOSE_STEP = "compose"
 
 
 def answer_start(example: Example) -> int:
@@ -224,7 +225,7 @@ def compose(exchanges: list[Example], rate: float, seed: int) -> list[Example]:
             b = rng.choice(others)
             sa, sb = sentences(a.response or ""), sentences(b.response or "")
             resp = " ".join(sa[: max(1, len(sa) // 2)] + sb[len(sb) // 2 :])
-            step = Step(name="compose", family="voice", args={"with": b.id})
+            step = Step(name=COMPOSE_STEP, family="voice", args={"with": b.id})
             out.append(a.model_copy(update={"id": stable_id(a.id, "compose", b.id), "response": resp, "parent_id": a.id,
                                             "lineage": [step]}))
     return out
@@ -260,7 +261,7 @@ def with_context(exchanges: list[Example], constitution: Constitution, rate: flo
     memo: dict[tuple[str | None, str], list[str]] = {}
     out = []
     for e in exchanges:
-        if not e.response or e.category not in near or any(s.name in (PREAMBLE_STEP, "compose") for s in e.lineage):
+        if not e.response or e.category not in near or any(s.name in (PREAMBLE_STEP, COMPOSE_STEP) for s in e.lineage):
             continue
         if rng.random() >= rate:
             continue
