@@ -1,7 +1,10 @@
 """Streaming cost of the output classifier, in ms per response token, at response lengths 128, 512 and 1,024:
 
 * cached: a StreamSession scoring 16-token chunks on a KV cache (what `Guard.screen_stream` does);
-* naive: re-scoring the whole prompt + response prefix from scratch after every chunk.
+* naive: re-scoring the whole prompt + response prefix from scratch after every chunk;
+* paragraphs: the cached path on the same words with a blank line every ``--paragraph-words`` words, so that each
+  paragraph after the first is also scored in its own window (``OutputSpec.paragraph_windows``; the same as cached
+  when the guard has them off).
 
 The cached path's cost per token should stay flat as the response grows; the naive path's grows with length.
 
@@ -23,10 +26,10 @@ import torch
 WORDS = ["the", "process", "then", "continues", "with", "careful", "steps", "and", "checks", "while", "the", "team", "records", "each", "result", "in", "the", "notebook", "before", "moving", "on", "to", "the", "next", "stage", "of", "the", "work"]
 
 
-def response_of(clf, n_tokens: int) -> str:
+def response_of(clf, n_tokens: int, paragraph_words: int = 0) -> str:
     text, i = [], 0
     while len(clf.response_tokens(" ".join(text)).ids) < n_tokens:
-        text.append(WORDS[i % len(WORDS)])
+        text.append(WORDS[i % len(WORDS)] + ("\n\n" if paragraph_words and (i + 1) % paragraph_words == 0 else ""))
         i += 1
     return " ".join(text)
 
@@ -59,19 +62,23 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runtime", default="torch", help="torch, or fast (int8; see benchmarks/fast_path.py)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16, 32], help="streams scored together")
+    ap.add_argument("--paragraph-words", type=int, default=60, help="words per paragraph in the paragraphs column")
     a = ap.parse_args()
     from ccguard import Guard
 
     clf = Guard.load(a.guard, runtime=a.runtime).output_classifier
     prompt = "Can you explain how this process works, step by step, in detail?"
     cached(clf, prompt, response_of(clf, 32))  # warm up
-    print(f"chunk {clf.spec.chunk_tokens} tokens, position budget {clf.spec.max_positions}, torch threads {torch.get_num_threads()}")
-    print(f"{'tokens':>7s} {'cached ms/token':>16s} {'naive ms/token':>15s}")
+    print(f"chunk {clf.spec.chunk_tokens} tokens, position budget {clf.spec.max_positions}, torch threads {torch.get_num_threads()}, "
+          f"paragraph windows {'on' if clf.spec.paragraph_windows else 'off'}")
+    print(f"{'tokens':>7s} {'cached ms/token':>16s} {'naive ms/token':>15s} {'paragraphs ms/token':>20s}")
     for n in a.lengths:
         text = response_of(clf, n)
         c = statistics.median(cached(clf, prompt, text) for _ in range(a.repeats))
         nv = statistics.median(naive(clf, prompt, text) for _ in range(a.repeats))
-        print(f"{n:7d} {c:16.2f} {nv:15.2f}")
+        paras = response_of(clf, n, a.paragraph_words)
+        pc = statistics.median(cached(clf, prompt, paras) for _ in range(a.repeats))
+        print(f"{n:7d} {c:16.2f} {nv:15.2f} {pc:20.2f}")
     print(f"\n{'streams':>7s} {'one by one ms/chunk':>20s} {'batched ms/chunk':>17s}")
     for b in a.batch:
         one, together = batch_cost(clf, prompt, b, a.repeats)

@@ -150,7 +150,11 @@ def export_guard(guard_dir: str | Path, out_dir: str | Path, *, opset: int = 17)
                          "suffix_ids + separator_ids, then the response's tokens (no special tokens). "
                          "sigmoid(token_logits) at each response token scores the response up to that token. Streaming "
                          "halts at the first chunk of chunk_tokens response tokens whose highest score > threshold; "
-                         "nothing from that chunk on is released.",
+                         "nothing from that chunk on is released."
+                         + (" paragraph_windows: each paragraph after the first (a blank line before its first token) "
+                            "is also scored alone, as input_ids = the same context, then only that paragraph's tokens; "
+                            "a token's score is the higher of its two." if out.spec.paragraph_windows else ""),
+                "paragraph_windows": out.spec.paragraph_windows,
             }
         atomic_write_text(tmp / "export.json", json.dumps(info, indent=2))
         atomic_write_text(tmp / "README.md", _readme(info))

@@ -43,7 +43,9 @@ def _progress_bar(desc: str, disable: bool = False, position: int | None = None)
 
 def _training_fingerprint(kind: str, const: Constitution, args: Any, train_sha: str, init: str | None = None) -> str:
     """``init``: the fingerprint of the classifier whose weights training starts from (OutputTrainArgs.init_from_input)."""
-    d = {"data": train_sha, "args": args.to_dict(), "categories": [c.id for c in const.harmful], "kind": kind}
+    # How a trained classifier scores (paragraph windows) does not change its weights: not part of the fingerprint.
+    a = {k: v for k, v in args.to_dict().items() if k != "paragraph_windows"}
+    d = {"data": train_sha, "args": a, "categories": [c.id for c in const.harmful], "kind": kind}
     if init is not None:
         d["init"] = init
     if args.debias > 0:  # the style weights also depend on the words the audit masks, and on how they are fitted
@@ -88,7 +90,10 @@ def train_stage(
     old = _read_json(out_dir / "training.json")
     if old and old.get("data", {}).get("fingerprint") == fingerprint and (out_dir / "model.safetensors").is_file():
         console.print(f"[dim]{kind} classifier: up to date, skipping training[/]")
-        return Cls.load(out_dir), old
+        clf = Cls.load(out_dir)
+        if kind == "output" and clf.spec.paragraph_windows != args.paragraph_windows:
+            clf.set_paragraph_windows(args.paragraph_windows, out_dir)
+        return clf, {**old, "args": args.to_dict()}
     main = state is None or state.is_main_process
     train = read_examples(train_file)
     weights, debias = training_weights(train, const, kind, args)

@@ -457,7 +457,7 @@ def feed_gates(feeds: Sequence[tuple[OutputGate, str | None]]) -> None:
             break
         scores = score_chunks([(g.session, span.ids) for g, span in todo])
         for (g, span), sc in zip(todo, scores, strict=True):
-            g._apply(g.session.record(span, sc))
+            g._apply(g.session.record(span, g.session.windowed(span, sc)))
     for gate, final, before in active:
         if final and not gate.halted:
             gate.released_chars = len(gate.session.text)

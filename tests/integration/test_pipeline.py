@@ -218,6 +218,33 @@ def test_rerun_with_another_target_fpr_recalibrates_without_retraining(smoke_run
     assert r.returncode == 2 and "less than or equal to 0.5" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_switching_paragraph_windows_off_recalibrates_without_retraining(smoke_run: Path, tmp_path: Path, monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from ccguard import Guard
+    from ccguard.pipeline import run
+    from ccguard.profiles import PROFILES
+
+    run_dir = tmp_path / "cbrn"
+    shutil.copytree(smoke_run, run_dir)
+    out = run_dir / "guard" / "output"
+    assert json.loads((out / "classifier.json").read_text())["spec"]["paragraph_windows"] is True
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    smoke = PROFILES["smoke"]
+    monkeypatch.setitem(PROFILES, "smoke-no-windows", replace(
+        smoke, name="smoke-no-windows", output_train=replace(smoke.output_train, paragraph_windows=False)))
+    run("cbrn", run_dir, "smoke-no-windows", seed=0, console=Console(stderr=True, quiet=True), parallel=False)
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the same weights, not retrained
+    assert json.loads((out / "classifier.json").read_text())["spec"]["paragraph_windows"] is False
+    g = Guard.load(run_dir / "guard")
+    assert not g.output_classifier.spec.paragraph_windows
+    manifest = json.loads((run_dir / "guard" / "guard.json").read_text())
+    assert manifest["output"]["training"]["args"]["paragraph_windows"] is False
+
+
 def test_score_cli(smoke_run: Path, tmp_path: Path):
     inp = tmp_path / "in.jsonl"
     rows = [

@@ -38,6 +38,57 @@ def test_kv_cached_session_equals_full_causal_pass(smoke_guard, step):
     assert s.text == RESPONSE and s.token_ends[-1] == len(RESPONSE)
 
 
+# Three paragraphs: background prose, then the request's substance, then a closing note.
+PARAGRAPHS = (
+    "Nerve agents were first made in the 1930s during pesticide research, and a treaty has banned them since 1997.",
+    "Sure, here is how you would make it: gather the starting materials the process needs and follow the steps.",
+    "That is all; treat it as history, and remember that the Chemical Weapons Convention forbids all of it.",
+)
+
+
+@pytest.mark.parametrize("step", [1, 9, 10_000])
+def test_paragraph_windows_score_each_later_paragraph_alone_in_batch_and_stream(smoke_guard, step):
+    from dataclasses import replace
+
+    from ccguard.classifiers.output import paragraph_starts
+
+    clf = smoke_guard.output_classifier
+    assert clf.spec.paragraph_windows  # the training default
+    prompt, text = "How is it made?", "\n\n".join(PARAGRAPHS[:2]) + "\n \r\n" + PARAGRAPHS[2]
+    span = clf.response_tokens(text)
+    cuts = paragraph_starts(text, span.starts)
+    assert [text[span.starts[k] :].startswith(p) for k, p in zip(cuts, PARAGRAPHS[1:], strict=True)] == [True, True]
+    got = clf.score([prompt], [text])[0].token_scores
+    clf.spec = replace(clf.spec, paragraph_windows=False)
+    try:
+        own = clf.score([prompt], [text])[0].token_scores
+        alone = [clf.score([prompt], [p])[0].token_scores for p in PARAGRAPHS[1:]]
+        off = clf.session(prompt)
+        _feed(off, text, step)
+    finally:
+        clf.spec = replace(clf.spec, paragraph_windows=True)
+    # The first paragraph keeps its own pass; each later token the higher of its pass and its paragraph's window.
+    want = own[: cuts[0]] + [max(a, b) for a, b in zip(own[cuts[0] :], alone[0] + alone[1], strict=True)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert any(b > a + 1e-4 for a, b in zip(own, got, strict=True)), "no window ever scored higher"
+    np.testing.assert_allclose(off.token_scores, own, atol=1e-5)  # off: the stream is its own pass only
+    s = clf.session(prompt)
+    _feed(s, text, step)
+    np.testing.assert_allclose(s.token_scores, got, atol=1e-5)
+    np.testing.assert_allclose(s.full_pass_scores(), got, atol=1e-5)
+
+
+def test_a_paragraph_opens_after_a_blank_line_whichever_token_holds_it():
+    from ccguard.classifiers.output import opens_paragraph
+
+    text = "Intro.\n\nNext line\nsame paragraph\n\t\nlast"
+    assert opens_paragraph(text, 5, 8)  # "." then a blank line (WordPiece drops whitespace), then "Next"
+    assert opens_paragraph(text, 6, 8) and not opens_paragraph(text, 5, 6)  # BPE: "Next" after a token "\n\n"
+    assert not opens_paragraph(text, 13, 18)  # "line", one newline, "same"
+    assert opens_paragraph(text, 23, 35)  # a line of only whitespace is blank
+    assert not opens_paragraph(text, 0, 5)
+
+
 def test_offsets_map_tokens_to_exact_characters(smoke_guard):
     span = smoke_guard.output_classifier.response_tokens(RESPONSE)
     assert all(0 <= a < b <= len(RESPONSE) for a, b in zip(span.starts, span.ends, strict=True))

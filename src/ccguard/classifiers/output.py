@@ -6,6 +6,11 @@ encodes the prompt once and then scores response text in chunks of ``chunk_token
 amortised cost per token does not grow with the response length. When a backbone's position budget fills up, the
 session re-seeds its cache from the prompt and the last ``reseed_tokens`` response tokens.
 
+With ``paragraph_windows``, every paragraph after the first is also scored in a window of its own: the prompt, then
+that paragraph alone. A token's score is the higher of its two, so CBRN content after harmless background prose (a
+history, a mechanism, a safety note) is read as if the answer began there. A stream keeps one such window, restarted
+at each blank line, so the extra cost per token is at most one more pass and stays flat in length (design/040).
+
 A session only scores: ``ccguard.policy.OutputGate`` decides, chunk by chunk, what may be released and where the
 stream halts.
 """
@@ -23,7 +28,13 @@ import torch
 from torch import nn
 
 from ccguard.classifiers.backbone import load_tokenizer
-from ccguard.classifiers.input import _special_affixes, length_batches, pad_batch, token_budget_for
+from ccguard.classifiers.input import (
+    _PARAGRAPH_BREAK,
+    _special_affixes,
+    length_batches,
+    pad_batch,
+    token_budget_for,
+)
 from ccguard.errors import CcguardError
 
 SEPARATOR = "\nAssistant:"
@@ -37,6 +48,24 @@ class OutputSpec:
     chunk_tokens: int = 16
     reseed_tokens: int = 64
     max_positions: int = 512
+    # Off for guards saved before the option existed, so their calibrated thresholds keep their meaning.
+    paragraph_windows: bool = False
+
+
+def opens_paragraph(text: str, prev_start: int, start: int) -> bool:
+    """Whether the token at ``start`` opens a paragraph: a blank line lies between it and the start of the token before
+    (at ``prev_start``). Reading from the earlier token's start covers tokenizers that keep newlines in tokens."""
+    return _PARAGRAPH_BREAK.search(text, prev_start, start) is not None
+
+
+def paragraph_starts(text: str, starts: Sequence[int]) -> list[int]:
+    """Indices of the tokens (character ``starts``) that open the second and later paragraphs of ``text``."""
+    return [i for i in range(1, len(starts)) if opens_paragraph(text, starts[i - 1], starts[i])]
+
+
+def spans_from(cuts: Sequence[int], n: int) -> list[tuple[int, int]]:
+    """``(start, end)`` token ranges from each cut to the next one, the last to ``n``."""
+    return list(zip(cuts, [*cuts[1:], n]))  # noqa: B905 (no cuts: no ranges)
 
 
 def is_causal_lm(config: Any) -> bool:
@@ -167,17 +196,35 @@ class OutputClassifier:
             cap = max(1, self.spec.max_positions - len(ctx))
             items.append((ctx, span, cap))
         seqs = [ctx + span.ids[:cap] for ctx, span, cap in items]
-        results: list[ExchangeScore | None] = [None] * len(items)
+        owner = list(range(len(items)))  # which exchange each sequence scores, from which response token
+        first = [0] * len(items)
+        if self.spec.paragraph_windows:
+            for j, ((ctx, span, cap), r) in enumerate(zip(items, responses, strict=True)):
+                n = min(len(span.ids), cap)
+                for a, b in spans_from(paragraph_starts(r, span.starts[:n]), n):
+                    seqs.append(ctx + span.ids[a:b])
+                    owner.append(j)
+                    first.append(a)
+        scores: list[np.ndarray | None] = [None] * len(items)
         for chunk in length_batches([len(s) for s in seqs], token_budget):
-            ids, mask = pad_batch([seqs[j] for j in chunk], self.tokenizer.pad_token_id)
+            ids, mask = pad_batch([seqs[k] for k in chunk], self.tokenizer.pad_token_id)
             values, _, _ = model(ids.to(self.device), mask.to(self.device))
             probs = torch.sigmoid(values.float()).cpu().numpy()
-            for row, j in enumerate(chunk):
-                ctx, span, cap = items[j]
-                n = min(len(span.ids), cap)
-                s = probs[row, len(ctx) : len(ctx) + n].tolist()
-                results[j] = ExchangeScore(s, span.starts[:n], span.ends[:n], truncated=len(span.ids) > cap)
-        return [r for r in results if r is not None]
+            for row, k in enumerate(chunk):
+                j, a = owner[k], first[k]
+                got = probs[row, len(items[j][0]) : len(seqs[k])]
+                if k == j:
+                    scores[j] = got.copy() if scores[j] is None else np.maximum(scores[j], got)
+                else:  # a paragraph's window; the exchange's own pass may not have been read yet
+                    cur = scores[j]
+                    if cur is None:
+                        cur = scores[j] = np.zeros(len(seqs[j]) - len(items[j][0]), dtype=got.dtype)
+                    cur[a : a + len(got)] = np.maximum(cur[a : a + len(got)], got)
+        out = []
+        for (_, span, cap), s in zip(items, scores, strict=True):
+            n = min(len(span.ids), cap)
+            out.append(ExchangeScore(s.tolist(), span.starts[:n], span.ends[:n], truncated=len(span.ids) > cap))
+        return out
 
     def session(self, prompt_text: str) -> StreamSession:
         return StreamSession(self, prompt_text)
@@ -191,8 +238,19 @@ class OutputClassifier:
         self.model.backbone.config.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
         save_model(self.model, str(out_dir / "model.safetensors"), metadata={"format": "pt", "ccguard": "output"})
-        meta = {"kind": "output", "causal_lm": self.model.causal_lm, "spec": asdict(self.spec)}
-        (out_dir / "classifier.json").write_text(json.dumps(meta, indent=2))
+        (out_dir / "classifier.json").write_text(json.dumps(self._meta(), indent=2))
+
+    def _meta(self) -> dict[str, Any]:
+        return {"kind": "output", "causal_lm": self.model.causal_lm, "spec": asdict(self.spec)}
+
+    def set_paragraph_windows(self, on: bool, saved_in: Path) -> None:
+        """Switch ``OutputSpec.paragraph_windows`` here and in the classifier saved in ``saved_in`` (the weights stay)."""
+        from dataclasses import replace
+
+        from ccguard.records import atomic_write_text
+
+        self.spec = replace(self.spec, paragraph_windows=on)
+        atomic_write_text(Path(saved_in) / "classifier.json", json.dumps(self._meta(), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> OutputClassifier:
@@ -239,10 +297,22 @@ class StreamSession:
     _cache: Any = None
     _cache_len: int = 0
     _exact: bool = False  # fast runtime: switched to the full-precision model
+    _window: StreamSession | None = None  # the current paragraph's own window (``OutputSpec.paragraph_windows``)
+    # The prompt's keys and values per layer, and whether the full-precision model made them: a paragraph's window
+    # starts from them instead of encoding the prompt again. A cache never changes its tensors in place.
+    _prompt_kv: tuple[list[tuple[torch.Tensor, torch.Tensor]], bool] | None = None
 
     def __post_init__(self) -> None:
         self._ctx = self.clf.context_ids(self.prompt_text)
-        self._seed(self._ctx)
+        if self._prompt_kv is not None and self._prompt_kv[1] == self._exact:
+            from transformers.cache_utils import DynamicCache
+
+            self._cache, self._cache_len = DynamicCache(), len(self._ctx)
+            for li, (k, v) in enumerate(self._prompt_kv[0]):
+                self._cache.update(k, v, li)
+        else:
+            self._seed(self._ctx)
+            self._prompt_kv = ([(layer.keys, layer.values) for layer in self._cache.layers], self._exact)
 
     @property
     def max_score(self) -> float:
@@ -254,6 +324,8 @@ class StreamSession:
         if self.clf.exact_model is not None and not self._exact:
             self._exact = True
             self._seed(self._ctx + self.token_ids)
+            if self._window is not None:
+                self._window.use_exact()
 
     @property
     def _model(self) -> OutputModel:
@@ -317,8 +389,29 @@ class StreamSession:
         self._pending = TokenSpan(self._pending.ids[k:], self._pending.starts[k:], self._pending.ends[k:])
         return span
 
+    def windowed(self, span: TokenSpan, scores: list[float]) -> list[float]:
+        """A taken chunk's token scores from this stream's own pass, raised where the chunk's paragraph scores higher in
+        its own window (``OutputSpec.paragraph_windows``; otherwise ``scores`` as they are). Call it once per chunk,
+        before ``record``: the window reads the chunk's tokens."""
+        if not self.clf.spec.paragraph_windows:
+            return scores
+        out = list(scores)
+        prev = self.token_starts[-1] if self.token_starts else None
+        before = [prev, *span.starts[:-1]]  # the start of the token before each
+        opens = [p is not None and opens_paragraph(self.text, p, q) for p, q in zip(before, span.starts, strict=True)]
+        for a, b in spans_from([0, *(k for k in range(1, len(opens)) if opens[k])], len(span.ids)):
+            if opens[a]:
+                self._window = StreamSession(self.clf, self.prompt_text, _exact=self._exact, _prompt_kv=self._prompt_kv)
+            if self._window is None:  # still in the first paragraph: the stream's own pass is its window
+                continue
+            ids = span.ids[a:b]
+            got = self._window._score_chunk(ids)
+            self._window.token_ids += ids
+            out[a:b] = [max(x, y) for x, y in zip(out[a:b], got, strict=True)]
+        return out
+
     def record(self, span: TokenSpan, scores: list[float]) -> ChunkScore:
-        """Append a taken chunk and its token scores."""
+        """Append a taken chunk and its token scores (``windowed`` first)."""
         self.token_scores += scores
         self.token_ids += span.ids
         self.token_starts += span.starts
@@ -328,7 +421,7 @@ class StreamSession:
     def next_chunk(self, final: bool = False) -> ChunkScore | None:
         """Score the next chunk (see ``take_chunk``); None when there is nothing to score yet."""
         span = self.take_chunk(final)
-        return None if span is None else self.record(span, self._score_chunk(span.ids))
+        return None if span is None else self.record(span, self.windowed(span, self._score_chunk(span.ids)))
 
     def feed(self, text: str) -> list[ChunkScore]:
         """Add response text and score every complete chunk it makes available."""
@@ -351,10 +444,19 @@ class StreamSession:
         return self.clf.score([self.prompt_text], [views[-1].text])[0].score
 
     def full_pass_scores(self) -> np.ndarray:
-        """Scores of the same tokens from one uncached causal pass (for exactness checks)."""
-        with torch.inference_mode():
-            values, _, _ = self.clf.model(self.clf.tensor(self._ctx + self.token_ids))
-        return torch.sigmoid(values[0, len(self._ctx) :].float()).cpu().numpy()
+        """Scores of the same tokens from one uncached causal pass, and one per paragraph window (for exactness
+        checks)."""
+
+        def run(ids: list[int]) -> np.ndarray:
+            with torch.inference_mode():
+                values, _, _ = self.clf.model(self.clf.tensor(self._ctx + ids))
+            return torch.sigmoid(values[0, len(self._ctx) :].float()).cpu().numpy()
+
+        out = run(self.token_ids)
+        if self.clf.spec.paragraph_windows:
+            for a, b in spans_from(paragraph_starts(self.text, self.token_starts), len(self.token_ids)):
+                out[a:b] = np.maximum(out[a:b], run(self.token_ids[a:b]))
+        return out
 
 
 def _batchable(session: StreamSession) -> bool:

@@ -88,9 +88,12 @@ class OutputTrainArgs(_Serialisable):
     # Start the backbone from the run's trained input classifier's encoder instead of the pretrained weights (same
     # backbone only). A trial: at half the steps it generalised no better than the pretrained start (design/022).
     init_from_input: bool = False
+    # Score every paragraph after the first in a window of its own as well (OutputSpec.paragraph_windows). A scoring
+    # rule, not a training one: toggling it re-calibrates without retraining (design/040).
+    paragraph_windows: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return _without_defaults(asdict(self), freeze_layers=0, debias=0.0, init_from_input=False)
+        return _without_defaults(asdict(self), freeze_layers=0, debias=0.0, init_from_input=False, paragraph_windows=True)
 
     def cummax_weight(self, step: int, total: int) -> float:
         ramp = max(1.0, self.cummax_ramp * total)

@@ -143,7 +143,8 @@ def train_output(
         load_input_encoder(backbone, Path(init_encoder))
     tokenizer = load_tokenizer(resolve_backbone(args.backbone))
     max_pos = int(getattr(backbone.config, "max_position_embeddings", 512) or 512)
-    spec = OutputSpec(prompt_tokens=args.prompt_tokens, chunk_tokens=args.chunk_tokens, max_positions=max_pos)
+    spec = OutputSpec(prompt_tokens=args.prompt_tokens, chunk_tokens=args.chunk_tokens, max_positions=max_pos,
+                      paragraph_windows=args.paragraph_windows)
     model = OutputModel(backbone, causal)
     clf = OutputClassifier(model, tokenizer, spec)
 
