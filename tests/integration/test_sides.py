@@ -48,16 +48,18 @@ def test_the_output_side_beside_the_input_side_gives_the_serial_runs_guard(smoke
     run("cbrn", out, "smoke", seed=0, console=Console(stderr=True, quiet=True), parallel=False)
     serial, serial_metrics = _guard_and_metrics(out)
     assert serial_metrics["output_side"] == "this process"
+    # Under bf16 autocast (a CPU with AVX512-BF16) each product rounds to 8 significant bits, so one and two threads
+    # part further over the steps: the small smoke test splits' AUROCs then agree to about a point, not to 1e-3, and
+    # the thresholds to a few thousandths (0.7042 against 0.7055 for the input side in one bf16 sitting).
+    bf16 = guard["config"]["input_precision"] != "no"
     for side in ("input", "output"):
         a, b = guard[side], serial[side]
         assert a["training"]["data"]["fingerprint"] == b["training"]["data"]["fingerprint"]
         assert a["training"]["data"]["steps"] == b["training"]["data"]["steps"]
         # Threads add a gradient's terms in another order: equal up to float rounding, not bit for bit.
-        assert a["calibration"]["threshold"] == pytest.approx(b["calibration"]["threshold"], abs=1e-3)
+        assert a["calibration"]["threshold"] == pytest.approx(b["calibration"]["threshold"], abs=1e-2 if bf16 else 1e-3)
     assert guard["config"]["stream"] == serial["config"]["stream"]
-    # Under bf16 autocast (a CPU with AVX512-BF16) each product rounds to 8 significant bits, so one and two threads
-    # part further over the steps: the small smoke test splits' AUROCs then agree to about a point, not to 1e-3.
-    tol = 1e-3 if guard["config"]["input_precision"] == "no" else 2e-2
+    tol = 2e-2 if bf16 else 1e-3
     assert metrics["test"]["auroc"] == pytest.approx(serial_metrics["test"]["auroc"], abs=tol)
     assert metrics["output"]["test"]["auroc"] == pytest.approx(serial_metrics["output"]["test"]["auroc"], abs=tol)
     assert {"train_output", "calibrate_output", "evaluate_output"} <= set(metrics["stage_seconds"])
