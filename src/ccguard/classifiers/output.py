@@ -298,21 +298,23 @@ class StreamSession:
     _cache_len: int = 0
     _exact: bool = False  # fast runtime: switched to the full-precision model
     _window: StreamSession | None = None  # the current paragraph's own window (``OutputSpec.paragraph_windows``)
-    # The prompt's keys and values per layer, and whether the full-precision model made them: a paragraph's window
-    # starts from them instead of encoding the prompt again. A cache never changes its tensors in place.
-    _prompt_kv: tuple[list[tuple[torch.Tensor, torch.Tensor]], bool] | None = None
+    # The prompt's context ids, its keys and values per layer, and whether the full-precision model made them: a
+    # paragraph's window starts from them instead of tokenising and encoding the prompt again. A cache never changes
+    # its tensors in place.
+    _prompt_kv: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]], bool] | None = None
 
     def __post_init__(self) -> None:
-        self._ctx = self.clf.context_ids(self.prompt_text)
-        if self._prompt_kv is not None and self._prompt_kv[1] == self._exact:
+        if self._prompt_kv is not None and self._prompt_kv[2] == self._exact:
             from transformers.cache_utils import DynamicCache
 
+            self._ctx = self._prompt_kv[0]
             self._cache, self._cache_len = DynamicCache(), len(self._ctx)
-            for li, (k, v) in enumerate(self._prompt_kv[0]):
+            for li, (k, v) in enumerate(self._prompt_kv[1]):
                 self._cache.update(k, v, li)
         else:
+            self._ctx = self._prompt_kv[0] if self._prompt_kv is not None else self.clf.context_ids(self.prompt_text)
             self._seed(self._ctx)
-            self._prompt_kv = ([(layer.keys, layer.values) for layer in self._cache.layers], self._exact)
+            self._prompt_kv = (self._ctx, [(layer.keys, layer.values) for layer in self._cache.layers], self._exact)
 
     @property
     def max_score(self) -> float:
